@@ -1,0 +1,53 @@
+# affluent — every entry point a user or CI needs. `make help` lists them.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+AFFLUENT := $(BIN)/affluent
+PYTEST_ARGS ?=
+
+.PHONY: help setup up down status demo test test-unit lint format bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install affluent with its dev tools
+
+up: setup ## start Kafka (KRaft) + schema registry on 127.0.0.1, fetching jars on first use
+	$(AFFLUENT) stack up
+
+down: ## stop the local stack (data kept in .state/)
+	@if [ -x $(AFFLUENT) ]; then $(AFFLUENT) stack down; fi
+
+status: setup ## what runs in the local stack
+	$(AFFLUENT) stack status
+
+demo: up ## the main job: show the platform working end to end
+	$(AFFLUENT) demo
+
+test: up ## the whole test suite against the real local stack
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup ## pure tests only, no broker needed
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## ruff + mypy, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy affluent connectors streams schemas
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: up ## measure throughput on this machine into BENCHMARKS.md
+	$(BIN)/python -m bench
+
+clean: down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

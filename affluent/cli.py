@@ -1,0 +1,133 @@
+"""The ``affluent`` command.
+
+Each sub-command is a thin shell over a library call; errors that affluent raises on purpose are
+printed as one sentence with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from affluent import __version__
+from affluent.errors import AffluentError
+from affluent.settings import Settings, load_settings
+from affluent.stack import LocalStack
+
+
+def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
+    return LocalStack(settings.stack, brokers=getattr(args, "brokers", 1))
+
+
+def cmd_stack_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    stack = _stack(settings, args)
+    stack.fetch()
+    print(f"Kafka {settings.stack.kafka_version}: {stack.kafka_home}")
+    print(f"Apicurio Registry {settings.stack.registry_version}: {stack.registry_home}")
+    return 0
+
+
+def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    stack = _stack(settings, args)
+    stack.up(registry=not args.no_registry)
+    print(
+        f"Kafka ({stack.brokers} node{'s' if stack.brokers > 1 else ''}) ready at {stack.bootstrap_servers}"
+    )
+    if not args.no_registry:
+        print(f"Schema registry (Confluent API) ready at {stack.registry_url}")
+    print(f"Data and logs: {stack.state}")
+    return 0
+
+
+def cmd_stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    stack = _stack(settings, args)
+    stack.down(wipe=args.wipe)
+    print("local stack stopped" + (" and its data wiped" if args.wipe else ""))
+    return 0
+
+
+def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    stack = _stack(settings, args)
+    rows = stack.status()
+    for row in rows:
+        state = f"running (pid {row.pid})" if row.running else "stopped"
+        print(f"{row.name:<16} {state:<22} {row.address:<42} log: {row.log}")
+    return 0 if all(r.running for r in rows) else 3
+
+
+def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.kafka import ensure_topics
+    from affluent.topics import CORE_TOPICS
+
+    created = ensure_topics(settings.kafka, CORE_TOPICS)
+    print(f"{len(created)} topic(s) created" + (f": {', '.join(created)}" if created else ""))
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.demo import run_demo
+
+    return run_demo(settings, out=print)
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affluent",
+        description="Event-streaming hub from hospitals to national health-data platforms.",
+    )
+    parser.add_argument("--version", action="version", version=f"affluent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="the local Kafka + schema registry (no Docker)")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    for name, func, helptext in (
+        ("fetch", cmd_stack_fetch, "download the jars from Maven Central into the cache"),
+        ("up", cmd_stack_up, "start Kafka and the registry and wait until healthy"),
+        ("down", cmd_stack_down, "stop them"),
+        ("status", cmd_stack_status, "tell what runs"),
+    ):
+        p = stack_sub.add_parser(name, help=helptext)
+        p.add_argument("--brokers", type=int, choices=(1, 3), default=1, help="KRaft nodes (3 for faults)")
+        if name == "up":
+            p.add_argument("--no-registry", action="store_true", help="start Kafka only")
+        if name == "down":
+            p.add_argument("--wipe", action="store_true", help="also delete data and logs")
+        p.set_defaults(func=func)
+
+    topics = sub.add_parser("topics", help="Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    topics_sub.add_parser("create", help="create affluent's topics if missing").set_defaults(
+        func=cmd_topics_create
+    )
+
+    sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("AFFLUENT_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+        result: int = args.func(settings, args)
+        return result
+    except AffluentError as exc:
+        print(f"affluent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("affluent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

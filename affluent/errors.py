@@ -1,0 +1,31 @@
+"""The exception types of affluent.
+
+Every error a user can meet carries a message written for an operator and never any message content:
+these texts end up in logs, NAKs and HTTP answers, which must stay free of personal data.
+"""
+
+from __future__ import annotations
+
+
+class AffluentError(Exception):
+    """Base of every error affluent raises on purpose; the CLI prints these without a traceback."""
+
+
+class ConfigError(AffluentError):
+    """Settings are missing, malformed or contradictory."""
+
+
+class StackError(AffluentError):
+    """The local Kafka/registry stack could not be fetched, started, checked or stopped."""
+
+
+class KafkaUnavailable(AffluentError):
+    """Kafka did not acknowledge in time; the sender must get a negative answer, never an 'accepted'."""
+
+
+class RegistryError(AffluentError):
+    """The schema registry refused, could not be reached, or holds an incompatible schema."""
+
+
+class SchemaError(AffluentError):
+    """A record does not fit its Avro schema, or a payload is not in the Confluent wire format."""

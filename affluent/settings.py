@@ -1,0 +1,134 @@
+"""One settings object for every process.
+
+Values come, strongest first, from keyword arguments, ``AFFLUENT_*`` environment variables (nested with
+``__``, e.g. ``AFFLUENT_KAFKA__BOOTSTRAP_SERVERS``), a ``.env`` file, and a YAML file named by
+``AFFLUENT_CONFIG``. Defaults point at the local stack (``make up``) so that a fresh clone works
+without any configuration, while a production deployment only sets variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from affluent.errors import ConfigError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(BaseModel):
+    """How to reach Kafka and how durable writes must be."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "affluent"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # A sender waits for our answer: past this many ms without a delivery report we NAK rather than hang.
+    delivery_timeout_ms: int = Field(default=15_000, ge=1_000)
+    default_partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL") and self.sasl_mechanism != "OAUTHBEARER"
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        if self.min_insync_replicas and self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        return self
+
+
+class RegistrySettings(BaseModel):
+    """The Confluent-API schema registry (Apicurio's ccompat endpoint in the local stack)."""
+
+    url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class StackSettings(BaseModel):
+    """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
+
+    state_dir: Path = REPO_ROOT / ".state"
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "affluent"
+    deploy_dir: Path = REPO_ROOT / "deploy" / "local"
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    registry_port: int = 8081
+    registry_management_port: int = 9001
+    kafka_version: str = "4.0.2"
+    registry_version: str = "3.3.3"
+    broker_heap: str = "512m"
+    registry_heap: str = "512m"
+    java_home: Path | None = None
+    # Apicurio 3.3 is built for Java 21+; found automatically under /usr/lib/jvm when not set.
+    registry_java_home: Path | None = None
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a process needs, validated once at start so mistakes surface before traffic flows."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AFFLUENT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    stack: StackSettings = StackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("AFFLUENT_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings, turning pydantic's report into one readable ConfigError."""
+    config_file = os.environ.get("AFFLUENT_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"AFFLUENT_CONFIG names {config_file}, which is not a readable file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,32 @@
+"""Topic names and how each topic is created: the contract between the hops (DESIGN §4).
+
+Names are constants so that a typo is an import error, not a silently empty topic.
+"""
+
+from __future__ import annotations
+
+from affluent.kafka import TopicSpec
+
+INGEST_HL7V2_RAW = "ingest.hl7v2.raw"
+INGEST_FHIR_RAW = "ingest.fhir.raw"
+INGEST_DEVICE_RAW = "ingest.device.raw"
+CONTROL_ACK = "control.ack"
+CONTROL_OPPOSITION = "control.opposition"
+DLQ_INGEST = "dlq.ingest"
+
+_COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+
+CORE_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(INGEST_HL7V2_RAW),
+    TopicSpec(INGEST_FHIR_RAW),
+    TopicSpec(INGEST_DEVICE_RAW),
+    TopicSpec(DLQ_INGEST),
+    # The MLLP ACK cache: the last ACK per (facility, MSH-10) survives restarts, older ones compact away.
+    TopicSpec(CONTROL_ACK, config=_COMPACTED),
+    TopicSpec(CONTROL_OPPOSITION, config=_COMPACTED),
+)
+
+
+def value_subject(topic: str) -> str:
+    """TopicNameStrategy: the registry subject of a topic's values."""
+    return f"{topic}-value"

@@ -1,0 +1,188 @@
+"""Schema registry access and the Confluent Avro wire format.
+
+confluent-kafka's ``SchemaRegistryClient`` speaks the registry's REST API (subjects, ids,
+compatibility); fastavro does the encoding, which is several times faster than going through
+confluent's serializer objects. The wire format is the Confluent one (magic byte 0, 4-byte
+big-endian schema id, Avro binary body) so any Confluent-compatible consumer can read our topics.
+
+Error texts name schemas, subjects and fields, never values: a failing record may hold patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastavro
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from affluent.errors import RegistryError, SchemaError
+from affluent.settings import RegistrySettings
+
+MAGIC_BYTE = 0
+_HEADER = struct.Struct(">bI")
+COMPATIBILITY_LEVELS = frozenset(
+    {"NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"}
+)
+
+
+@cache
+def load_schema(name: str) -> str:
+    """The text of ``schemas/avro/<name>.avsc`` shipped with the package."""
+    try:
+        return resources.files("schemas").joinpath("avro", f"{name}.avsc").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SchemaError(f"no schema named {name} in schemas/avro") from None
+
+
+def parse_schema(schema_text: str) -> Any:
+    try:
+        return fastavro.parse_schema(json.loads(schema_text))
+    except (ValueError, fastavro.schema.SchemaParseException) as exc:
+        raise SchemaError(f"invalid Avro schema: {exc}") from None
+
+
+class Registry:
+    """A thin, typed façade over SchemaRegistryClient with the errors affluent needs."""
+
+    def __init__(self, settings: RegistrySettings) -> None:
+        conf: dict[str, Any] = {"url": settings.url, "timeout": settings.timeout_s}
+        if settings.basic_auth_user and settings.basic_auth_password:
+            conf["basic.auth.user.info"] = (
+                f"{settings.basic_auth_user}:{settings.basic_auth_password.get_secret_value()}"
+            )
+        if settings.ssl_ca_location:
+            conf["ssl.ca.location"] = str(settings.ssl_ca_location)
+        self.url = settings.url
+        self.client = SchemaRegistryClient(conf)
+        self._writer_schemas: dict[int, Any] = {}
+
+    def register(self, subject: str, schema_text: str, compatibility: str | None = None) -> int:
+        """Register (or find) a schema under a subject and return its id; optionally pin compatibility.
+
+        Compatibility is set before registering so that the very first version is already guarded.
+        """
+        if compatibility is not None:
+            self.set_compatibility(subject, compatibility)
+        try:
+            return int(self.client.register_schema(subject, Schema(schema_text, "AVRO")))
+        except SchemaRegistryError as exc:
+            raise RegistryError(
+                f"registry refused a schema for subject {subject}: HTTP {exc.http_status_code} "
+                f"{exc.error_message}"
+            ) from None
+        except Exception as exc:  # requests/httpx transport errors differ between client versions
+            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+
+    def set_compatibility(self, subject: str, level: str) -> None:
+        if level not in COMPATIBILITY_LEVELS:
+            raise RegistryError(f"unknown compatibility level {level}")
+        try:
+            self.client.set_compatibility(subject_name=subject, level=level)
+        except SchemaRegistryError as exc:
+            raise RegistryError(f"cannot set compatibility of {subject}: {exc.error_message}") from None
+        except Exception as exc:
+            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+
+    def get_compatibility(self, subject: str) -> str | None:
+        try:
+            return str(self.client.get_compatibility(subject_name=subject))
+        except SchemaRegistryError:
+            return None
+
+    def is_compatible(self, subject: str, schema_text: str) -> bool:
+        """Would the registry accept this schema as the next version of the subject?"""
+        try:
+            return bool(self.client.test_compatibility(subject, Schema(schema_text, "AVRO")))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return True  # a new subject accepts any first version
+            raise RegistryError(f"compatibility check of {subject} failed: {exc.error_message}") from None
+
+    def subjects(self) -> list[str]:
+        try:
+            return list(self.client.get_subjects())
+        except Exception as exc:
+            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+
+    def writer_schema(self, schema_id: int) -> Any:
+        """The parsed schema behind an id, cached: ids are immutable, so one lookup per id is enough."""
+        parsed = self._writer_schemas.get(schema_id)
+        if parsed is None:
+            try:
+                schema = self.client.get_schema(schema_id)
+            except SchemaRegistryError as exc:
+                raise RegistryError(f"unknown schema id {schema_id}: {exc.error_message}") from None
+            parsed = parse_schema(schema.schema_str or "")
+            self._writer_schemas[schema_id] = parsed
+        return parsed
+
+
+class AvroCodec:
+    """Encode one kind of record for one subject, decode any record of the registry.
+
+    The schema is registered once when the codec is built (auto-registration is what a producer of a
+    new schema version does first; compatibility rules in the registry decide whether it may).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        subject: str,
+        schema_text: str,
+        compatibility: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.subject = subject
+        self.schema = parse_schema(schema_text)
+        self.schema_name = str(self.schema.get("name", "?"))
+        self.schema_id = registry.register(subject, schema_text, compatibility)
+        self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        try:
+            fastavro.schemaless_writer(buf, self.schema, record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise SchemaError(f"record does not fit schema {self.schema_name}: {_field_hint(exc)}") from None
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        return decode(self.registry, data, self.schema)
+
+
+def decode(registry: Registry, data: bytes, reader_schema: Any = None) -> dict[str, Any]:
+    """Decode a Confluent-framed Avro value with its writer schema (fetched by id, cached)."""
+    if len(data) < _HEADER.size:
+        raise SchemaError(f"value of {len(data)} bytes is too short for the Confluent wire format")
+    magic, schema_id = _HEADER.unpack_from(data)
+    if magic != MAGIC_BYTE:
+        raise SchemaError(f"value does not start with the Confluent magic byte (found {magic})")
+    writer = registry.writer_schema(schema_id)
+    try:
+        record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader_schema)
+    except (ValueError, TypeError, EOFError, IndexError, StopIteration) as exc:
+        raise SchemaError(f"cannot decode value with schema id {schema_id}: {type(exc).__name__}") from None
+    if not isinstance(record, dict):
+        raise SchemaError(f"schema id {schema_id} does not describe a record")
+    return record
+
+
+def _field_hint(exc: Exception) -> str:
+    """Keep the field name fastavro complains about, drop the offending value (it may be personal data)."""
+    text = str(exc)
+    if isinstance(exc, KeyError):
+        return f"missing field {text}"
+    if text.startswith("no value and no default for "):
+        return f"missing field {text.rsplit(' ', 1)[-1]}"
+    for marker in ("on field ", "field "):
+        if marker in text:
+            name = text.split(marker, 1)[1].split()[0].strip("'\"`,:")
+            return f"bad value for field {name}"
+    return type(exc).__name__
