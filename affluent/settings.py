@@ -70,6 +70,40 @@ class RegistrySettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class MllpSettings(BaseModel):
+    """The HL7 v2 MLLP door."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=2575, ge=0, le=65535)
+    max_frame_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # MSH-9.1 values we store; anything else is refused with AR so the sender knows at once.
+    allowed_message_types: list[str] = ["ADT", "ORU"]
+    # Identity the hub uses in ACKs when the message did not name a receiver (MSH-5/MSH-6).
+    receiving_application: str = "AFFLUENT"
+    receiving_facility: str = "AFFLUENT"
+    # Charset assumed when MSH-18 is absent and the bytes are not valid UTF-8 (French systems: latin-1).
+    default_charset: str = "latin-1"
+    # Seconds a connection may stay silent before we close it (interface engines reconnect).
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_require_client_certificate: bool = False
+    # Sending facility (MSH-4.1) -> certificate subjects (CN) allowed to send as that facility.
+    tls_allowed_subjects: dict[str, list[str]] = {}
+    metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MllpSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_require_client_certificate and self.tls_client_ca is None:
+            raise ValueError("tls_require_client_certificate needs tls_client_ca")
+        if self.tls_allowed_subjects and self.tls_client_ca is None:
+            raise ValueError("tls_allowed_subjects needs client certificates (tls_client_ca)")
+        return self
+
+
 class StackSettings(BaseModel):
     """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
 
@@ -102,6 +136,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
+    mllp: MllpSettings = MllpSettings()
     stack: StackSettings = StackSettings()
 
     @classmethod

@@ -14,7 +14,13 @@ CONTROL_ACK = "control.ack"
 CONTROL_OPPOSITION = "control.opposition"
 DLQ_INGEST = "dlq.ingest"
 
-_COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+COMPACTED_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+# The ACK cache only needs to outlive a sender's retry horizon: compacted, and bounded to 7 days.
+ACK_CACHE_CONFIG = {
+    **COMPACTED_CONFIG,
+    "cleanup.policy": "compact,delete",
+    "retention.ms": str(7 * 86_400_000),
+}
 
 CORE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INGEST_HL7V2_RAW),
@@ -22,8 +28,8 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INGEST_DEVICE_RAW),
     TopicSpec(DLQ_INGEST),
     # The MLLP ACK cache: the last ACK per (facility, MSH-10) survives restarts, older ones compact away.
-    TopicSpec(CONTROL_ACK, config=_COMPACTED),
-    TopicSpec(CONTROL_OPPOSITION, config=_COMPACTED),
+    TopicSpec(CONTROL_ACK, config=ACK_CACHE_CONFIG),
+    TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
 )
 
 

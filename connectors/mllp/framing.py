@@ -90,8 +90,9 @@ class FrameDecoder:
       ``FrameError("missing_cr", 0)``. Many engines are this sloppy and rejecting their messages
       would only stall the flow; the error lets the server count them. The byte after 0x1C is
       processed normally, since it is often the next frame's 0x0B. When 0x1C is the last byte of a
-      feed, the decision waits for the next byte (or :meth:`close`), because the CR is most likely
-      just in the next TCP segment.
+      feed, the frame is delivered at once (a sender that never sends the CR waits for our ACK and
+      would otherwise deadlock); the next byte then decides: a CR is swallowed, anything else
+      reports ``missing_cr``.
     * **Garbage** (bytes other than 0x0B between frames): one ``FrameError("garbage", n)`` per run,
       emitted when the run ends (next 0x0B, or :meth:`close`). Reporting per run rather than per
       chunk keeps the count independent of TCP segmentation and keeps logs short. Lone CR/LF
@@ -140,8 +141,6 @@ class FrameDecoder:
             if pos < 0:
                 return events
         elif state == _AWAIT_CR:
-            events.append(Frame(bytes(self._buf)))
-            self._buf.clear()
             if data[0] == _CR:
                 pos = 1
             else:
@@ -158,14 +157,13 @@ class FrameDecoder:
     def close(self) -> list[FrameEvent]:
         """Signal end of stream; report what was left pending and reset the decoder for reuse.
 
-        A payload whose 0x1C was received but whose CR never came is delivered (with
-        ``missing_cr``): the frame is complete, only its terminator is sloppy.
+        A frame whose 0x1C was the last byte received was already delivered; only its missing CR is
+        reported here.
         """
         events: list[FrameEvent] = []
         if self._state == _IN_FRAME:
             events.append(FrameError("unterminated", len(self._buf)))
         elif self._state == _AWAIT_CR:
-            events.append(Frame(bytes(self._buf)))
             events.append(_MISSING_CR)
         if self._garbage:
             events.append(FrameError("garbage", self._garbage))
@@ -207,11 +205,11 @@ class FrameDecoder:
             buf += data
             return -1
         buf += memoryview(data)[:fs]
+        events.append(Frame(bytes(buf)))
+        buf.clear()
         if fs + 1 == n:
             self._state = _AWAIT_CR
             return -1
-        events.append(Frame(bytes(buf)))
-        buf.clear()
         self._state = _IDLE
         if data[fs + 1] == _CR:
             return fs + 2
@@ -266,11 +264,10 @@ class FrameDecoder:
                 self._state = _IN_FRAME
                 return
             after = fs + 1
+            append(Frame(data[body:fs]))
             if after == n:
-                self._buf += memoryview(data)[body:fs]
                 self._state = _AWAIT_CR
                 return
-            append(Frame(data[body:fs]))
             if data[after] == _CR:
                 pos = after + 1
             else:

@@ -176,32 +176,32 @@ def test_end_block_followed_by_lf_is_missing_cr_and_lf_ignored() -> None:
     assert run([b"\x0ba\x1c\n" + encode_frame(b"b")]) == [Frame(b"a"), MISSING_CR, Frame(b"b")]
 
 
-def test_end_block_at_end_of_chunk_waits_for_next_byte() -> None:
+def test_end_block_at_end_of_chunk_delivers_at_once_and_swallows_the_cr() -> None:
+    # A sender that never sends the CR waits for our ACK: the frame must not wait for the next byte.
     decoder = FrameDecoder()
-    assert decoder.feed(b"\x0babc\x1c") == []
-    assert decoder.buffered == 3
-    assert decoder.feed(b"\x0d") == [Frame(b"abc")]
+    assert decoder.feed(b"\x0babc\x1c") == [Frame(b"abc")]
     assert decoder.buffered == 0
+    assert decoder.feed(b"\x0d") == []
     assert decoder.close() == []
 
 
 def test_end_block_at_end_of_chunk_then_start_block() -> None:
     decoder = FrameDecoder()
-    assert decoder.feed(b"\x0babc\x1c") == []
-    assert decoder.feed(encode_frame(b"next")) == [Frame(b"abc"), MISSING_CR, Frame(b"next")]
+    assert decoder.feed(b"\x0babc\x1c") == [Frame(b"abc")]
+    assert decoder.feed(encode_frame(b"next")) == [MISSING_CR, Frame(b"next")]
 
 
 def test_end_block_at_end_of_chunk_of_continued_frame() -> None:
     decoder = FrameDecoder()
     assert decoder.feed(b"\x0bab") == []
-    assert decoder.feed(b"c\x1c") == []
-    assert decoder.feed(b"\x0d\x0bz") == [Frame(b"abc")]
+    assert decoder.feed(b"c\x1c") == [Frame(b"abc")]
+    assert decoder.feed(b"\x0d\x0bz") == []
 
 
-def test_end_block_then_close_delivers_frame_with_missing_cr() -> None:
+def test_end_block_then_close_reports_missing_cr() -> None:
     decoder = FrameDecoder()
-    assert decoder.feed(b"\x0babc\x1c") == []
-    assert decoder.close() == [Frame(b"abc"), MISSING_CR]
+    assert decoder.feed(b"\x0babc\x1c") == [Frame(b"abc")]
+    assert decoder.close() == [MISSING_CR]
 
 
 def test_empty_frame_missing_cr() -> None:

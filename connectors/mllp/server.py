@@ -1,0 +1,335 @@
+"""The HL7 v2 MLLP door: an asyncio TCP (optionally TLS) server that commits, then acknowledges.
+
+Pipeline per frame, in connection order: frame → validate (:mod:`connectors.mllp.intake`) → duplicate
+check (:mod:`connectors.mllp.ackcache`) → persist (raw record + ACK cache entry, ``acks=all``) →
+acknowledge (:mod:`connectors.mllp.ack`). **The ACK is decided here**, in :meth:`MllpServer.handle_frame`:
+AA/CA is written only after Kafka's delivery reports for both records; a Kafka failure gives AR/CR.
+Rejected messages get AR/AE with an ERR segment and a dead letter in ``dlq.ingest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from affluent.errors import KafkaUnavailable
+from affluent.settings import MllpSettings
+from affluent.topics import INGEST_HL7V2_RAW
+from connectors.deadletter import DeadLetterWriter
+from connectors.mllp import ack as acks
+from connectors.mllp.ackcache import AckCache
+from connectors.mllp.charset import encode_for_reply
+from connectors.mllp.framing import Frame, FrameDecoder, FrameError, encode_frame
+from connectors.mllp.intake import (
+    ERR_INTERNAL,
+    Accepted,
+    Header,
+    Ignored,
+    IntakePolicy,
+    Rejected,
+    assess,
+)
+from connectors.mllp.metrics import MllpMetrics
+from connectors.producer import DurableProducer
+from schemas.registry import AvroCodec
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "x-application/hl7-v2+er7"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    address: str
+    certificate_subject: str | None
+
+
+class MllpServer:
+    """Thin shell: sockets and Kafka around the pure intake/ack functions."""
+
+    def __init__(
+        self,
+        settings: MllpSettings,
+        producer: DurableProducer,
+        raw_codec: AvroCodec,
+        ack_cache: AckCache,
+        dead_letters: DeadLetterWriter,
+        metrics_registry: CollectorRegistry,
+        raw_topic: str = INGEST_HL7V2_RAW,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.raw_codec = raw_codec
+        self.ack_cache = ack_cache
+        self.dead_letters = dead_letters
+        self.raw_topic = raw_topic
+        self.clock = clock
+        self.policy = IntakePolicy(
+            allowed_message_types=frozenset(settings.allowed_message_types),
+            default_charset=settings.default_charset,
+        )
+        self.metrics = MllpMetrics(metrics_registry, self.policy.allowed_message_types)
+        self._in_flight: dict[str, asyncio.Future[bytes | None]] = {}
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(
+            self._on_connection,
+            self.settings.host,
+            self.settings.port,
+            ssl=tls_context(self.settings),
+            limit=2**20,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("MLLP listening on %s:%s", self.settings.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, let connections finish the frame in hand, then close them."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ connection
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = _peer(writer)
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        decoder = FrameDecoder(self.settings.max_frame_bytes)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), self.settings.idle_timeout_s)
+                except TimeoutError:
+                    break
+                events = decoder.feed(data) if data else decoder.close()
+                for event in events:
+                    reply = await self._on_event(event, peer)
+                    if reply:
+                        writer.write(reply)
+                        await writer.drain()
+                if not data:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the peer went away; unacknowledged messages will be resent by the sender
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.metrics.connections.dec()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _on_event(self, event: Frame | FrameError, peer: Peer) -> bytes:
+        if isinstance(event, FrameError):
+            self.metrics.frame_errors.labels(event.code).inc()
+            if event.code == "oversize":
+                # Answer at once so the sender does not wait for a timeout; MSH is unknown here.
+                started = time.perf_counter()
+                error = acks.AckError(
+                    ERR_INTERNAL, f"frame larger than the {self.settings.max_frame_bytes} bytes allowed"
+                )
+                self.metrics.rejects.labels("oversize").inc()
+                reply = self._encode_acks(Header(), "reject", error)
+                self.metrics.ack_latency.observe(time.perf_counter() - started)
+                return reply
+            return b""
+        self.metrics.received_bytes.inc(len(event.payload))
+        return await self.handle_frame(event.payload, peer)
+
+    # ------------------------------------------------------------------ the decision
+    async def handle_frame(self, payload: bytes, peer: Peer) -> bytes:
+        """Process one complete frame and return the bytes to answer (framed ACKs, possibly none)."""
+        started = time.perf_counter()
+        outcome = assess(payload, self.policy)
+        try:
+            if isinstance(outcome, Ignored):
+                self._count(outcome.header, "ignored_ack")
+                return b""
+            if isinstance(outcome, Accepted):
+                outcome = self._check_sender(outcome, peer)
+            if isinstance(outcome, Rejected):
+                return await self._reject(outcome, payload, peer)
+            return await self._store(outcome, peer)
+        finally:
+            self.metrics.ack_latency.observe(time.perf_counter() - started)
+
+    def _check_sender(self, accepted: Accepted, peer: Peer) -> Accepted | Rejected:
+        allowed = self.settings.tls_allowed_subjects.get(accepted.header.sending_facility)
+        if self.settings.tls_allowed_subjects and (
+            allowed is None or peer.certificate_subject not in allowed
+        ):
+            return Rejected(
+                "sender_not_allowed",
+                ERR_INTERNAL,
+                "the client certificate is not allowed to send for this facility",
+                "MSH-4",
+                "error",
+                accepted.header,
+            )
+        return accepted
+
+    async def _store(self, accepted: Accepted, peer: Peer) -> bytes:
+        key = accepted.duplicate_key
+        cached = self.ack_cache.get(key)
+        if cached is not None:
+            self._count(accepted.header, "duplicate")
+            self._count_acks(cached)
+            return cached
+        pending = self._in_flight.get(key)
+        if pending is not None:  # the same message on another connection, right now
+            result = await asyncio.shield(pending)
+            if result is not None:
+                self._count(accepted.header, "duplicate")
+                self._count_acks(result)
+                return result
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        stored: bytes | None = None
+        try:
+            reply = self._encode_acks(accepted.header, "accepted", None)
+            record = self._raw_record(accepted, peer)
+            stream_key = f"{accepted.header.sending_facility}|{accepted.header.sending_application}"
+            await asyncio.gather(
+                self.producer.send(self.raw_topic, self.raw_codec.encode(record), stream_key.encode("utf-8")),
+                self.ack_cache.store(self.producer, key, reply),
+            )
+            stored = reply
+            self._count(accepted.header, "stored")
+            return reply
+        except KafkaUnavailable:
+            self._count(accepted.header, "kafka_unavailable")
+            error = acks.AckError(
+                ERR_INTERNAL, "message not stored: the hub's storage is unavailable, resend later"
+            )
+            return self._encode_acks(accepted.header, "reject", error)
+        finally:
+            future.set_result(stored)
+            self._in_flight.pop(key, None)
+
+    async def _reject(self, rejected: Rejected, payload: bytes, peer: Peer) -> bytes:
+        self.metrics.rejects.labels(rejected.reason_code).inc()
+        self._count(rejected.header, "rejected")
+        await self.dead_letters.write(
+            stage="ingest",
+            reason_code=rejected.reason_code,
+            reason=rejected.reason,
+            location=rejected.location,
+            payload=payload,
+            content_type=CONTENT_TYPE,
+            source_facility=rejected.header.sending_facility,
+            source_application=rejected.header.sending_application,
+            connector="mllp",
+            protocol="hl7v2",
+        )
+        error = acks.AckError(rejected.hl7_error, rejected.reason, rejected.location)
+        return self._encode_acks(
+            rejected.header, "error" if rejected.severity == "error" else "reject", error
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _encode_acks(self, header: Header, outcome: acks.Outcome, error: acks.AckError | None) -> bytes:
+        now = self.clock()
+        out = bytearray()
+        for code in acks.ack_codes(header, outcome):
+            text = acks.build_ack(
+                header,
+                code,
+                control_id=uuid.uuid4().hex[:20],
+                now=now,
+                our_application=self.settings.receiving_application,
+                our_facility=self.settings.receiving_facility,
+                error=error if code not in ("AA", "CA") else None,
+            )
+            out += encode_frame(encode_for_reply(text, header.declared_charset))
+            self.metrics.acks.labels(code).inc()
+        return bytes(out)
+
+    def _count_acks(self, framed: bytes) -> None:
+        for chunk in framed.split(b"\x1c\r"):
+            pos = chunk.find(b"MSA")
+            if pos >= 0 and len(chunk) >= pos + 6:
+                self.metrics.acks.labels(chunk[pos + 4 : pos + 6].decode("ascii", "replace")).inc()
+
+    def _count(self, header: Header, outcome: str) -> None:
+        label = (
+            self.metrics.type_label(header.message_type, header.trigger_event)
+            if header.message_type
+            else "none"
+        )
+        self.metrics.messages.labels(label, outcome).inc()
+
+    def _raw_record(self, accepted: Accepted, peer: Peer) -> dict[str, Any]:
+        h = accepted.header
+        attributes = {"ack_mode": "enhanced" if h.enhanced_mode else "original"}
+        if peer.certificate_subject:
+            attributes["tls_subject"] = peer.certificate_subject
+        if h.version:
+            attributes["hl7_version"] = h.version
+        return {
+            "raw_id": accepted.raw_id,
+            "protocol": "hl7v2",
+            "connector": "mllp",
+            "source_facility": h.sending_facility,
+            "source_application": h.sending_application,
+            "message_id": h.control_id,
+            "message_type": h.type_label,
+            "peer": peer.address,
+            "received_at": self.clock(),
+            "content_type": CONTENT_TYPE,
+            "declared_charset": accepted.decoded.declared,
+            "charset_mismatch": accepted.decoded.mismatch,
+            "payload": accepted.raw,
+            "attributes": attributes,
+        }
+
+
+def tls_context(settings: MllpSettings) -> ssl.SSLContext | None:
+    """Server TLS context; client certificates are verified against tls_client_ca when configured."""
+    if settings.tls_certificate is None or settings.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_certificate), str(settings.tls_key))
+    if settings.tls_client_ca is not None:
+        ctx.load_verify_locations(str(settings.tls_client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if settings.tls_require_client_certificate else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _peer(writer: asyncio.StreamWriter) -> Peer:
+    address = writer.get_extra_info("peername")
+    text = f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else "unknown"
+    subject: str | None = None
+    cert = writer.get_extra_info("peercert")
+    if cert:
+        for rdn in cert.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName":
+                    subject = value
+    return Peer(text, subject)
