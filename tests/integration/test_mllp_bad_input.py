@@ -47,7 +47,7 @@ CASES: list[tuple[str, bytes, list[tuple[str, str | None]]]] = [
     (
         "alphanumeric field separator",
         encode_frame(b"MSHA^~\\&AAAFARARFA2026AAADT^A01AXAPA2.5\r"),
-        [("AR", None)],
+        [("AR", "bad_delimiters")],
     ),
     ("NUL byte", encode_frame(msh("ADT^A01|N1|P|2.5", "PID|||1\x00")), [("AR", "nul_character")]),
     ("unknown charset", encode_frame(msh("ADT^A01|U1|P|2.5|||||FRA|EBCDIC")), [("AR", "unknown_charset")]),
