@@ -141,6 +141,7 @@ def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: f
     for spec in specs:
         if spec.name in existing:
             continue
+        existing.add(spec.name)  # a name listed twice is created once
         config = dict(spec.config)
         if kafka.min_insync_replicas and "min.insync.replicas" not in config:
             config["min.insync.replicas"] = str(kafka.min_insync_replicas)
