@@ -7,6 +7,7 @@ handler runs against the real broker in tests/integration/test_mllp*.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -110,7 +111,7 @@ def test_arbitrary_stream_never_raises(stream: bytes, cuts: list[int]) -> None:
 
     async def run() -> None:
         bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-        for a, b in zip(bounds, bounds[1:], strict=False):
+        for a, b in itertools.pairwise(bounds):
             for event in decoder.feed(stream[a:b]):
                 await server._on_event(event, PEER)
         for event in decoder.close():
