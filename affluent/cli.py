@@ -67,6 +67,17 @@ def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.mllp.service import serve_forever
+
+    if args.port is not None:
+        settings = settings.model_copy(update={"mllp": settings.mllp.model_copy(update={"port": args.port})})
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.demo import run_demo
 
@@ -105,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     topics_sub.add_parser("create", help="create affluent's topics if missing").set_defaults(
         func=cmd_topics_create
     )
+
+    mllp = sub.add_parser("mllp", help="run the HL7 v2 MLLP door until SIGINT/SIGTERM")
+    mllp.add_argument("--port", type=int, default=None, help="listen port (default: settings, 2575)")
+    mllp.set_defaults(func=cmd_mllp)
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
     return parser
