@@ -78,6 +78,14 @@ def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.normalize.worker import run
+
+    sys.argv = [sys.argv[0]]  # faust's Worker reads its own command line; ours is consumed
+    run(settings)
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.demo import run_demo
 
@@ -120,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     mllp = sub.add_parser("mllp", help="run the HL7 v2 MLLP door until SIGINT/SIGTERM")
     mllp.add_argument("--port", type=int, default=None, help="listen port (default: settings, 2575)")
     mllp.set_defaults(func=cmd_mllp)
+
+    sub.add_parser("normalize", help="run a normalize worker (raw topics -> canonical.*)").set_defaults(
+        func=cmd_normalize
+    )
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
     return parser

@@ -104,6 +104,20 @@ class MllpSettings(BaseModel):
         return self
 
 
+class StreamsSettings(BaseModel):
+    """The faust-streaming workers (normalize, pseudonymize)."""
+
+    # Consumer groups: every worker of one stage shares its group, so partitions spread over workers.
+    normalize_group: str = "affluent-normalize"
+    # Hospitals' local time zone, for times sent without an offset.
+    timezone: str = "Europe/Paris"
+    # Records per batch: outputs of a batch are confirmed by Kafka before its inputs are committed.
+    batch_size: int = Field(default=500, ge=1)
+    batch_window_s: float = Field(default=0.05, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9465, ge=0, le=65535)
+
+
 class StackSettings(BaseModel):
     """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
 
@@ -137,6 +151,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
     mllp: MllpSettings = MllpSettings()
+    streams: StreamsSettings = StreamsSettings()
     stack: StackSettings = StackSettings()
 
     @classmethod

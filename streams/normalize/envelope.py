@@ -1,0 +1,78 @@
+"""The envelope every canonical record carries, and the deterministic event id (DESIGN §4).
+
+``event_id`` = SHA-256 over (protocol, sending facility, sending application, the sender's message id,
+the index of the event within that message), hex. Replaying a raw record, or receiving the same message
+twice, yields the same ids, so consumers and idempotent sinks collapse duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from streams.normalize.times import ClinicalTime
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RawContext:
+    """What a mapper needs to know of the raw record it maps (the RawMessage and its Kafka position)."""
+
+    raw_id: str
+    protocol: str
+    connector: str
+    facility: str
+    application: str
+    message_id: str
+    received_at: datetime
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+
+    @classmethod
+    def from_raw(
+        cls, raw: dict[str, Any], topic: str = "", partition: int = 0, offset: int = 0
+    ) -> RawContext:
+        return cls(
+            raw_id=raw["raw_id"],
+            protocol=raw["protocol"],
+            connector=raw["connector"],
+            facility=raw["source_facility"],
+            application=raw["source_application"],
+            message_id=raw.get("message_id") or raw["raw_id"],
+            received_at=raw["received_at"],
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+
+
+def event_id(ctx: RawContext, index: int | str) -> str:
+    basis = f"{ctx.protocol}|{ctx.facility}|{ctx.application}|{ctx.message_id}|{index}"
+    return hashlib.sha256(basis.encode("utf-8")).hexdigest()
+
+
+def envelope(ctx: RawContext, index: int | str, event_type: str, when: ClinicalTime | None) -> dict[str, Any]:
+    return {
+        "event_id": event_id(ctx, index),
+        "event_type": event_type,
+        "source": {
+            "facility": ctx.facility,
+            "application": ctx.application,
+            "connector": ctx.connector,
+            "protocol": ctx.protocol,
+        },
+        "event_time": when.instant if when else None,
+        "event_time_precision": when.precision if when else None,
+        "ingest_time": ctx.received_at,
+        "schema_version": SCHEMA_VERSION,
+        "lineage": {
+            "topic": ctx.topic,
+            "partition": ctx.partition,
+            "offset": ctx.offset,
+            "raw_id": ctx.raw_id,
+        },
+    }

@@ -1,0 +1,111 @@
+"""French patient identity: **where the INS is recognised** (DESIGN §6).
+
+The INS (Identité Nationale de Santé) is recognised by its assigning-authority OID only — never by the
+CX-5 type code, which senders fill with INS, NH or NI inconsistently — and its 15-character matricule
+(13-character NIR/NIA + 2-digit key) must pass the key check. ``1.2.250.1.213.1.4.2`` is the retired
+INS-C and is never an INS. The INS may be used to link data nationally only when the identity is
+*qualified* (PID-32 / FR Core identity-reliability ``QUAL``); otherwise the hospital key (IPP + assigning
+authority) is what identifies the patient, and downstream pseudonyms are local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+INS_OIDS = {
+    "1.2.250.1.213.1.4.8": "NIR",
+    "1.2.250.1.213.1.4.9": "NIA",
+    "1.2.250.1.213.1.4.10": "TEST",
+    "1.2.250.1.213.1.4.11": "DEMO",
+}
+RETIRED_INS_C_OID = "1.2.250.1.213.1.4.2"
+QUALIFIED_STATUSES = frozenset({"QUAL"})
+
+
+class IdentityError(ValueError):
+    """An identifier that claims to be an INS but is not valid; text names the rule, never the value."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        super().__init__(reason)
+
+
+def oid_of(system: str) -> str:
+    """'urn:oid:1.2.3' or '1.2.3' → '1.2.3'."""
+    return system[8:] if system.startswith("urn:oid:") else system
+
+
+def ins_key(number13: str) -> int:
+    """The NIR/NIA control key: 97 − (number mod 97), Corsica 2A/2B counted as 19/18."""
+    body = number13.upper()
+    corsica = {"2A": "19", "2B": "18"}.get(body[5:7])
+    if corsica is not None:
+        body = body[:5] + corsica + body[7:]
+    return 97 - int(body) % 97
+
+
+def valid_matricule(matricule: str) -> bool:
+    if len(matricule) != 15:
+        return False
+    body, key = matricule[:13], matricule[13:]
+    corsica = body[5:7].upper() in ("2A", "2B")
+    if not key.isdigit() or not (body.isdigit() or (corsica and (body[:5] + body[7:]).isdigit())):
+        return False
+    return ins_key(body) == int(key)
+
+
+def ins_from(matricule: str, system: str) -> dict[str, Any] | None:
+    """The canonical Ins block if `system` is an INS OID; IdentityError if it is one but the value is bad."""
+    oid = oid_of(system)
+    kind = INS_OIDS.get(oid)
+    if kind is None:
+        return None
+    value = matricule.strip().replace(" ", "")
+    if not valid_matricule(value):
+        raise IdentityError("bad_ins_key", "INS matricule is not 15 characters with a valid control key")
+    return {"matricule": value.upper(), "oid": oid, "kind": kind}
+
+
+@dataclass(frozen=True, slots=True)
+class LocalId:
+    """A patient identifier as the hospital gives it (HL7 CX or FHIR Identifier), already unescaped."""
+
+    value: str
+    authority_name: str | None
+    authority_oid: str | None
+    type_code: str | None = None
+
+
+def patient_ref(ids: Iterable[LocalId], reliability: Iterable[str] = ()) -> dict[str, Any]:
+    """The canonical PatientRef: hospital key (IPP@authority), optional INS, reliability, qualified flag.
+
+    The IPP is the first identifier typed PI (patient internal), else the first non-INS identifier.
+    Raises IdentityError when there is no usable local identifier or an INS fails its key check.
+    """
+    ins: dict[str, Any] | None = None
+    local: list[LocalId] = []
+    for ident in ids:
+        if not ident.value:
+            continue
+        oid = ident.authority_oid or ""
+        if oid_of(oid) == RETIRED_INS_C_OID:
+            continue  # INS-C: retired, never an INS, not a local key either
+        found = ins_from(ident.value, oid) if oid else None
+        if found is not None:
+            ins = ins or found
+        else:
+            local.append(ident)
+    if not local:
+        raise IdentityError("no_local_identifier", "no hospital patient identifier (IPP) besides the INS")
+    ipp = next((i for i in local if (i.type_code or "").upper() == "PI"), local[0])
+    authority = ipp.authority_oid or ipp.authority_name or ""
+    codes = [c.strip().upper() for c in reliability if c and c.strip()]
+    return {
+        "key": f"{ipp.value}@{authority}",
+        "ipp": {"id": ipp.value, "authority_name": ipp.authority_name, "authority_oid": ipp.authority_oid},
+        "ins": ins,
+        "identity_reliability": codes[0] if codes else None,
+        "ins_qualified": ins is not None and any(c in QUALIFIED_STATUSES for c in codes),
+    }

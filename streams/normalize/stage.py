@@ -1,0 +1,178 @@
+"""The normalize stage without Kafka: one raw record in, encoded canonical records or one dead letter out.
+
+This is the *transform* state between the raw topics and ``canonical.*``: decode the RawMessage (Avro,
+registry), decode the payload's character set, call the pure mapper for its protocol, and encode what
+comes back. The faust agent around it only moves bytes. Every input yields at least one output, so
+nothing is lost silently: canonical events, or a dead letter in ``dlq.normalize`` with a precise reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from affluent.errors import AffluentError
+from affluent.topics import value_subject
+from connectors.deadletter import dead_letter_record
+from connectors.mllp.charset import UnknownCharset, decode
+from schemas.catalog import DLQ_NORMALIZE
+from schemas.registry import AvroCodec, Registry, load_schema
+from schemas.registry import decode as decode_avro
+from streams.normalize.envelope import RawContext
+from streams.normalize.options import MappingOptions
+from streams.normalize.result import CANONICAL_KINDS, CanonicalEvent, Rejection, run_mapper
+
+Mapper = Callable[[Any, RawContext, MappingOptions], list[CanonicalEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+class NormalizeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records_in = Counter(
+            "affluent_normalize_records_in", "Raw records read, by protocol", ["protocol"], registry=registry
+        )
+        self.records_out = Counter(
+            "affluent_normalize_records_out",
+            "Canonical records written, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "affluent_dlq_records",
+            "Dead letters written, by stage and reason code",
+            ["stage", "reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "affluent_stage_latency_seconds",
+            "Processing time of one input record in a stage (decode, map, encode)",
+            ["stage"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1),
+            registry=registry,
+        )
+
+
+def canonical_topic(kind: str) -> str:
+    return f"canonical.{kind}"
+
+
+class Normalizer:
+    def __init__(
+        self,
+        registry: Registry,
+        options: MappingOptions,
+        metrics: NormalizeMetrics,
+        mappers: dict[str, Mapper],
+        dlq_topic: str = DLQ_NORMALIZE,
+    ) -> None:
+        self.registry = registry
+        self.options = options
+        self.metrics = metrics
+        self.mappers = mappers
+        self.dlq_topic = dlq_topic
+        self.codecs = {
+            kind: AvroCodec(
+                registry, value_subject(canonical_topic(kind)), load_schema(f"canonical/{kind}"), "BACKWARD"
+            )
+            for kind in CANONICAL_KINDS
+        }
+        self.dlq_codec = AvroCodec(registry, value_subject(dlq_topic), load_schema("dead_letter"), "BACKWARD")
+
+    def process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
+        """Never raises: a record that cannot be read or mapped becomes a dead letter."""
+        started = time.perf_counter()
+        try:
+            return self._process(value, topic, partition, offset)
+        finally:
+            self.metrics.latency.labels("normalize").observe(time.perf_counter() - started)
+
+    def _process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
+        lineage = {"topic": topic, "partition": partition, "offset": offset}
+        if value is None:
+            return [self._dead(Rejection("empty_record", "raw record has no value"), None, lineage, None)]
+        try:
+            raw = decode_avro(self.registry, value)
+        except AffluentError:
+            return [
+                self._dead(
+                    Rejection("undecodable_raw", "raw record is not a registered RawMessage"),
+                    None,
+                    lineage,
+                    value,
+                )
+            ]
+        protocol = str(raw.get("protocol", ""))
+        self.metrics.records_in.labels(protocol if protocol in self.mappers else "other").inc()
+        ctx = RawContext.from_raw(raw, topic, partition, offset)
+        mapper = self.mappers.get(protocol)
+        if mapper is None:
+            return [
+                self._dead(
+                    Rejection("unsupported_protocol", "no mapper for this protocol"), raw, lineage, None
+                )
+            ]
+        outcome = run_mapper(mapper, self._payload(raw, protocol), ctx, self.options)
+        if isinstance(outcome, Rejection):
+            return [self._dead(outcome, raw, lineage, None)]
+        outputs: list[Output] = []
+        for event in outcome:
+            try:
+                encoded = self.codecs[event.kind].encode(event.record)
+            except (AffluentError, KeyError) as exc:
+                reason = str(exc) if isinstance(exc, AffluentError) else f"unknown kind {event.kind}"
+                return [
+                    self._dead(
+                        Rejection("schema_mismatch", reason, rule="canonical schema"), raw, lineage, None
+                    )
+                ]
+            outputs.append(Output(canonical_topic(event.kind), event.key.encode("utf-8"), encoded))
+        for out in outputs:
+            self.metrics.records_out.labels(out.topic.removeprefix("canonical.")).inc()
+        return outputs
+
+    def _payload(self, raw: dict[str, Any], protocol: str) -> Any:
+        """HL7 text is decoded per MSH-18 here (mappers get str); FHIR and device JSON stay bytes."""
+        payload: bytes = raw["payload"]
+        if protocol != "hl7v2":
+            return payload
+        try:
+            return decode(payload).text
+        except UnknownCharset:
+            return payload.decode("latin-1")
+
+    def _dead(
+        self,
+        rejection: Rejection,
+        raw: dict[str, Any] | None,
+        lineage: dict[str, Any],
+        undecodable: bytes | None,
+    ) -> Output:
+        self.metrics.dead_letters.labels("normalize", rejection.reason_code).inc()
+        record = dead_letter_record(
+            stage="normalize",
+            reason_code=rejection.reason_code,
+            reason=rejection.reason,
+            location=rejection.location,
+            rule=rejection.rule,
+            payload=raw["payload"] if raw else undecodable,
+            content_type=raw["content_type"] if raw else "avro/binary",
+            source_facility=raw["source_facility"] if raw else "",
+            source_application=raw["source_application"] if raw else "",
+            connector=raw["connector"] if raw else "",
+            protocol=raw["protocol"] if raw else "",
+            raw_id=raw["raw_id"] if raw else None,
+            lineage=lineage,
+            attributes={"message_type": str(raw.get("message_type") or "")} if raw else {},
+        )
+        key = f"{record['source']['facility']}|{record['source']['application']}".encode()
+        return Output(self.dlq_topic, key, self.dlq_codec.encode(record))

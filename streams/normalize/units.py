@@ -1,0 +1,132 @@
+"""Units to UCUM, with the few conversions a destination may ask for.
+
+Laboratory and device systems write units as free text ("g/l", "µmol/L", "mmHg", "bpm"); the canonical
+model carries the UCUM code, keeps what the source wrote in ``original_unit``, and marks a unit it could
+not map (``unit_system`` null) instead of guessing. Conversions (pounds to kilograms, Fahrenheit to
+Celsius) happen only when the policy lists them, because a platform may want the measured value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+_SYNONYMS: dict[str, str] = {
+    "g/l": "g/L",
+    "mg/l": "mg/L",
+    "mg/dl": "mg/dL",
+    "g/dl": "g/dL",
+    "mmol/l": "mmol/L",
+    "µmol/l": "umol/L",
+    "μmol/l": "umol/L",
+    "umol/l": "umol/L",
+    "nmol/l": "nmol/L",
+    "pmol/l": "pmol/L",
+    "meq/l": "meq/L",
+    "ui/l": "[IU]/L",
+    "iu/l": "[IU]/L",
+    "u/l": "U/L",
+    "mui/l": "m[IU]/L",
+    "miu/l": "m[IU]/L",
+    "g/l (10*9)": "10*9/L",
+    "giga/l": "10*9/L",
+    "10^9/l": "10*9/L",
+    "10*9/l": "10*9/L",
+    "tera/l": "10*12/L",
+    "10^12/l": "10*12/L",
+    "10*12/l": "10*12/L",
+    "fl": "fL",
+    "pg": "pg",
+    "%": "%",
+    "mmhg": "mm[Hg]",
+    "mm hg": "mm[Hg]",
+    "mm[hg]": "mm[Hg]",
+    "cmh2o": "cm[H2O]",
+    "bpm": "/min",
+    "/min": "/min",
+    "battements/min": "/min",
+    "min-1": "/min",
+    "°c": "Cel",
+    "cel": "Cel",
+    "degc": "Cel",
+    "°f": "[degF]",
+    "degf": "[degF]",
+    "[degf]": "[degF]",
+    "kg": "kg",
+    "g": "g",
+    "lb": "[lb_av]",
+    "lbs": "[lb_av]",
+    "[lb_av]": "[lb_av]",
+    "cm": "cm",
+    "m": "m",
+    "mm": "mm",
+    "in": "[in_i]",
+    "kg/m2": "kg/m2",
+    "kg/m²": "kg/m2",
+    "ml/min/1.73m2": "mL/min/{1.73_m2}",
+    "ml/min/1,73m2": "mL/min/{1.73_m2}",
+    "ml": "mL",
+    "l": "L",
+    "mm/h": "mm/h",
+    "s": "s",
+    "sec": "s",
+    "h": "h",
+    "/mm3": "/mm3",
+    "mosm/kg": "mosm/kg",
+    "ng/ml": "ng/mL",
+    "µg/l": "ug/L",
+    "ug/l": "ug/L",
+    "µg/ml": "ug/mL",
+    "ratio": "{ratio}",
+    "inr": "{INR}",
+    "{inr}": "{INR}",
+    "/µl": "/uL",
+    "/ul": "/uL",
+}
+
+_CONVERSIONS: dict[tuple[str, str], Callable[[float], float]] = {
+    ("[lb_av]", "kg"): lambda v: v * 0.45359237,
+    ("[degF]", "Cel"): lambda v: (v - 32.0) * 5.0 / 9.0,
+    ("g", "kg"): lambda v: v / 1000.0,
+    ("[in_i]", "cm"): lambda v: v * 2.54,
+}
+
+DEFAULT_CONVERSIONS: Mapping[str, str] = {"[lb_av]": "kg", "[degF]": "Cel"}
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    value: float
+    unit: str | None
+    unit_system: str | None
+    original_unit: str | None
+
+    def as_record(self, comparator: str | None = None) -> dict[str, object]:
+        return {
+            "value": self.value,
+            "comparator": comparator,
+            "unit": self.unit,
+            "unit_system": self.unit_system,
+            "original_unit": self.original_unit,
+        }
+
+
+def to_ucum(unit: str) -> str | None:
+    """The UCUM code for a unit as written, or None when it is not recognised."""
+    text = unit.strip()
+    if not text:
+        return None
+    return _SYNONYMS.get(text.lower()) or _SYNONYMS.get(text.replace(" ", "").lower())
+
+
+def quantity(value: float, unit: str, conversions: Mapping[str, str] = DEFAULT_CONVERSIONS) -> Quantity:
+    original = unit.strip() or None
+    ucum = to_ucum(unit) if original else None
+    if ucum is None:
+        return Quantity(value, original, None, original)
+    target = conversions.get(ucum)
+    if target is not None and (ucum, target) in _CONVERSIONS:
+        return Quantity(round(_CONVERSIONS[(ucum, target)](value), 6), target, UCUM_SYSTEM, original)
+    return Quantity(value, ucum, UCUM_SYSTEM, original)
