@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo test test-unit lint format bench clean
+.PHONY: help setup up down status demo schemas test test-unit lint format bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ status: setup ## what runs in the local stack
 
 demo: up ## the main job: show the platform working end to end
 	$(AFFLUENT) demo
+
+schemas: up ## check every schema against the registry, then register them
+	$(AFFLUENT) schemas check
+	$(AFFLUENT) schemas register
 
 test: up ## the whole test suite against the real local stack
 	$(BIN)/pytest $(PYTEST_ARGS)

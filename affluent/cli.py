@@ -67,6 +67,28 @@ def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas_register(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.catalog import register_all
+    from schemas.registry import Registry
+
+    for entry, schema_id in register_all(Registry(settings.registry)):
+        print(f"{entry.subject:<42} id {schema_id:<5} {entry.compatibility}")
+    return 0
+
+
+def cmd_schemas_check(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.catalog import check_all
+    from schemas.registry import Registry
+
+    results = check_all(Registry(settings.registry))
+    for result in results:
+        print(f"{'ok ' if result.ok else 'BAD'} {result.entry.subject:<42} {result.detail}")
+    bad = [r for r in results if not r.ok]
+    if bad:
+        print(f"{len(bad)} schema(s) would break their subject's compatibility", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -124,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     topics_sub.add_parser("create", help="create affluent's topics if missing").set_defaults(
         func=cmd_topics_create
     )
+
+    schemas = sub.add_parser("schemas", help="Avro schemas in the registry")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
+    schemas_sub.add_parser("register", help="register every schema and pin its compatibility").set_defaults(
+        func=cmd_schemas_register
+    )
+    schemas_sub.add_parser(
+        "check", help="fail when a schema in the repo is incompatible with the registry"
+    ).set_defaults(func=cmd_schemas_check)
 
     mllp = sub.add_parser("mllp", help="run the HL7 v2 MLLP door until SIGINT/SIGTERM")
     mllp.add_argument("--port", type=int, default=None, help="listen port (default: settings, 2575)")
