@@ -50,9 +50,16 @@ class RawContext:
         )
 
 
-def event_id(ctx: RawContext, index: int | str) -> str:
-    basis = f"{ctx.protocol}|{ctx.facility}|{ctx.application}|{ctx.message_id}|{index}"
+def event_id_of(protocol: str, facility: str, application: str, message_id: str, index: int | str) -> str:
+    """The hash itself. ``index`` is best ``<event_type>@<locator>``, e.g.
+    ``observation.recorded@OBR[1]/OBX[3]``: a place in the message stays stable when the mapping code
+    changes; an ordinal would not."""
+    basis = f"{protocol}|{facility}|{application}|{message_id}|{index}"
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()
+
+
+def event_id(ctx: RawContext, index: int | str) -> str:
+    return event_id_of(ctx.protocol, ctx.facility, ctx.application, ctx.message_id, index)
 
 
 def envelope(ctx: RawContext, index: int | str, event_type: str, when: ClinicalTime | None) -> dict[str, Any]:
