@@ -582,7 +582,7 @@ def test_custom_delimiters_from_corpus() -> None:
     assert m.delimiters == Delimiters(field="#", component="!", repetition="~", escape="\\", subcomponent="&")
     assert m.get("MSH-1") == "#" and m.get("MSH-2") == "!~\\&"
     assert m.message_type == ("ADT", "A04", "ADT_A01")
-    assert m.get("PID-3[2].1") == "1800599123450" and m.get("PID-3[2].4.1") == "ASIP-SANTE-INS-NIR"
+    assert m.get("PID-3[2].1") == "180059912345064" and m.get("PID-3[2].4.1") == "ASIP-SANTE-INS-NIR"
     assert m.get("PID-5.1") == "DE LA FONTAINE"
     # \F\ and \S\ mean this message's delimiters; "^" is plain text here.
     assert m.get("PID-11.1") == "7 place du Marché #Hall# ! côté Rhône (accès ^ nord)"
