@@ -38,9 +38,9 @@ class ClinicalTime:
     instant: datetime  # UTC, start of the period the source stated
     precision: str  # year | month | day | hour | minute | second | millisecond | microsecond
 
-    def date_text(self) -> str:
-        """The local calendar date at the stated precision (e.g. '1985-03' for a birth month)."""
-        local = self.instant.astimezone(PARIS)
+    def date_text(self, zone: tzinfo = PARIS) -> str:
+        """The calendar date in `zone` at the stated precision (e.g. '1985-03' for a birth month)."""
+        local = self.instant.astimezone(zone)
         if self.precision == "year":
             return f"{local.year:04d}"
         if self.precision == "month":
