@@ -1,0 +1,156 @@
+"""Synthetic hospital traffic: HL7 v2 messages as real interfaces send them, about patients who do not exist.
+
+Used by the demo and the benchmarks (and by the simulator to come). Identities are invented: names from
+a small list with French accents, NIRs with valid keys under the INS *test* OID (1.2.250.1.213.1.4.10),
+IPPs under a fictitious hospital OID. Messages use CR separators, ISO-8859-15 bytes (Œ is not in
+8859-1), escape sequences,
+repetitions and IHE PAM France Z-segments.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from streams.normalize.identity import ins_key
+
+INS_TEST_OID = "1.2.250.1.213.1.4.10"
+HOSPITAL_OID = "1.2.250.1.71.4.2.7.99"
+FAMILY = ["LEFÈVRE", "GARÇON", "NOËL", "MÜLLER", "BŒUF", "DUPRÉ", "HÉBERT", "FRANÇOIS", "LOÏC", "CÔTÉ"]
+GIVEN_F = ["Amélie", "Zoé", "Anaïs", "Hélène", "Maëlle", "Léa", "Noémie", "Inès"]
+GIVEN_M = ["Loïc", "Jérôme", "François", "Gaëtan", "Noël", "Raphaël", "Anaël", "Théo"]
+LAB = [
+    ("2345-7", "Glucose [Masse/Volume] Sérum", "g/L", 0.7, 1.1),
+    ("2160-0", "Créatinine [Masse/Volume] Sérum", "µmol/L", 45.0, 104.0),
+    ("2951-2", "Sodium [Moles/Volume] Sérum", "mmol/L", 135.0, 145.0),
+    ("718-7", "Hémoglobine [Masse/Volume] Sang", "g/dL", 12.0, 17.0),
+]
+
+
+@dataclass(frozen=True)
+class SyntheticPatient:
+    ipp: str
+    nir: str  # 15 characters, valid key
+    family: str
+    given: str
+    sex: str
+    birth: str  # YYYYMMDD
+    qualified: bool
+
+
+def patient(rng: random.Random, index: int) -> SyntheticPatient:
+    sex = rng.choice("MF")
+    birth = datetime(1940, 1, 1) + timedelta(days=rng.randrange(0, 80 * 365))
+    department = rng.choice(["75", "69", "13", "2A"])
+    serial = f"{rng.randrange(1, 999):03d}{rng.randrange(1, 999):03d}"
+    body = f"{1 if sex == 'M' else 2}{birth:%y%m}{department}{serial}"
+    return SyntheticPatient(
+        ipp=f"{900000 + index:08d}",
+        nir=f"{body}{ins_key(body):02d}",
+        family=rng.choice(FAMILY),
+        given=rng.choice(GIVEN_M if sex == "M" else GIVEN_F),
+        sex=sex,
+        birth=f"{birth:%Y%m%d}",
+        qualified=rng.random() < 0.7,
+    )
+
+
+def _msh(control_id: str, when: datetime, message_type: str) -> str:
+    stamp = f"{when:%Y%m%d%H%M%S}"
+    head = f"MSH|^~\\&|SIH-DEMO|CHU-SYNTH|AFFLUENT|HUB|{stamp}||{message_type}|{control_id}|P|2.5"
+    return head + "|||||FRA|8859/15"
+
+
+def _pid(p: SyntheticPatient) -> str:
+    ids = (
+        f"{p.ipp}^^^CHU-SYNTH&{HOSPITAL_OID}&ISO^PI~{p.nir}^^^ASIP-SANTE-INS-NIR-TEST&{INS_TEST_OID}&ISO^INS"
+    )
+    status = "QUAL" if p.qualified else "VALI"
+    fields = [
+        "PID",
+        "1",
+        "",
+        ids,
+        "",
+        f"{p.family}^{p.given}^^^^^L",
+        "",
+        p.birth,
+        p.sex,
+        "",
+        "",
+        "3 rue de l\\T\\Église^^Lyon^^69003^FRA^H",
+        "",
+        "0472000000^PRN^PH",
+    ]
+    fields += [""] * (32 - len(fields) + 1)
+    fields[32] = status
+    return "|".join(fields)
+
+
+def _pv1(visit: str, admitted: datetime | None) -> str:
+    fields = [""] * 45
+    fields[:4] = ["PV1", "1", "I", "CARDIO^101^1^CHU-SYNTH"]
+    fields[19] = f"{visit}^^^CHU-SYNTH&{HOSPITAL_OID}&ISO^VN"
+    if admitted is not None:
+        fields[44] = f"{admitted:%Y%m%d%H%M%S}"
+    return "|".join(fields).rstrip("|")
+
+
+def adt_a01(p: SyntheticPatient, control_id: str, when: datetime, visit: str) -> bytes:
+    segments = [
+        _msh(control_id, when, "ADT^A01^ADT_A01"),
+        f"EVN||{when:%Y%m%d%H%M%S}",
+        _pid(p),
+        _pv1(visit, when),
+        f"ZBE|MVT{control_id}^CHU-SYNTH|{when:%Y%m%d%H%M%S}||INSERT|N",
+    ]
+    return ("\r".join(segments) + "\r").encode("iso8859-15")
+
+
+def _obr(control_id: str, when: datetime) -> str:
+    fields = [""] * 26
+    fields[0] = "OBR"
+    fields[1] = "1"
+    fields[2] = f"{control_id}^DEMO"
+    fields[3] = f"{control_id}^LAB"
+    fields[4] = "24323-8^Bilan métabolique^LN"
+    fields[7] = f"{when:%Y%m%d%H%M%S}"
+    fields[22] = f"{when:%Y%m%d%H%M%S}"
+    fields[24] = "CH"
+    fields[25] = "F"
+    return "|".join(fields)
+
+
+def oru_r01(rng: random.Random, p: SyntheticPatient, control_id: str, when: datetime, visit: str) -> bytes:
+    segments = [
+        _msh(control_id, when, "ORU^R01^ORU_R01"),
+        _pid(p),
+        _pv1(visit, None),
+        _obr(control_id, when),
+    ]
+    for i, (code, name, unit, low, high) in enumerate(rng.sample(LAB, 3), start=1):
+        value = round(rng.uniform(low * 0.8, high * 1.2), 2)
+        flag = "H" if value > high else ("L" if value < low else "N")
+        segments.append(
+            f"OBX|{i}|NM|{code}^{name}^LN||{value}|{unit}|{low}-{high}|{flag}|||F|||{when:%Y%m%d%H%M%S}"
+        )
+    return ("\r".join(segments) + "\r").encode("iso8859-15")
+
+
+def messages(count: int, seed: int = 7, patients: int = 50, start: datetime | None = None) -> list[bytes]:
+    """`count` messages (about one admission for three lab results) for `patients` synthetic patients."""
+    rng = random.Random(seed)
+    people = [patient(rng, i) for i in range(patients)]
+    when = start or datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    out: list[bytes] = []
+    run = f"{rng.randrange(16**6):06x}"
+    for n in range(count):
+        p = people[n % patients]
+        control_id = f"S{run}{n:07d}"
+        visit = f"V{p.ipp}"
+        when += timedelta(seconds=1)
+        out.append(
+            adt_a01(p, control_id, when, visit) if n % 4 == 0 else oru_r01(rng, p, control_id, when, visit)
+        )
+    return out
