@@ -9,6 +9,7 @@ security settings (SASL_SSL/SCRAM, mTLS) come from one place.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,4 +166,21 @@ def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: f
             if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise KafkaUnavailable(f"cannot create topic {name}: {err}") from None
+    _wait_visible(admin, created, timeout_s)
     return created
+
+
+def _wait_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Creation is acknowledged by the controller before every broker's metadata shows the topic with a
+    leader per partition; callers that produce or describe right away need the latter."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        for name in list(pending):
+            md = topics.get(name)
+            ready = md is not None and md.error is None and bool(md.partitions)
+            if ready and all(p.leader >= 0 for p in md.partitions.values()):
+                pending.discard(name)
+        if pending:
+            time.sleep(0.1)

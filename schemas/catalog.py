@@ -42,6 +42,23 @@ CANONICAL_TOPICS: tuple[str, ...] = (
 DLQ_NORMALIZE = "dlq.normalize"
 DLQ_PSEUDONYMIZE = "dlq.pseudonymize"
 
+# National topics (DESIGN §4): pseudonymized, keyed by the patient pseudonym, one per destination and kind.
+# The kinds follow each destination's policy (streams/pseudonymize/policies/<destination>.yaml), and each
+# schema holds exactly what that policy emits (a unit test derives it from the policy and compares).
+NATIONAL_HDH_KINDS: tuple[str, ...] = tuple(topic.removeprefix("canonical.") for topic in CANONICAL_TOPICS)
+NATIONAL_INCA_KINDS: tuple[str, ...] = (
+    "patient",
+    "condition",
+    "procedure",
+    "observation",
+    "diagnostic_report",
+    "retraction",
+)
+NATIONAL_KINDS: dict[str, tuple[str, ...]] = {"hdh": NATIONAL_HDH_KINDS, "inca": NATIONAL_INCA_KINDS}
+NATIONAL_TOPICS: tuple[str, ...] = tuple(
+    f"national.{destination}.{kind}.v1" for destination, kinds in NATIONAL_KINDS.items() for kind in kinds
+)
+
 NATIONAL_PREFIX = "national."
 NATIONAL_COMPATIBILITY = "FULL_TRANSITIVE"
 DEFAULT_COMPATIBILITY = "BACKWARD"
@@ -56,6 +73,11 @@ _TOPIC_SCHEMAS: tuple[tuple[str, str], ...] = (
     (DLQ_INGEST, "dead_letter"),
     (DLQ_NORMALIZE, "dead_letter"),
     (DLQ_PSEUDONYMIZE, "dead_letter"),
+    *(
+        (f"national.{destination}.{kind}.v1", f"national/{destination}/{kind}_v1")
+        for destination, kinds in NATIONAL_KINDS.items()
+        for kind in kinds
+    ),
 )
 
 
