@@ -179,8 +179,9 @@ def _wait_visible(admin: AdminClient, names: list[str], timeout_s: float) -> Non
         topics = admin.list_topics(timeout=timeout_s).topics
         for name in list(pending):
             md = topics.get(name)
-            ready = md is not None and md.error is None and bool(md.partitions)
-            if ready and all(p.leader >= 0 for p in md.partitions.values()):
+            if md is None or md.error is not None or not md.partitions:
+                continue
+            if all(p.leader >= 0 for p in md.partitions.values()):
                 pending.discard(name)
         if pending:
             time.sleep(0.1)
