@@ -15,6 +15,7 @@ import json
 import struct
 from functools import cache
 from importlib import resources
+from collections.abc import Callable
 from typing import Any
 
 import fastavro
@@ -23,6 +24,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from affluent.errors import RegistryError, SchemaError
 from affluent.settings import RegistrySettings
+from schemas.fastwriter import NotCompilable, compile_writer
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -141,10 +143,19 @@ class AvroCodec:
         self.subject = subject
         self.schema = parse_schema(schema_text)
         self.schema_name = str(self.schema.get("name", "?"))
+        try:
+            self._fast: Callable[[dict[str, Any]], bytes] | None = compile_writer(json.loads(schema_text))
+        except NotCompilable:
+            self._fast = None
         self.schema_id = registry.register(subject, schema_text, compatibility)
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
 
     def encode(self, record: dict[str, Any]) -> bytes:
+        if self._fast is not None:
+            try:
+                return self._header + self._fast(record)
+            except (TypeError, KeyError, ValueError, AttributeError, OverflowError, IndexError):
+                pass  # fastavro decides: it applies defaults or reports the field at fault
         buf = io.BytesIO()
         buf.write(self._header)
         try:
