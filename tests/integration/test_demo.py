@@ -12,7 +12,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     result = subprocess.run(
-        [sys.executable, "-m", "affluent.cli", "demo"], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "affluent.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
