@@ -66,7 +66,7 @@ def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
             "max.in.flight.requests.per.connection": 5,
             # Bounded: past this a delivery report fails and the sender gets a NAK instead of a hang.
             "delivery.timeout.ms": kafka.delivery_timeout_ms,
-            "linger.ms": 2,
+            "linger.ms": kafka.linger_ms,
             "compression.type": "lz4",
         }
     )

@@ -43,6 +43,9 @@ class KafkaSettings(BaseModel):
     ssl_key_password: SecretStr | None = None
     # A sender waits for our answer: past this many ms without a delivery report we NAK rather than hang.
     delivery_timeout_ms: int = Field(default=15_000, ge=1_000)
+    # Doors wait for each delivery report before answering a sender, so batching delay is paid per
+    # message: keep it near zero (under load, records still batch while a request is in flight).
+    linger_ms: float = Field(default=0.0, ge=0)
     default_partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     min_insync_replicas: int | None = Field(default=None, ge=1)

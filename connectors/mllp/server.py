@@ -215,10 +215,13 @@ class MllpServer:
             reply = self._encode_acks(accepted.header, "accepted", None)
             record = self._raw_record(accepted, peer)
             stream_key = f"{accepted.header.sending_facility}|{accepted.header.sending_application}"
-            await asyncio.gather(
-                self.producer.send(self.raw_topic, self.raw_codec.encode(record), stream_key.encode("utf-8")),
-                self.ack_cache.store(self.producer, key, reply),
+            await self.producer.send_all(
+                [
+                    (self.raw_topic, self.raw_codec.encode(record), stream_key.encode("utf-8")),
+                    (self.ack_cache.topic, reply, key.encode("utf-8")),
+                ]
             )
+            self.ack_cache.remember(key, reply)
             stored = reply
             self._count(accepted.header, "stored")
             return reply

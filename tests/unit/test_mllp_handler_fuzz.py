@@ -33,6 +33,11 @@ class FakeProducer:
             raise KafkaUnavailable("down")
         self.sent.append((topic, value, key))
 
+    async def send_all(self, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+        if self.fail:
+            raise KafkaUnavailable("down")
+        self.sent.extend(records)
+
 
 class FakeCodec:
     def encode(self, record: dict[str, Any]) -> bytes:
@@ -41,8 +46,13 @@ class FakeCodec:
 
 
 class FakeCache:
+    topic = "ack"
+
     def __init__(self) -> None:
         self.entries: dict[str, bytes] = {}
+
+    def remember(self, key: str, acks: bytes) -> None:
+        self.entries[key] = acks
 
     def get(self, key: str) -> bytes | None:
         return self.entries.get(key)
