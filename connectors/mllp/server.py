@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
 import time
@@ -81,6 +82,9 @@ class MllpServer:
         )
         self.metrics = MllpMetrics(metrics_registry, self.policy.allowed_message_types)
         self._in_flight: dict[str, asyncio.Future[bytes | None]] = {}
+        # ACK control ids (MSH-10 of our ACKs): unique per process start, then a counter (no syscall each).
+        self._ack_ids = itertools.count(1)
+        self._ack_prefix = uuid.uuid4().hex[:8]
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self.port: int | None = None
@@ -263,7 +267,7 @@ class MllpServer:
             text = acks.build_ack(
                 header,
                 code,
-                control_id=uuid.uuid4().hex[:20],
+                control_id=f"{self._ack_prefix}{next(self._ack_ids):012d}",
                 now=now,
                 our_application=self.settings.receiving_application,
                 our_facility=self.settings.receiving_facility,
