@@ -591,6 +591,9 @@ def test_catalog_maps_every_topic_to_its_schema():
         "dlq.ingest": "dead_letter",
         "dlq.normalize": "dead_letter",
         "dlq.pseudonymize": "dead_letter",
+        **{
+            f"national.{d}.{k}.v1": f"national/{d}/{k}_v1" for d, ks in cat.NATIONAL_KINDS.items() for k in ks
+        },
     }
     assert set(cat.CANONICAL_TOPICS) == {f"canonical.{t}" for t in CANONICAL_TYPES}
 
