@@ -108,6 +108,28 @@ def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudonymize(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.pseudonymize.cli import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_opposition_add(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.pseudonymize.cli import opposition_add
+
+    n = opposition_add(settings, ins=args.ins, ipp=args.ipp, authority=args.authority)
+    print(f"objection registered ({n} entries)")
+    return 0
+
+
+def cmd_opposition_list(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.pseudonymize.cli import opposition_list
+
+    print(f"{opposition_list(settings)} entries")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.demo import run_demo
 
@@ -162,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("normalize", help="run a normalize worker (raw topics -> canonical.*)").set_defaults(
         func=cmd_normalize
+    )
+
+    sub.add_parser("pseudonymize", help="run a pseudonymize worker (canonical.* -> national.*)").set_defaults(
+        func=cmd_pseudonymize
+    )
+
+    opposition = sub.add_parser("opposition", help="the patients' right to object (control.opposition)")
+    opposition_sub = opposition.add_subparsers(dest="opposition_command", required=True)
+    add = opposition_sub.add_parser("add", help="register an objection (only keyed hashes are stored)")
+    add.add_argument("--ins", help="INS matricule (NIR)")
+    add.add_argument("--ipp", help="local patient id")
+    add.add_argument("--authority", help="the IPP's assigning authority (OID or namespace)")
+    add.set_defaults(func=cmd_opposition_add)
+    opposition_sub.add_parser("list", help="count the registry's entries").set_defaults(
+        func=cmd_opposition_list
     )
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)

@@ -1,0 +1,214 @@
+"""The pseudonymize stage without Kafka: one canonical record in, national records or one dead letter out.
+
+This is the step between ``canonical.<kind>`` and ``national.<destination>.<kind>.v1`` (DESIGN §6):
+decode the canonical record (registry), drop it when the patient objected (an OPPOSITION retraction
+still passes: it tells the platforms to delete), and for each destination that takes the kind, apply
+the destination's policy and frame the Avro body with the id of the national schema registered at
+start. The faust agent around it only moves bytes.
+
+Nothing here logs or reports content: dead-letter reasons are the content-free texts of
+:class:`TransformError`, metrics carry destinations, kinds and key ids only.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Container, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from affluent.errors import AffluentError
+from affluent.topics import value_subject
+from connectors.deadletter import dead_letter_record
+from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
+from schemas.registry import MAGIC_BYTE, AvroCodec, Registry, load_schema
+from schemas.registry import decode as decode_avro
+from streams.normalize.stage import Output
+from streams.pseudonymize.keys import KeyProvider
+from streams.pseudonymize.pseudonym import IdentityMissing, is_opposed
+from streams.pseudonymize.transform import Feed, TransformError
+
+STAGE = "pseudonymize"
+CANONICAL_PREFIX = "canonical."
+_HEADER = struct.Struct(">bI")
+
+OppositionLookup = Container[str] | Callable[[str], object]
+
+
+class PseudonymizeMetrics:
+    """The stage's metrics. ``dead_letters`` may be shared with another stage living in the same registry
+    (``affluent_dlq_records_total`` must be registered once per registry)."""
+
+    def __init__(self, registry: CollectorRegistry, dead_letters: Counter | None = None) -> None:
+        self.records_in = Counter(
+            "affluent_pseudonymize_records_in",
+            "Canonical records read by the pseudonymize stage, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.national_records = Counter(
+            "affluent_national_records",
+            "National records produced, by destination and kind",
+            ["destination", "kind"],
+            registry=registry,
+        )
+        self.opposition_drops = Counter(
+            "affluent_opposition_drops",
+            "Records not sent to a destination because the patient objected",
+            ["destination"],
+            registry=registry,
+        )
+        self.dead_letters = dead_letters or Counter(
+            "affluent_dlq_records",
+            "Dead letters written, by stage and reason code",
+            ["stage", "reason"],
+            registry=registry,
+        )
+        self.key_info = Gauge(
+            "affluent_pseudonym_key_info",
+            "1 for the pseudonymization key in use per destination (the key id, never the secret)",
+            ["destination", "key_id"],
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "affluent_end_to_end_latency_seconds",
+            "From reception at the door (envelope.ingest_time) to the national record, by source door "
+            "(connector) and destination",
+            ["source", "destination"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "affluent_pseudonymize_stage_latency_seconds",
+            "Processing time of one canonical record in the pseudonymize stage (decode, filter, "
+            "transform, encode)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1),
+            registry=registry,
+        )
+
+
+class Pseudonymizer:
+    def __init__(
+        self,
+        registry: Registry,
+        feeds: Sequence[Feed],
+        opposition_lookup: OppositionLookup,
+        keys: KeyProvider,
+        metrics: PseudonymizeMetrics,
+        dlq_topic: str = DLQ_PSEUDONYMIZE,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.registry = registry
+        self.feeds = tuple(feeds)
+        self.opposition = opposition_lookup
+        self.keys = keys
+        self.metrics = metrics
+        self.dlq_topic = dlq_topic
+        self.clock = clock
+        # topic → Confluent header of its national schema; registering fails the start, not a record.
+        self.headers: dict[str, bytes] = {}
+        for feed in self.feeds:
+            for kind, topic in feed.topics().items():
+                schema_id = registry.register(
+                    value_subject(topic), feed.schema_text(kind), NATIONAL_COMPATIBILITY
+                )
+                self.headers[topic] = _HEADER.pack(MAGIC_BYTE, schema_id)
+            key = keys.current(feed.policy.key_name)
+            metrics.key_info.labels(feed.destination, key.key_id).set(1)
+        self.dlq_codec = AvroCodec(registry, value_subject(dlq_topic), load_schema("dead_letter"), "BACKWARD")
+
+    def process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
+        """Never raises: a record that cannot be read or transformed becomes a dead letter."""
+        started = time.perf_counter()
+        try:
+            return self._process(value, topic, partition, offset)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    def _process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
+        lineage = {"topic": topic, "partition": partition, "offset": offset}
+        kind = topic.removeprefix(CANONICAL_PREFIX)
+        if value is None:
+            return [self._dead("empty_record", "canonical record has no value", None, lineage)]
+        try:
+            record = decode_avro(self.registry, value)
+        except AffluentError:
+            return [self._dead("undecodable_canonical", "not a registered canonical record", None, lineage)]
+        self.metrics.records_in.labels(kind).inc()
+        envelope = record.get("envelope")
+        if not isinstance(envelope, Mapping) or not isinstance(record.get("patient"), Mapping):
+            return [self._dead("not_canonical", "record has no envelope or patient", None, lineage)]
+        try:
+            opposed = is_opposed(self.opposition, record["patient"], self.keys)
+        except IdentityMissing as exc:  # content-free by construction
+            return [self._dead("identity_missing", str(exc), record, lineage)]
+        if opposed and not (kind == "retraction" and record.get("kind") == "OPPOSITION"):
+            for feed in self.feeds:
+                if self._takes(feed, kind, record):
+                    self.metrics.opposition_drops.labels(feed.destination).inc()
+            return []
+        outputs: list[Output] = []
+        produced: list[tuple[str, str]] = []
+        for feed in self.feeds:
+            try:
+                national = feed.apply(kind, record)
+                if national is None:
+                    continue
+                body = feed.encode(national)
+            except TransformError as exc:
+                return [self._dead("national_transform", str(exc), record, lineage)]
+            except AffluentError as exc:  # SchemaError from the encoder: names schema and field only
+                return [self._dead("national_schema", str(exc), record, lineage)]
+            header = self.headers.get(national.topic)
+            if header is None:
+                return [
+                    self._dead(
+                        "national_schema", f"no registered schema for {national.topic}", record, lineage
+                    )
+                ]
+            outputs.append(Output(national.topic, national.key.encode("utf-8"), header + body))
+            produced.append((feed.destination, national.kind))
+        source = str(envelope.get("source", {}).get("connector") or "unknown")
+        ingest = envelope.get("ingest_time")
+        age = (self.clock() - ingest).total_seconds() if isinstance(ingest, datetime) else None
+        for destination, national_kind in produced:
+            self.metrics.national_records.labels(destination, national_kind).inc()
+            if age is not None:
+                self.metrics.end_to_end.labels(source, destination).observe(max(0.0, age))
+        return outputs
+
+    @staticmethod
+    def _takes(feed: Feed, kind: str, record: Mapping[str, Any]) -> bool:
+        policy = feed.policy
+        if not policy.sends(kind):
+            return False
+        return not policy.select or bool(policy.selects(kind, record))
+
+    def _dead(
+        self, reason_code: str, reason: str, record: Mapping[str, Any] | None, lineage: dict[str, Any]
+    ) -> Output:
+        """A dead letter naming the failure; the canonical content stays out of the reason (and the
+        canonical value is not copied into the dead letter either: replay from the canonical topic with
+        the lineage)."""
+        self.metrics.dead_letters.labels(STAGE, reason_code).inc()
+        envelope: Mapping[str, Any] = (record or {}).get("envelope") or {}
+        source: Mapping[str, Any] = envelope.get("source") or {}
+        envelope_lineage: Mapping[str, Any] = envelope.get("lineage") or {}
+        dead = dead_letter_record(
+            stage=STAGE,
+            reason_code=reason_code,
+            reason=reason,
+            content_type="avro/binary",
+            source_facility=str(source.get("facility") or ""),
+            source_application=str(source.get("application") or ""),
+            connector=str(source.get("connector") or ""),
+            protocol=str(source.get("protocol") or ""),
+            raw_id=str(envelope_lineage["raw_id"]) if envelope_lineage.get("raw_id") else None,
+            event_id=str(envelope["event_id"]) if envelope.get("event_id") else None,
+            lineage=lineage,
+        )
+        key = f"{dead['source']['facility']}|{dead['source']['application']}".encode()
+        return Output(self.dlq_topic, key, self.dlq_codec.encode(dead))

@@ -1,0 +1,192 @@
+"""The pseudonymize worker: a faust agent over ``canonical.*``, a thin shell around :class:`Pseudonymizer`.
+
+Same delivery discipline as the normalize worker: batches in order per partition, the national outputs
+of a batch confirmed by Kafka (``acks=all``) before the batch's inputs are acknowledged to faust. A
+crash replays inputs; national event ids are deterministic per key, so replays collapse downstream.
+
+Keys come from ``AFFLUENT_PSEUDO_KEY__<RING>`` variables, over the file named by
+``AFFLUENT_PSEUDO_KEY_FILE``; the worker refuses to start without a key for every destination and for
+the opposition ring. The opposition registry (``control.opposition``) is read to its end before the
+agent starts, then tailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Gauge
+
+from affluent.compacted import CompactedView
+from affluent.errors import ConfigError
+from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.settings import Settings
+from affluent.telemetry import TelemetryServer
+from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
+from schemas.registry import Registry
+from streams.app import make_app
+from streams.normalize.stage import Output
+from streams.pseudonymize.keys import (
+    FirstOf,
+    KeyConfigError,
+    KeyProvider,
+    env_provider,
+    file_provider,
+    require_key,
+)
+from streams.pseudonymize.policy import load_policy
+from streams.pseudonymize.pseudonym import OPPOSITION_KEYRING
+from streams.pseudonymize.stage import PseudonymizeMetrics, Pseudonymizer
+from streams.pseudonymize.transform import Feed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "affluent-pseudonymize"
+DEFAULT_METRICS_PORT = 9466
+GROUP_ENV = "AFFLUENT_PSEUDONYMIZE_GROUP"
+METRICS_PORT_ENV = "AFFLUENT_PSEUDONYMIZE_METRICS_PORT"
+KEY_FILE_ENV = "AFFLUENT_PSEUDO_KEY_FILE"
+DESTINATIONS = ("hdh", "inca")
+
+
+def group_name() -> str:
+    return os.environ.get(GROUP_ENV) or DEFAULT_GROUP
+
+
+def metrics_port() -> int | None:
+    """The /metrics port: ``AFFLUENT_PSEUDONYMIZE_METRICS_PORT`` (empty or ``none`` disables it)."""
+    text = os.environ.get(METRICS_PORT_ENV)
+    if text is None:
+        return DEFAULT_METRICS_PORT
+    if text.strip().lower() in ("", "none", "off"):
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"{METRICS_PORT_ENV} must be a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{METRICS_PORT_ENV} must be between 0 and 65535")
+    return port
+
+
+def load_keys(environ: dict[str, str] | None = None) -> KeyProvider:
+    """Environment keys over the key file; refuses to go on without the opposition ring's key."""
+    env = dict(os.environ if environ is None else environ)
+    providers: list[KeyProvider] = [env_provider(env)]
+    key_file = env.get(KEY_FILE_ENV)
+    if key_file:
+        providers.append(file_provider(key_file))
+    keys = FirstOf(*providers)
+    try:
+        require_key(keys, OPPOSITION_KEYRING)
+    except ConfigError:
+        raise KeyConfigError(
+            "no pseudonymization keys: set AFFLUENT_PSEUDO_KEY_FILE to a key file or "
+            "AFFLUENT_PSEUDO_KEY__<RING> variables (rings: hdh, inca, opposition); "
+            "see docs/pseudonymization.md, Keys"
+        ) from None
+    return keys
+
+
+def build_feeds(keys: KeyProvider, destinations: tuple[str, ...] = DESTINATIONS) -> list[Feed]:
+    """One feed per destination; a destination without a key stops the start with its name."""
+    return [Feed(load_policy(name), keys) for name in destinations]
+
+
+def worker_topics(group: str) -> list[TopicSpec]:
+    return [
+        *(TopicSpec(t) for t in (*CANONICAL_TOPICS, *NATIONAL_TOPICS, DLQ_PSEUDONYMIZE)),
+        TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
+        # faust's leader topic: declared by faust only when topic creation is allowed, which it is not.
+        TopicSpec(f"{group}-__assignor-__leader", partitions=1),
+    ]
+
+
+def build_worker(
+    settings: Settings,
+    metrics_registry: CollectorRegistry | None = None,
+    keys: KeyProvider | None = None,
+) -> tuple[faust.App, TelemetryServer, CompactedView]:
+    s = settings
+    group = group_name()
+    port = metrics_port()
+    keys = keys if keys is not None else load_keys()
+    feeds = build_feeds(keys)
+    wait_for_kafka(s.kafka, 30)
+    ensure_topics(s.kafka, worker_topics(group))
+    opposition = CompactedView(s.kafka, CONTROL_OPPOSITION, name="opposition")
+    opposition.start()
+    metrics_registry = metrics_registry or CollectorRegistry()
+    pseudonymizer = Pseudonymizer(
+        Registry(s.registry), feeds, opposition, keys, PseudonymizeMetrics(metrics_registry)
+    )
+    lag = Gauge(
+        "affluent_consumer_lag",
+        "Records not yet processed, per consumer group, topic and partition",
+        ["group", "topic", "partition"],
+        registry=metrics_registry,
+    )
+    Gauge(
+        "affluent_opposition_entries",
+        "Entries in the opposition registry (keyed hashes)",
+        registry=metrics_registry,
+    ).set_function(lambda: float(len(opposition)))
+    app = make_app(group, s.kafka)
+    sources = app.topic(*CANONICAL_TOPICS)
+    out_topics: dict[str, Any] = {}
+    positions: dict[tuple[str, int], int] = {}
+
+    def out(topic: str) -> Any:
+        if topic not in out_topics:
+            out_topics[topic] = app.topic(topic)
+        return out_topics[topic]
+
+    @app.agent(sources)
+    async def pseudonymize(stream: Any) -> None:
+        async for batch in stream.take_events(s.streams.batch_size, within=s.streams.batch_window_s):
+            deliveries = []
+            for event in batch:
+                msg = event.message
+                outputs: list[Output] = pseudonymizer.process(
+                    event.value, msg.topic, msg.partition, msg.offset
+                )
+                for o in outputs:
+                    deliveries.append(await out(o.topic).send(key=o.key, value=o.value))
+                positions[(msg.topic, msg.partition)] = msg.offset + 1
+            # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
+            await asyncio.gather(*deliveries)
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def measure_lag() -> None:
+        for tp in app.consumer.assignment():
+            high = app.consumer.highwater(tp)
+            if high is None:
+                continue
+            done = positions.get((tp.topic, tp.partition))
+            if done is None:
+                committed = await app.consumer.committed(tp) if hasattr(app.consumer, "committed") else None
+                done = committed or 0
+            lag.labels(group, tp.topic, str(tp.partition)).set(max(0, high - done))
+
+    telemetry = TelemetryServer(metrics_registry)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_metrics() -> None:
+        if port is not None:
+            await telemetry.start(s.streams.metrics_host, port)
+
+    return app, telemetry, opposition
+
+
+def run(settings: Settings) -> None:
+    """Run the worker in the foreground until SIGINT/SIGTERM (faust handles the signals and drains)."""
+    app, _, opposition = build_worker(settings)
+    try:
+        worker = faust.Worker(app, loglevel="WARN", quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        opposition.stop()

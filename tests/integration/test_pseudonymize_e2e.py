@@ -1,0 +1,336 @@
+"""MLLP in → normalize worker → pseudonymize worker (real subprocesses) → national topics.
+
+Synthetic patients with identifiers unique to the run; one of them objects before any of their
+messages arrives. Expected national records are computed in the test from the canonical events of our
+raw ids with the same policies and test keys, so every national record is checked byte for byte; then
+nothing identifying may be found in what leaves the hub (values, keys) nor in the worker's output.
+
+Both workers start in fresh consumer groups whose offsets are first committed at the current end of
+their input topics: they process this run's records only, however much history the topics hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from affluent import synthetic
+from affluent.accounting import collect
+from affluent.kafka import TopicSpec, ensure_topics, make_consumer
+from affluent.settings import KafkaSettings, MllpSettings
+from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION, INGEST_HL7V2_RAW
+from connectors.mllp.client import send_all
+from connectors.mllp.intake import Accepted, IntakePolicy, assess
+from connectors.mllp.service import MllpService
+from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS
+from schemas.registry import decode, parse_schema
+from streams.pseudonymize.cli import opposition_add, opposition_entries
+from streams.pseudonymize.worker import KEY_FILE_ENV, build_feeds, load_keys
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KEY_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "test-keys.json"
+ENCODINGS = ("utf-8", "latin-1", "iso8859-15")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ends(kafka: KafkaSettings, topics: list[str] | tuple[str, ...]) -> list[TopicPartition]:
+    consumer = make_consumer(kafka, group_id=f"test-ends-{uuid.uuid4().hex[:8]}")
+    try:
+        out = []
+        for topic in topics:
+            md = consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in md.partitions:
+                for attempt in range(40):  # a topic just created may not have its leader yet
+                    try:
+                        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                        break
+                    except KafkaException:
+                        if attempt == 39:
+                            raise
+                        time.sleep(0.25)
+                out.append(TopicPartition(topic, p, high))
+        return out
+    finally:
+        consumer.close()
+
+
+def start_group_at(kafka: KafkaSettings, group: str, positions: list[TopicPartition]) -> None:
+    consumer = make_consumer(kafka, group_id=group)
+    try:
+        consumer.commit(offsets=positions, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def worker(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as err:
+        proc = subprocess.Popen(args, env=env, stdout=err, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def run_messages(patients: list[synthetic.SyntheticPatient], run: str) -> list[bytes]:
+    rng = random.Random(run)
+    when = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    out: list[bytes] = []
+    for i, p in enumerate(patients):
+        visit = f"V{p.ipp}"
+        out.append(synthetic.adt_a01(p, f"T{run}{i}A", when, visit))
+        out.append(synthetic.oru_r01(rng, p, f"T{run}{i}B", when, visit))
+        out.append(synthetic.oru_r01(rng, p, f"T{run}{i}C", when, visit))
+    return out
+
+
+async def send(settings: Any, payloads: list[bytes]) -> set[str]:
+    door = MllpService(
+        settings.model_copy(update={"mllp": MllpSettings(port=0, metrics_port=None)}), CollectorRegistry()
+    )
+    port = await door.start(with_telemetry=False)
+    try:
+        codes = await send_all("127.0.0.1", port, payloads, senders=2)
+    finally:
+        await door.stop()
+    assert set(codes) <= {"AA", "CA"}, codes
+    raw_ids = set()
+    for payload in payloads:
+        accepted = assess(payload, IntakePolicy())
+        assert isinstance(accepted, Accepted)
+        raw_ids.add(accepted.raw_id)
+    return raw_ids
+
+
+def canaries(patients: list[synthetic.SyntheticPatient]) -> list[str]:
+    out = ["0472000000", "rue de l"]
+    for p in patients:
+        birth = p.birth
+        out += [p.family, p.family.title(), p.given, p.given.upper(), p.nir, p.nir[:13], p.ipp, f"V{p.ipp}"]
+        out += [birth, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"]
+    return out
+
+
+def leaks(data: bytes, texts: list[str]) -> list[str]:
+    found = []
+    for text in texts:
+        for encoding in ENCODINGS:
+            try:
+                needle = text.encode(encoding)
+            except UnicodeEncodeError:
+                continue
+            if needle in data:
+                found.append(f"{text!r} ({encoding})")
+                break
+    return found
+
+
+def read_national(
+    kafka: KafkaSettings, start: list[TopicPartition], want: set[str], timeout_s: float, quiet_s: float = 3.0
+) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) of national records written after `start`, until every id of `want` was seen
+    (national event ids are found in the value's bytes) and nothing new came for `quiet_s`."""
+    consumer = make_consumer(kafka, group_id=f"test-national-{uuid.uuid4().hex[:8]}")
+    consumer.assign(start)
+    out: list[tuple[str, bytes, bytes]] = []
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    last_new = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if seen >= want and time.monotonic() - last_new > quiet_s:
+                break
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            key, value = msg.key() or b"", msg.value() or b""
+            out.append((msg.topic() or "", key, value))
+            seen |= {w for w in want if w.encode() in value}
+            last_new = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposition(
+    settings, live_kafka, registry, tmp_path, monkeypatch, request
+):
+    started = time.monotonic()
+    monkeypatch.setenv(KEY_FILE_ENV, str(KEY_FILE))
+    keys = load_keys()
+    feeds = build_feeds(keys)
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+    patients = [
+        replace(synthetic.patient(rng, i), ipp=f"{rng.randrange(10**7, 10**8)}", qualified=i % 2 == 0)
+        for i in range(4)
+    ]
+    objecting = patients[1]  # IPP identity (not qualified)
+    assert len({p.ipp for p in patients}) == len(patients)
+
+    ensure_topics(live_kafka, [TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG)])
+    objection = dict(ins=objecting.nir, ipp=objecting.ipp, authority=synthetic.HOSPITAL_OID)
+    # Withdrawn at the end (tombstones), pass or fail, so the shared registry does not keep it.
+    request.addfinalizer(lambda: _withdraw(live_kafka, opposition_entries(keys, **objection)))
+    assert opposition_add(settings, keys=keys, **objection) == 2  # before the patient's first event
+
+    norm_group, pseudo_group = f"test-normalize-{run}", f"test-pseudonymize-{run}"
+    ensure_topics(
+        live_kafka,
+        [TopicSpec(t) for t in (INGEST_HL7V2_RAW, *CANONICAL_TOPICS, *NATIONAL_TOPICS)]
+        + [TopicSpec(f"{g}-__assignor-__leader", partitions=1) for g in (norm_group, pseudo_group)],
+    )
+    start_group_at(live_kafka, norm_group, ends(live_kafka, [INGEST_HL7V2_RAW]))
+    start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
+    national_start = ends(live_kafka, list(NATIONAL_TOPICS))
+
+    metrics_port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
+    norm_env = {
+        **base_env,
+        "AFFLUENT_STREAMS__NORMALIZE_GROUP": norm_group,
+        "AFFLUENT_STREAMS__METRICS_PORT": str(free_port()),
+    }
+    pseudo_env = {
+        **base_env,
+        KEY_FILE_ENV: str(KEY_FILE),
+        "AFFLUENT_PSEUDONYMIZE_GROUP": pseudo_group,
+        "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(metrics_port),
+    }
+    pseudo_log = tmp_path / "pseudonymize.log"
+    pseudo_cmd = [sys.executable, "-c", "from streams.pseudonymize.cli import main; main()"]
+    metrics_text = ""
+    try:
+        with (
+            worker([sys.executable, "-m", "affluent.cli", "normalize"], norm_env, tmp_path / "normalize.log"),
+            worker(pseudo_cmd, pseudo_env, pseudo_log) as pseudo,
+        ):
+            raw_ids = await send(settings, run_messages(patients, run))
+            canonical = collect(live_kafka, registry, CANONICAL_TOPICS, raw_ids, timeout_s=45)
+            assert {r["envelope"]["lineage"]["raw_id"] for rs in canonical.values() for r in rs} == raw_ids
+
+            # What the national topics must hold: the policies applied to our canonical events.
+            expected: dict[str, tuple[str, str, bytes]] = {}  # national event id → topic, key, body
+            opposed_keys: set[str] = set()
+            for topic, records in canonical.items():
+                kind = topic.removeprefix("canonical.")
+                for record in records:
+                    for feed in feeds:
+                        national = feed.apply(kind, record)
+                        if national is None:
+                            continue
+                        if (record["patient"].get("ipp") or {}).get("id") == objecting.ipp:
+                            opposed_keys.add(national.key)
+                        else:
+                            event_id = national.record["envelope"]["event_id"]
+                            expected[event_id] = (national.topic, national.key, feed.encode(national))
+            assert opposed_keys and expected
+            assert {t for t, _, _ in expected.values()} >= {
+                "national.hdh.patient.v1",
+                "national.inca.patient.v1",
+            }
+
+            national = read_national(live_kafka, national_start, set(expected), timeout_s=45)
+            assert pseudo.poll() is None, "the pseudonymize worker is still running"
+            metrics_text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        worker_output = pseudo_log.read_bytes() if pseudo_log.exists() else b""
+    assert b"Traceback" not in worker_output, worker_output.decode(errors="replace")[-3000:]
+
+    # Every expected national record arrived, keyed by the patient pseudonym, byte for byte.
+    ours = [(t, k, v) for t, k, v in national if v[5:] in {body for _, _, body in expected.values()}]
+    by_body = {body: (topic, key) for topic, key, body in expected.values()}
+    assert {v[5:] for _, _, v in ours} == set(by_body), "one national record per expected event"
+    for topic, key, value in ours:
+        assert (topic, key.decode()) == by_body[value[5:]]
+        record = decode(registry, value)  # through the registry (Confluent header → national schema)
+        entry_schema = registry.writer_schema(int.from_bytes(value[1:5], "big"))
+        assert entry_schema["name"].startswith(f"fr.affluent.national.{topic.split('.')[1]}.")
+        assert record["envelope"]["event_id"] in expected
+        key_id = keys.current(topic.split(".")[1]).key_id
+        assert key.decode().startswith(f"{key_id}:") and len(key.decode()) == len(key_id) + 1 + 52
+
+    # The objecting patient: nothing of theirs reached any national topic; the drops are counted.
+    assert not [1 for _, k, _ in national if k.decode() in opposed_keys]
+    drops = {
+        s.labels["destination"]: s.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "affluent_opposition_drops"
+        for s in family.samples
+        if s.name == "affluent_opposition_drops_total"
+    }
+    assert drops.get("hdh", 0) > 0 and drops.get("inca", 0) > 0, drops
+    assert "affluent_national_records_total" in metrics_text
+    assert "affluent_end_to_end_latency_seconds_bucket" in metrics_text
+    assert f'affluent_pseudonym_key_info{{destination="hdh",key_id="{keys.current("hdh").key_id}"}} 1.0' in (
+        metrics_text
+    )
+
+    # Leak test: no identifier of our patients in what leaves the hub, nor in the worker's output.
+    texts = canaries(patients)
+    for topic, key, value in national:
+        assert not leaks(value, texts), f"{topic}: identifying bytes in a national value"
+        assert not leaks(key, texts), f"{topic}: identifying bytes in a national key"
+        shown = str(decode(registry, value))
+        assert not [t for t in texts if t in shown], f"{topic}: identifying text in a decoded national record"
+    assert not leaks(worker_output, texts), "identifying text in the pseudonymize worker's output"
+    assert not leaks(metrics_text.encode(), texts), "identifying text in /metrics"
+
+    # Self-check of the leak detector: the canonical records do hold the canaries.
+    buf = io.BytesIO()
+    sample = canonical["canonical.patient"][0]
+    fastavro.schemaless_writer(buf, parse_schema(_canonical_patient_schema()), sample)
+    assert leaks(buf.getvalue(), texts)
+
+    assert time.monotonic() - started < 120
+
+
+def _canonical_patient_schema() -> str:
+    from schemas.registry import load_schema
+
+    return load_schema("canonical/patient")
+
+
+def _withdraw(kafka: KafkaSettings, entries: tuple[str, ...]) -> None:
+    from affluent.kafka import make_producer
+
+    producer = make_producer(kafka)
+    for entry in entries:
+        producer.produce(CONTROL_OPPOSITION, key=entry.encode(), value=None)
+    assert producer.flush(30) == 0
