@@ -37,10 +37,12 @@ def collect(
     expected: int | None = None,
     quiet_s: float = 3.0,
     progress: Callable[[int, int], None] | None = None,
+    key_of: Callable[[dict[str, Any]], str | None] = lambda record: raw_id_of(record),
 ) -> dict[str, list[dict[str, Any]]]:
-    """Records of `topics` (read from the start) that stem from `raw_ids`, grouped by topic.
+    """Records of `topics` (read from the start) whose `key_of` (by default: the raw id they stem from)
+    is in `raw_ids`, grouped by topic.
 
-    Stops at `expected` records, or — when `expected` is None — once every raw id has at least one
+    Stops at `expected` records, or — when `expected` is None — once every wanted id has at least one
     record and nothing new came for `quiet_s` seconds, or at the timeout.
     """
     consumer = make_consumer(kafka, group_id=f"affluent-accounting-{uuid.uuid4().hex[:8]}")
@@ -65,10 +67,10 @@ def collect(
             if msg is None or msg.error() or msg.value() is None:
                 continue
             record = decode(registry, msg.value() or b"")
-            raw_id = raw_id_of(record)
+            raw_id = key_of(record)
             if raw_id in raw_ids:
                 found[msg.topic() or ""].append(record)
-                accounted.add(raw_id)
+                accounted.add(str(raw_id))
                 count += 1
                 last_new = time.monotonic()
                 if progress is not None:

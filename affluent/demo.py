@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -29,9 +33,9 @@ from affluent.accounting import collect
 from affluent.errors import AffluentError
 from affluent.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from affluent.settings import Settings
-from affluent.synthetic import messages
+from affluent.synthetic import HOSPITAL_OID, cohort, messages
 from affluent.topics import CORE_TOPICS, INGEST_HL7V2_RAW, value_subject
-from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, register_all
+from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, NATIONAL_TOPICS, register_all
 from schemas.registry import AvroCodec, Registry, load_schema
 
 Out = Callable[[str], None]
@@ -108,26 +112,83 @@ def round_trip(settings: Settings, registry: Registry, out: Out) -> bool:
     return same
 
 
+def demo_keys(settings: Settings) -> Path:
+    """The key file of the national feed: AFFLUENT_PSEUDO_KEY_FILE when set, else random local keys.
+
+    The demo's keys are generated on this machine into the git-ignored state folder (never the test
+    keys, never in the repository); a real deployment provides its own through a key provider.
+    """
+    configured = os.environ.get("AFFLUENT_PSEUDO_KEY_FILE")
+    if configured:
+        return Path(configured)
+    path = settings.stack.state_dir / "demo-keys.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rings = {
+            ring: [
+                {
+                    "key_id": f"DEMO-LOCAL-{ring}-1",
+                    "secret": base64.b64encode(secrets.token_bytes(32)).decode(),
+                    "active": True,
+                }
+            ]
+            for ring in ("hdh", "inca", "opposition")
+        }
+        path.write_text(json.dumps(rings, indent=2))
+        path.chmod(0o600)
+    return path
+
+
+def _worker(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "affluent.cli", command],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def pipeline(settings: Settings, registry: Registry, out: Out, count: int, senders: int) -> int:
     from connectors.mllp.client import send_all
     from connectors.mllp.intake import Accepted, IntakePolicy, assess
     from connectors.mllp.service import MllpService
+    from streams.pseudonymize.cli import opposition_add, opposition_entries
+    from streams.pseudonymize.keys import file_provider
 
-    metrics_port = _free_port()
-    worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before the event loop does any work
-        [sys.executable, "-m", "affluent.cli", "normalize"],
-        env={**os.environ, "AFFLUENT_STREAMS__METRICS_PORT": str(metrics_port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    key_file = demo_keys(settings)
+    keys = file_provider(key_file)
+    seed = int(time.time())
+    objecting = cohort(seed, 50)[:2]
+    opposed: set[str] = set()
+    for person in objecting:
+        opposition_add(settings, ipp=person.ipp, authority=HOSPITAL_OID, keys=keys)
+        opposed.update(opposition_entries(keys, ipp=person.ipp, authority=HOSPITAL_OID))
+    out(
+        f"Opposition: {len(objecting)} synthetic patients objected before their first event (hashes stored)"
     )
+
+    normalize_port, national_port = _free_port(), _free_port()
+    workers = [
+        _worker("normalize", {"AFFLUENT_STREAMS__METRICS_PORT": str(normalize_port)}),
+        _worker(
+            "pseudonymize",
+            {
+                "AFFLUENT_PSEUDO_KEY_FILE": str(key_file),
+                "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(national_port),
+            },
+        ),
+    ]
     door_settings = settings.model_copy(
         update={"mllp": settings.mllp.model_copy(update={"port": 0, "metrics_port": None})}
     )
     door = MllpService(door_settings, CollectorRegistry())
     try:
         port = await door.start(with_telemetry=False)
-        out(f"MLLP door on 127.0.0.1:{port}; normalize worker pid {worker.pid} (metrics :{metrics_port})")
-        batch = messages(count, seed=int(time.time()))
+        out(
+            f"MLLP door on 127.0.0.1:{port}; normalize worker (metrics :{normalize_port}); "
+            f"pseudonymize worker (metrics :{national_port})"
+        )
+        batch = messages(count, seed=seed)
         started = time.perf_counter()
         codes = await send_all("127.0.0.1", port, batch, senders)
         elapsed = time.perf_counter() - started
@@ -143,7 +204,7 @@ async def pipeline(settings: Settings, registry: Registry, out: Out, count: int,
                 raw_ids.add(outcome.raw_id)
 
         def progress(accounted: int, records: int) -> None:
-            if records % 100 == 0:
+            if records % 200 == 0:
                 out(f"  … {accounted}/{len(raw_ids)} acknowledged messages found downstream ({records} rec.)")
 
         found = await asyncio.to_thread(
@@ -157,17 +218,69 @@ async def pipeline(settings: Settings, registry: Registry, out: Out, count: int,
             3.0,
             progress,
         )
+        expected, drops = expected_national(found, keys, opposed)
+        out(f"  … waiting for {len(expected)} national records")
+        national = await asyncio.to_thread(
+            collect,
+            settings.kafka,
+            registry,
+            sorted(NATIONAL_TOPICS),
+            set(expected),
+            120.0,
+            len(expected),
+            3.0,
+            None,
+            lambda record: str(record["envelope"]["event_id"]),
+        )
     finally:
         await door.stop()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    return report(found, raw_ids, out)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return report(found, raw_ids, national, expected, drops, out)
 
 
-def report(found: dict[str, list[dict[str, Any]]], raw_ids: set[str], out: Out) -> int:
+def expected_national(
+    found: dict[str, list[dict[str, Any]]], keys: Any, opposed: set[str]
+) -> tuple[dict[str, str], Counter[str]]:
+    """What the national feed must produce for these canonical events (national event id -> topic),
+    and the opposition drops per destination, computed with the same policies and keys."""
+    from streams.pseudonymize.policy import load_policy
+    from streams.pseudonymize.pseudonym import is_opposed
+    from streams.pseudonymize.transform import Feed
+
+    feeds = [Feed(load_policy(name), keys) for name in ("hdh", "inca")]
+    expected: dict[str, str] = {}
+    drops: Counter[str] = Counter()
+    for topic, records in found.items():
+        if not topic.startswith("canonical."):
+            continue
+        kind = topic.removeprefix("canonical.")
+        for record in records:
+            objecting = is_opposed(opposed, record["patient"], keys)
+            for feed in feeds:
+                national = feed.apply(kind, record)
+                if national is None:
+                    continue
+                if objecting:
+                    drops[feed.destination] += 1
+                else:
+                    expected[str(national.record["envelope"]["event_id"])] = national.topic
+    return expected, drops
+
+
+def report(
+    found: dict[str, list[dict[str, Any]]],
+    raw_ids: set[str],
+    national: dict[str, list[dict[str, Any]]],
+    expected: dict[str, str],
+    drops: Counter[str],
+    out: Out,
+) -> int:
     from affluent.accounting import raw_id_of
 
     out("")
@@ -184,9 +297,17 @@ def report(found: dict[str, list[dict[str, Any]]], raw_ids: set[str], out: Out) 
     reached |= {raw_id_of(r) or "" for r in dead}
     missing = raw_ids - reached
     out(f"  {'acknowledged but found nowhere':<44}{len(missing):>8}")
+    for topic in sorted(national):
+        out(f"  {topic:<44}{len(national[topic]):>8} records")
+    for destination, n in sorted(drops.items()):
+        out(f"  {'opposition drops, ' + destination:<44}{n:>8} (counted, not sent)")
+    arrived = {str(r["envelope"]["event_id"]) for records in national.values() for r in records}
+    national_missing = set(expected) - arrived
+    out(f"  {'national records expected but missing':<44}{len(national_missing):>8}")
     out("")
-    out("Canonical topics hold Avro records registered at http://127.0.0.1:8081/apis/ccompat/v7.")
-    return 0 if not missing else 1
+    out("National topics hold pseudonymized Avro records (key = pseudonym), registered FULL_TRANSITIVE at")
+    out("http://127.0.0.1:8081/apis/ccompat/v7; what each destination receives: docs/pseudonymization.md.")
+    return 0 if not missing and not national_missing else 1
 
 
 def _free_port() -> int:

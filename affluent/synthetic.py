@@ -138,6 +138,12 @@ def oru_r01(rng: random.Random, p: SyntheticPatient, control_id: str, when: date
     return ("\r".join(segments) + "\r").encode("iso8859-15")
 
 
+def cohort(seed: int, patients: int) -> list[SyntheticPatient]:
+    """The patients `messages(…, seed, patients)` talks about (same seed, same people)."""
+    rng = random.Random(seed)
+    return [patient(rng, i) for i in range(patients)]
+
+
 def messages(count: int, seed: int = 7, patients: int = 50, start: datetime | None = None) -> list[bytes]:
     """`count` messages (about one admission for three lab results) for `patients` synthetic patients."""
     rng = random.Random(seed)

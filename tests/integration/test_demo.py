@@ -27,4 +27,8 @@ def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     nowhere = next(line for line in lines if "acknowledged but found nowhere" in line)
     assert nowhere.split()[-1] == "0"
     assert any(line.strip().startswith("canonical.observation") for line in lines)
+    assert any(line.strip().startswith("national.hdh.observation.v1") for line in lines)
+    assert any(line.strip().startswith("opposition drops, hdh") for line in lines)
+    national_missing = next(line for line in lines if "national records expected but missing" in line)
+    assert national_missing.split()[-1] == "0"
     assert "Traceback" not in result.stderr
