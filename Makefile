@@ -44,7 +44,7 @@ test-unit: setup ## pure tests only, no broker needed
 lint: setup ## ruff + mypy, as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy affluent connectors streams schemas
+	$(BIN)/mypy affluent connectors streams schemas bench
 
 format: setup
 	$(BIN)/ruff format .
