@@ -43,6 +43,7 @@ def stages(options: Options) -> SuiteResult:
     from streams.normalize.fhir import map_fhir
     from streams.normalize.hl7 import map_hl7
     from streams.normalize.options import MappingOptions
+    from streams.normalize.result import CANONICAL_KINDS
     from streams.pseudonymize.keys import file_provider
     from streams.pseudonymize.policy import load_policy
     from streams.pseudonymize.transform import Feed
@@ -51,18 +52,7 @@ def stages(options: Options) -> SuiteResult:
     seconds = options.seconds(2.0, 0.5)
     ctx = RawContext("raw", "hl7v2", "mllp", "CHU", "PAS", "M1", datetime(2026, 3, 1, tzinfo=UTC), "t", 0, 0)
     opts = MappingOptions()
-    writers = {
-        kind: compile_writer(json.loads(load_schema(f"canonical/{kind}")))
-        for kind in (
-            "patient",
-            "encounter",
-            "observation",
-            "condition",
-            "procedure",
-            "diagnostic_report",
-            "retraction",
-        )
-    }
+    writers = {kind: compile_writer(json.loads(load_schema(f"canonical/{kind}"))) for kind in CANONICAL_KINDS}
     hl7_texts = [m.decode("iso8859-15") for m in messages(200, seed=11)]  # 1 ADT : 3 ORU, like the demo
     fhir_payloads = [
         p.read_bytes()
