@@ -163,9 +163,7 @@ async def pipeline(settings: Settings, registry: Registry, out: Out, count: int,
     for person in objecting:
         opposition_add(settings, ipp=person.ipp, authority=HOSPITAL_OID, keys=keys)
         opposed.update(opposition_entries(keys, ipp=person.ipp, authority=HOSPITAL_OID))
-    out(
-        f"Opposition: {len(objecting)} synthetic patients objected before their first event (hashes stored)"
-    )
+    out(f"Opposition: {len(objecting)} synthetic patients objected before their first event (hashes stored)")
 
     normalize_port, national_port = _free_port(), _free_port()
     workers = [
