@@ -123,6 +123,14 @@ def cmd_opposition_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_opposition_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.pseudonymize.cli import opposition_remove
+
+    n = opposition_remove(settings, ins=args.ins, ipp=args.ipp, authority=args.authority)
+    print(f"objection withdrawn ({n} entries)")
+    return 0
+
+
 def cmd_opposition_list(settings: Settings, args: argparse.Namespace) -> int:
     from streams.pseudonymize.cli import opposition_list
 
@@ -192,11 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     opposition = sub.add_parser("opposition", help="the patients' right to object (control.opposition)")
     opposition_sub = opposition.add_subparsers(dest="opposition_command", required=True)
-    add = opposition_sub.add_parser("add", help="register an objection (only keyed hashes are stored)")
-    add.add_argument("--ins", help="INS matricule (NIR)")
-    add.add_argument("--ipp", help="local patient id")
-    add.add_argument("--authority", help="the IPP's assigning authority (OID or namespace)")
-    add.set_defaults(func=cmd_opposition_add)
+    for verb, func, helptext in (
+        ("add", cmd_opposition_add, "register an objection (only keyed hashes are stored)"),
+        ("remove", cmd_opposition_remove, "withdraw an objection (new events flow again)"),
+    ):
+        p = opposition_sub.add_parser(verb, help=helptext)
+        p.add_argument("--ins", help="INS matricule (NIR)")
+        p.add_argument("--ipp", help="local patient id")
+        p.add_argument("--authority", help="the IPP's assigning authority (OID or namespace)")
+        p.set_defaults(func=func)
     opposition_sub.add_parser("list", help="count the registry's entries").set_defaults(
         func=cmd_opposition_list
     )

@@ -66,6 +66,29 @@ def opposition_add(
 ) -> int:
     """Write the objection's keyed hashes to ``control.opposition`` (value ``b"1"``, acks=all); returns
     the number of entries written. Nothing identifying is printed or logged."""
+    return _write_entries(settings, OPPOSED, ins, ipp, authority, keys)
+
+
+def opposition_remove(
+    settings: Settings,
+    ins: str | None = None,
+    ipp: str | None = None,
+    authority: str | None = None,
+    keys: KeyProvider | None = None,
+) -> int:
+    """Withdraw an objection: tombstones for its keyed hashes, so compaction forgets them and the
+    patient's *new* events flow again (what was retracted stays retracted)."""
+    return _write_entries(settings, None, ins, ipp, authority, keys)
+
+
+def _write_entries(
+    settings: Settings,
+    value: bytes | None,
+    ins: str | None,
+    ipp: str | None,
+    authority: str | None,
+    keys: KeyProvider | None,
+) -> int:
     from streams.pseudonymize.worker import load_keys
 
     keys = keys if keys is not None else load_keys()
@@ -80,11 +103,11 @@ def opposition_add(
             failures.append(type(err).__name__)
 
     for entry in entries:
-        producer.produce(CONTROL_OPPOSITION, key=entry.encode("utf-8"), value=OPPOSED, on_delivery=report)
+        producer.produce(CONTROL_OPPOSITION, key=entry.encode("utf-8"), value=value, on_delivery=report)
     remaining = producer.flush(30)
     if remaining or failures:
         raise KafkaUnavailable(
-            f"objection not confirmed by Kafka ({remaining} pending, {len(failures)} failed)"
+            f"opposition change not confirmed by Kafka ({remaining} pending, {len(failures)} failed)"
         )
     return len(entries)
 

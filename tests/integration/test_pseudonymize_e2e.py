@@ -44,7 +44,7 @@ from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.mllp.service import MllpService
 from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS
 from schemas.registry import decode, parse_schema
-from streams.pseudonymize.cli import opposition_add, opposition_entries
+from streams.pseudonymize.cli import opposition_add, opposition_remove
 from streams.pseudonymize.worker import KEY_FILE_ENV, build_feeds, load_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -207,7 +207,7 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
     ensure_topics(live_kafka, [TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG)])
     objection = dict(ins=objecting.nir, ipp=objecting.ipp, authority=synthetic.HOSPITAL_OID)
     # Withdrawn at the end (tombstones), pass or fail, so the shared registry does not keep it.
-    request.addfinalizer(lambda: _withdraw(live_kafka, opposition_entries(keys, **objection)))
+    request.addfinalizer(lambda: opposition_remove(settings, keys=keys, **objection))
     assert opposition_add(settings, keys=keys, **objection) == 2  # before the patient's first event
 
     norm_group, pseudo_group = f"test-normalize-{run}", f"test-pseudonymize-{run}"
@@ -325,12 +325,3 @@ def _canonical_patient_schema() -> str:
     from schemas.registry import load_schema
 
     return load_schema("canonical/patient")
-
-
-def _withdraw(kafka: KafkaSettings, entries: tuple[str, ...]) -> None:
-    from affluent.kafka import make_producer
-
-    producer = make_producer(kafka)
-    for entry in entries:
-        producer.produce(CONTROL_OPPOSITION, key=entry.encode(), value=None)
-    assert producer.flush(30) == 0
