@@ -123,12 +123,14 @@ class MllpServer:
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         decoder = FrameDecoder(self.settings.max_frame_bytes)
+        loop = asyncio.get_running_loop()
+        # One timer per connection, re-armed per read: asyncio.wait_for would create a Task per read.
+        idle = loop.call_later(self.settings.idle_timeout_s, writer.close)
         try:
             while True:
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), self.settings.idle_timeout_s)
-                except TimeoutError:
-                    break
+                data = await reader.read(65536)
+                idle.cancel()
+                idle = loop.call_later(self.settings.idle_timeout_s, writer.close)
                 events = decoder.feed(data) if data else decoder.close()
                 for event in events:
                     reply = await self._on_event(event, peer)
@@ -142,6 +144,7 @@ class MllpServer:
         except asyncio.CancelledError:
             pass
         finally:
+            idle.cancel()
             self.metrics.connections.dec()
             writer.close()
             with contextlib.suppress(Exception):

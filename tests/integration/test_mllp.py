@@ -179,3 +179,27 @@ async def test_metrics_count_outcomes_without_content(door):
     assert 'affluent_mllp_rejects_total{reason="unsupported_type"} 1.0' in text
     assert "affluent_mllp_ack_latency_seconds_count 2.0" in text
     assert "CANARY" not in text
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(settings, live_kafka, registry):
+    suffix = uuid.uuid4().hex[:8]
+    service = MllpService(
+        mllp_settings(settings, idle_timeout_s=1.0),
+        CollectorRegistry(),
+        raw_topic=f"it.idle.raw.{suffix}",
+        dlq_topic=f"it.idle.dlq.{suffix}",
+        ack_topic=f"it.idle.ack.{suffix}",
+    )
+    port = await service.start(with_telemetry=False)
+    try:
+        client = await MllpClient.connect("127.0.0.1", port)
+        cid = uuid.uuid4().hex[:12]
+        payload = f"MSH|^~\\&|A|F|R|RF|2026||ADT^A01|{cid}|P|2.5\rPID|||1\r".encode()
+        assert control_id_of_ack((await client.request(payload))[0]) == (
+            "AA",
+            cid,
+        )  # activity re-arms the timer
+        assert await asyncio.wait_for(client.reader.read(10), 5) == b""  # then silence: the door hangs up
+        await client.close()
+    finally:
+        await service.stop()
