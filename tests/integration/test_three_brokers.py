@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from affluent.kafka import TopicSpec, ensure_topics, make_admin, make_producer
@@ -24,7 +26,18 @@ def test_acks_all_writes_continue_after_a_broker_is_killed(cluster):
     kafka = cluster.kafka_settings()
     assert kafka.replication_factor == 3
     ensure_topics(kafka, [TopicSpec("fault.rf3", partitions=3)])
-    topic_md = make_admin(kafka).list_topics(timeout=10).topics["fault.rf3"]
+    admin = make_admin(kafka)
+    deadline = time.monotonic() + 30
+    while True:  # each broker learns of a new topic on its own schedule: ask until this one has it
+        topic_md = admin.list_topics(timeout=10).topics.get("fault.rf3")
+        if (
+            topic_md is not None
+            and topic_md.partitions
+            and all(p.leader >= 0 for p in topic_md.partitions.values())
+        ):
+            break
+        assert time.monotonic() < deadline, "topic metadata never showed fault.rf3 with leaders"
+        time.sleep(0.2)
     assert all(len(p.replicas) == 3 for p in topic_md.partitions.values())
     leader = topic_md.partitions[0].leader
 
