@@ -8,13 +8,11 @@ the replayed outputs identical — but never skips one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import faust
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
@@ -22,9 +20,9 @@ from affluent.telemetry import TelemetryServer
 from affluent.topics import INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.registry import Registry
-from streams.app import make_app
+from streams.app import install_stage, make_app
 from streams.normalize.options import MappingOptions
-from streams.normalize.stage import Mapper, NormalizeMetrics, Normalizer, Output
+from streams.normalize.stage import Mapper, NormalizeMetrics, Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -53,54 +51,16 @@ def build_worker(
         NormalizeMetrics(metrics_registry),
         default_mappers(),
     )
-    lag = Gauge(
-        "affluent_consumer_lag",
-        "Records not yet processed, per consumer group, topic and partition",
-        ["group", "topic", "partition"],
-        registry=metrics_registry,
-    )
     app = make_app(s.streams.normalize_group, s.kafka)
-    sources = app.topic(*raw_topics)
-    out_topics: dict[str, Any] = {}
-    positions: dict[tuple[str, int], int] = {}
-
-    def out(topic: str) -> Any:
-        if topic not in out_topics:
-            out_topics[topic] = app.topic(topic)
-        return out_topics[topic]
-
-    @app.agent(sources)
-    async def normalize(stream: Any) -> None:
-        async for batch in stream.take_events(s.streams.batch_size, within=s.streams.batch_window_s):
-            deliveries = []
-            for event in batch:
-                msg = event.message
-                outputs: list[Output] = normalizer.process(event.value, msg.topic, msg.partition, msg.offset)
-                for o in outputs:
-                    deliveries.append(await out(o.topic).send(key=o.key, value=o.value))
-                positions[(msg.topic, msg.partition)] = msg.offset + 1
-            # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
-            await asyncio.gather(*deliveries)
-
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
-    async def measure_lag() -> None:
-        for tp in app.consumer.assignment():
-            high = app.consumer.highwater(tp)
-            if high is None:
-                continue
-            done = positions.get((tp.topic, tp.partition))
-            if done is None:
-                committed = await app.consumer.committed(tp) if hasattr(app.consumer, "committed") else None
-                done = committed or 0
-            lag.labels(s.streams.normalize_group, tp.topic, str(tp.partition)).set(max(0, high - done))
-
-    telemetry = TelemetryServer(metrics_registry)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def serve_metrics() -> None:
-        if s.streams.metrics_port is not None:
-            await telemetry.start(s.streams.metrics_host, s.streams.metrics_port)
-
+    telemetry = install_stage(
+        app,
+        raw_topics,
+        normalizer.process,
+        s.streams.normalize_group,
+        s.streams,
+        metrics_registry,
+        s.streams.metrics_port,
+    )
     return app, telemetry
 
 

@@ -12,10 +12,8 @@ agent starts, then tailed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry, Gauge
@@ -28,8 +26,7 @@ from affluent.telemetry import TelemetryServer
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.registry import Registry
-from streams.app import make_app
-from streams.normalize.stage import Output
+from streams.app import install_stage, make_app
 from streams.pseudonymize.keys import (
     FirstOf,
     KeyConfigError,
@@ -124,61 +121,15 @@ def build_worker(
     pseudonymizer = Pseudonymizer(
         Registry(s.registry), feeds, opposition, keys, PseudonymizeMetrics(metrics_registry)
     )
-    lag = Gauge(
-        "affluent_consumer_lag",
-        "Records not yet processed, per consumer group, topic and partition",
-        ["group", "topic", "partition"],
-        registry=metrics_registry,
-    )
     Gauge(
         "affluent_opposition_entries",
         "Entries in the opposition registry (keyed hashes)",
         registry=metrics_registry,
     ).set_function(lambda: float(len(opposition)))
     app = make_app(group, s.kafka)
-    sources = app.topic(*CANONICAL_TOPICS)
-    out_topics: dict[str, Any] = {}
-    positions: dict[tuple[str, int], int] = {}
-
-    def out(topic: str) -> Any:
-        if topic not in out_topics:
-            out_topics[topic] = app.topic(topic)
-        return out_topics[topic]
-
-    @app.agent(sources)
-    async def pseudonymize(stream: Any) -> None:
-        async for batch in stream.take_events(s.streams.batch_size, within=s.streams.batch_window_s):
-            deliveries = []
-            for event in batch:
-                msg = event.message
-                outputs: list[Output] = pseudonymizer.process(
-                    event.value, msg.topic, msg.partition, msg.offset
-                )
-                for o in outputs:
-                    deliveries.append(await out(o.topic).send(key=o.key, value=o.value))
-                positions[(msg.topic, msg.partition)] = msg.offset + 1
-            # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
-            await asyncio.gather(*deliveries)
-
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
-    async def measure_lag() -> None:
-        for tp in app.consumer.assignment():
-            high = app.consumer.highwater(tp)
-            if high is None:
-                continue
-            done = positions.get((tp.topic, tp.partition))
-            if done is None:
-                committed = await app.consumer.committed(tp) if hasattr(app.consumer, "committed") else None
-                done = committed or 0
-            lag.labels(group, tp.topic, str(tp.partition)).set(max(0, high - done))
-
-    telemetry = TelemetryServer(metrics_registry)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def serve_metrics() -> None:
-        if port is not None:
-            await telemetry.start(s.streams.metrics_host, port)
-
+    telemetry = install_stage(
+        app, CANONICAL_TOPICS, pseudonymizer.process, group, s.streams, metrics_registry, port
+    )
     return app, telemetry, opposition
 
 
