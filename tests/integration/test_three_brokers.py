@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from affluent.errors import KafkaUnavailable
 from affluent.kafka import TopicSpec, ensure_topics, make_admin, make_producer
 from affluent.settings import StackSettings
 from affluent.stack import LocalStack
@@ -25,7 +26,13 @@ def cluster(tmp_path):
 def test_acks_all_writes_continue_after_a_broker_is_killed(cluster):
     kafka = cluster.kafka_settings()
     assert kafka.replication_factor == 3
-    ensure_topics(kafka, [TopicSpec("fault.rf3", partitions=3)])
+    for attempt in range(10):  # a just-formed 3-node quorum may drop the first admin request
+        try:
+            ensure_topics(kafka, [TopicSpec("fault.rf3", partitions=3)])
+            break
+        except KafkaUnavailable:
+            assert attempt < 9, "the cluster never accepted the topic"
+            time.sleep(2)
     admin = make_admin(kafka)
     deadline = time.monotonic() + 30
     while True:  # each broker learns of a new topic on its own schedule: ask until this one has it
