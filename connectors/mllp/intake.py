@@ -8,11 +8,11 @@ message's meaning is judged. Reasons carry codes and positions, never values.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from connectors.hl7 import er7
 from connectors.mllp.charset import Decoded, UnknownCharset, decode
+from connectors.raw import raw_id_of
 
 # HL7 table 0357 (message error condition codes) entries the door uses.
 ERR_SEGMENT_SEQUENCE = "100"
@@ -76,8 +76,7 @@ class Accepted:
     @property
     def raw_id(self) -> str:
         h = self.header
-        basis = f"hl7v2|{h.sending_facility}|{h.sending_application}|{h.control_id}"
-        return hashlib.sha256(basis.encode("utf-8")).hexdigest()
+        return raw_id_of("hl7v2", h.sending_facility, h.sending_application, h.control_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from connectors.mllp.intake import (
 )
 from connectors.mllp.metrics import MllpMetrics
 from connectors.producer import DurableProducer
+from connectors.raw import stream_key
 from schemas.registry import AvroCodec
 
 log = logging.getLogger(__name__)
@@ -221,10 +222,10 @@ class MllpServer:
         try:
             reply = self._encode_acks(accepted.header, "accepted", None)
             record = self._raw_record(accepted, peer)
-            stream_key = f"{accepted.header.sending_facility}|{accepted.header.sending_application}"
+            sender = stream_key(accepted.header.sending_facility, accepted.header.sending_application)
             await self.producer.send_all(
                 [
-                    (self.raw_topic, self.raw_codec.encode(record), stream_key.encode("utf-8")),
+                    (self.raw_topic, self.raw_codec.encode(record), sender),
                     (self.ack_cache.topic, reply, key.encode("utf-8")),
                 ]
             )
