@@ -38,6 +38,19 @@ _HEADER = struct.Struct(">bI")
 OppositionLookup = Container[str] | Callable[[str], object]
 
 
+def national_headers(registry: Registry, feeds: Sequence[Feed]) -> dict[str, bytes]:
+    """Register every national schema the feeds emit (FULL_TRANSITIVE) and return, per topic, the
+    Confluent wire-format header (magic byte + schema id) to put in front of its Avro bodies."""
+    headers: dict[str, bytes] = {}
+    for feed in feeds:
+        for kind, topic in feed.topics().items():
+            schema_id = registry.register(
+                value_subject(topic), feed.schema_text(kind), NATIONAL_COMPATIBILITY
+            )
+            headers[topic] = _HEADER.pack(MAGIC_BYTE, schema_id)
+    return headers
+
+
 class PseudonymizeMetrics:
     """The stage's metrics. ``dead_letters`` may be shared with another stage living in the same registry
     (``affluent_dlq_records_total`` must be registered once per registry)."""
@@ -65,6 +78,12 @@ class PseudonymizeMetrics:
             "affluent_dlq_records",
             "Dead letters written, by stage and reason code",
             ["stage", "reason"],
+            registry=registry,
+        )
+        self.retractions = Counter(
+            "affluent_national_retractions",
+            "Retractions sent to a destination, by kind (DELETE, MERGE, OPPOSITION, CANCEL)",
+            ["destination", "kind"],
             registry=registry,
         )
         self.key_info = Gauge(
@@ -109,13 +128,8 @@ class Pseudonymizer:
         self.dlq_topic = dlq_topic
         self.clock = clock
         # topic → Confluent header of its national schema; registering fails the start, not a record.
-        self.headers: dict[str, bytes] = {}
+        self.headers = national_headers(registry, self.feeds)
         for feed in self.feeds:
-            for kind, topic in feed.topics().items():
-                schema_id = registry.register(
-                    value_subject(topic), feed.schema_text(kind), NATIONAL_COMPATIBILITY
-                )
-                self.headers[topic] = _HEADER.pack(MAGIC_BYTE, schema_id)
             key = keys.current(feed.policy.key_name)
             metrics.key_info.labels(feed.destination, key.key_id).set(1)
         self.dlq_codec = AvroCodec(registry, value_subject(dlq_topic), load_schema("dead_letter"), "BACKWARD")
@@ -150,6 +164,12 @@ class Pseudonymizer:
                 if self._takes(feed, kind, record):
                     self.metrics.opposition_drops.labels(feed.destination).inc()
             return []
+        return self.transform(kind, record, lineage)
+
+    def transform(self, kind: str, record: Mapping[str, Any], lineage: dict[str, Any]) -> list[Output]:
+        """Every destination's national form of one decoded canonical record (no opposition check: the
+        caller decides). Also used by the opposition service for the Retraction an objection emits."""
+        envelope: Mapping[str, Any] = record["envelope"]
         outputs: list[Output] = []
         produced: list[tuple[str, str]] = []
         for feed in self.feeds:
@@ -176,6 +196,8 @@ class Pseudonymizer:
         age = (self.clock() - ingest).total_seconds() if isinstance(ingest, datetime) else None
         for destination, national_kind in produced:
             self.metrics.national_records.labels(destination, national_kind).inc()
+            if national_kind == "retraction":
+                self.metrics.retractions.labels(destination, str(record.get("kind") or "unknown")).inc()
             if age is not None:
                 self.metrics.end_to_end.labels(source, destination).observe(max(0.0, age))
         return outputs
