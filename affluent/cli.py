@@ -171,6 +171,16 @@ def cmd_opposition_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_risk_report(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.pseudonymize.cli import risk_report
+
+    quasi = [q.strip() for q in args.quasi.split(",") if q.strip()] if args.quasi else None
+    report = risk_report(settings, args.destination, args.k, quasi, args.since_hours)
+    for line in report.lines(show_classes=args.show_classes):
+        print(line)
+    return 0 if report.patients_below_k == 0 or not args.fail_below_k else 1
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.demo import run_demo
 
@@ -252,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     token = opposition_sub.add_parser("token", help="make a bearer token for the HTTP endpoint")
     token.add_argument("principal", help="who will use it (a service account name)")
     token.set_defaults(func=cmd_opposition_token)
+
+    risk = sub.add_parser("risk-report", help="k-anonymity of what a destination received")
+    risk.add_argument("--destination", required=True, help="hdh, inca, …")
+    risk.add_argument("--k", type=int, default=5, help="smallest acceptable class size (default 5)")
+    risk.add_argument("--quasi", help="comma-separated quasi-identifier paths (default: per destination)")
+    risk.add_argument("--since-hours", type=float, help="only records of the last N hours")
+    risk.add_argument("--show-classes", action="store_true", help="print the small classes' values")
+    risk.add_argument("--fail-below-k", action="store_true", help="exit 1 if a class is smaller than k")
+    risk.set_defaults(func=cmd_risk_report)
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
     return parser
