@@ -223,12 +223,14 @@ class MllpServer:
             reply = self._encode_acks(accepted.header, "accepted", None)
             record = self._raw_record(accepted, peer)
             sender = stream_key(accepted.header.sending_facility, accepted.header.sending_application)
-            await self.producer.send_all(
-                [
-                    (self.raw_topic, self.raw_codec.encode(record), sender),
-                    (self.ack_cache.topic, reply, key.encode("utf-8")),
-                ]
-            )
+            # The raw record must be durable *before* the ACK-cache entry is written: the two live in
+            # different partitions (often on different brokers), and an entry whose raw record was lost
+            # (door killed, or the raw write failed while the entry's succeeded) would make the resend
+            # look like a duplicate and be answered AA with nothing stored. In this order a crash
+            # between the two costs at most a second raw copy of the same raw_id, which collapses
+            # downstream. Found by the fault suite (tests/reliability).
+            await self.producer.send(self.raw_topic, self.raw_codec.encode(record), sender)
+            await self.producer.send(self.ack_cache.topic, reply, key.encode("utf-8"))
             self.ack_cache.remember(key, reply)
             stored = reply
             self._count(accepted.header, "stored")
