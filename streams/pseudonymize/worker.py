@@ -22,7 +22,7 @@ from affluent.compacted import CompactedView
 from affluent.errors import ConfigError
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
+from affluent.telemetry import TelemetryServer, dependencies
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.registry import Registry
@@ -128,7 +128,14 @@ def build_worker(
     ).set_function(lambda: float(len(opposition)))
     app = make_app(group, s.kafka)
     telemetry = install_stage(
-        app, CANONICAL_TOPICS, pseudonymizer.process, group, s.streams, metrics_registry, port
+        app,
+        CANONICAL_TOPICS,
+        pseudonymizer.process,
+        group,
+        s.streams,
+        metrics_registry,
+        port,
+        ready=dependencies(s.kafka, s.registry),
     )
     return app, telemetry, opposition
 

@@ -1,0 +1,145 @@
+"""Metrics that several components export, and the rules every affluent label obeys.
+
+One process may host several components on one ``CollectorRegistry`` (``affluent run``, tests), and
+prometheus_client refuses a name registered twice. The collectors below are therefore created once
+per registry and shared: the dead-letter counter of normalize and pseudonymize, the stage latency, the
+consumer lag, the sender activity of every door. docs/metrics.md is the table of every exported name;
+tests/unit/test_metrics_table.py keeps the two in step.
+
+Labels are bounded enumerations. A sender is an organisation (MSH-4 facility, FHIR client, device
+gateway), never a person, and :func:`sender_label` caps how many distinct ones a process exports.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+C = TypeVar("C", Counter, Gauge, Histogram)
+
+_shared: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+STAGE_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
+# Distinct senders one process exports before collapsing the rest into "other".
+MAX_SENDERS = 500
+_SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def shared(registry: CollectorRegistry, name: str, make: Callable[[], C]) -> C:
+    """The collector ``name`` of ``registry``, made by ``make`` the first time it is asked for."""
+    with _lock:
+        per_registry = _shared.setdefault(registry, {})
+        if name not in per_registry:
+            per_registry[name] = make()
+        found = per_registry[name]
+    return found  # type: ignore[return-value]
+
+
+def dead_letters(registry: CollectorRegistry) -> Counter:
+    return shared(
+        registry,
+        "affluent_dlq_records",
+        lambda: Counter(
+            "affluent_dlq_records",
+            "Dead letters written, by stage and reason code",
+            ["stage", "reason"],
+            registry=registry,
+        ),
+    )
+
+
+def stage_latency(registry: CollectorRegistry) -> Histogram:
+    return shared(
+        registry,
+        "affluent_stage_latency_seconds",
+        lambda: Histogram(
+            "affluent_stage_latency_seconds",
+            "Processing time of one input record in a stream stage (decode, map or transform, encode)",
+            ["stage"],
+            buckets=STAGE_LATENCY_BUCKETS,
+            registry=registry,
+        ),
+    )
+
+
+def consumer_lag(registry: CollectorRegistry) -> Gauge:
+    return shared(
+        registry,
+        "affluent_consumer_lag_records",
+        lambda: Gauge(
+            "affluent_consumer_lag_records",
+            "Records not yet processed, per consumer group, topic and partition",
+            ["group", "topic", "partition"],
+            registry=registry,
+        ),
+    )
+
+
+def rebalances(registry: CollectorRegistry) -> Counter:
+    return shared(
+        registry,
+        "affluent_consumer_rebalances",
+        lambda: Counter(
+            "affluent_consumer_rebalances",
+            "Partition assignments completed by a stream worker's consumer group",
+            ["group"],
+            registry=registry,
+        ),
+    )
+
+
+def sender_label(sender: str, known: set[str], limit: int = MAX_SENDERS) -> str:
+    """A sender id as a label: itself when well formed and among the first ``limit`` seen, else a class.
+
+    ``known`` is the caller's set of senders already exported (updated here).
+    """
+    if not sender:
+        return "none"
+    if not _SENDER.fullmatch(sender):
+        return "invalid"
+    if sender in known:
+        return sender
+    if len(known) >= limit:
+        return "other"
+    known.add(sender)
+    return sender
+
+
+class SenderActivity:
+    """Messages per door and sender, and when each sender was last heard from (the no-traffic alert)."""
+
+    def __init__(self, registry: CollectorRegistry, limit: int = MAX_SENDERS) -> None:
+        self._known: set[str] = set()
+        self._limit = limit
+        self.messages = shared(
+            registry,
+            "affluent_sender_messages",
+            lambda: Counter(
+                "affluent_sender_messages",
+                "Messages received per door and sender organisation (any outcome)",
+                ["door", "sender"],
+                registry=registry,
+            ),
+        )
+        self.last_seen = shared(
+            registry,
+            "affluent_sender_last_message_timestamp_seconds",
+            lambda: Gauge(
+                "affluent_sender_last_message_timestamp_seconds",
+                "Unix time of the last message received from a sender organisation, per door",
+                ["door", "sender"],
+                registry=registry,
+            ),
+        )
+
+    def seen(self, door: str, sender: str, now: Callable[[], float] = time.time) -> None:
+        label = sender_label(sender, self._known, self._limit)
+        self.messages.labels(door, label).inc()
+        self.last_seen.labels(door, label).set(now())
