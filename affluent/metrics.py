@@ -30,6 +30,8 @@ STAGE_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 # Distinct senders one process exports before collapsing the rest into "other".
 MAX_SENDERS = 500
 _SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Anything shaped like a NIR (13 characters, Corsica's 2A/2B included) is no organisation id.
+NIR_LIKE = re.compile(r"\d{5}(?:\d{2}|2[ABab])\d{6}")
 
 
 def shared(registry: CollectorRegistry, name: str, make: Callable[[], C]) -> C:
@@ -102,7 +104,7 @@ def sender_label(sender: str, known: set[str], limit: int = MAX_SENDERS) -> str:
     """
     if not sender:
         return "none"
-    if not _SENDER.fullmatch(sender):
+    if not _SENDER.fullmatch(sender) or NIR_LIKE.search(sender):
         return "invalid"
     if sender in known:
         return sender

@@ -78,6 +78,12 @@ class PseudonymizeMetrics:
             registry=registry,
         )
         self.latency = stage_latency(registry).labels(STAGE)
+        # Set by the worker to read the opposition view's size at scrape time.
+        self.opposition_entries = Gauge(
+            "affluent_opposition_entries",
+            "Entries in the opposition registry (keyed hashes)",
+            registry=registry,
+        )
 
 
 class Pseudonymizer:

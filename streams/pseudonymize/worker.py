@@ -16,7 +16,7 @@ import logging
 import os
 
 import faust
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from affluent.compacted import CompactedView
 from affluent.errors import ConfigError
@@ -118,14 +118,9 @@ def build_worker(
     opposition = CompactedView(s.kafka, CONTROL_OPPOSITION, name="opposition")
     opposition.start()
     metrics_registry = metrics_registry or CollectorRegistry()
-    pseudonymizer = Pseudonymizer(
-        Registry(s.registry), feeds, opposition, keys, PseudonymizeMetrics(metrics_registry)
-    )
-    Gauge(
-        "affluent_opposition_entries",
-        "Entries in the opposition registry (keyed hashes)",
-        registry=metrics_registry,
-    ).set_function(lambda: float(len(opposition)))
+    metrics = PseudonymizeMetrics(metrics_registry)
+    metrics.opposition_entries.set_function(lambda: float(len(opposition)))
+    pseudonymizer = Pseudonymizer(Registry(s.registry), feeds, opposition, keys, metrics)
     app = make_app(group, s.kafka)
     telemetry = install_stage(
         app,
