@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,30 +21,9 @@ from affluent.metrics import MAX_SENDERS, NIR_LIKE, SenderActivity, consumer_lag
 from connectors.mllp.metrics import MllpMetrics
 from streams.normalize.stage import NormalizeMetrics
 from streams.pseudonymize.stage import PseudonymizeMetrics
+from tests.support.observability import ROOT, metric_table
 
-ROOT = Path(__file__).resolve().parents[2]
-TABLE = ROOT / "docs" / "metrics.md"
 CODE_DIRS = ("affluent", "connectors", "streams")
-
-
-def parse_tables(text: str) -> tuple[dict[str, tuple[str, tuple[str, ...], set[str]]], set[str]]:
-    """(exported rows: name → type, labels, processes), announced-not-exported names."""
-    rows: dict[str, tuple[str, tuple[str, ...], set[str]]] = {}
-    pending: set[str] = set()
-    section = ""
-    for line in text.splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 5 or not re.fullmatch(r"`affluent_[a-z0-9_]+`", cells[0]):
-            continue
-        name = cells[0].strip("`")
-        if section == "Table":
-            labels = tuple(sorted(re.findall(r"`([a-z_]+)`", cells[2])))
-            rows[name] = (cells[1], labels, {p.strip() for p in cells[4].split(",")})
-        elif section.startswith("Announced"):
-            pending.add(name)
-    return rows, pending
 
 
 def mllp(registry: CollectorRegistry) -> None:
@@ -83,7 +61,7 @@ def exported(registry: CollectorRegistry) -> dict[str, tuple[str, tuple[str, ...
     return out
 
 
-ROWS, PENDING = parse_tables(TABLE.read_text(encoding="utf-8"))
+ROWS, PENDING = metric_table()
 
 
 def test_table_parses() -> None:
