@@ -90,3 +90,25 @@ def metric_names(expr: str) -> set[str]:
         re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count")) else n
         for n in names
     }
+
+
+# Environment variables the processes read that are not Settings fields (see the modules that read them).
+NON_SETTINGS_ENV = {"AFFLUENT_HEALTH_PORT", "AFFLUENT_PSEUDO_KEY_FILE", "AFFLUENT_PSEUDONYMIZE_METRICS_PORT"}
+
+
+def unknown_settings(names: Any) -> list[str]:
+    """The AFFLUENT_* names among ``names`` that name no Settings field (pydantic ignores them silently)."""
+    from affluent.settings import Settings
+
+    bad = []
+    for key in names:
+        if key in NON_SETTINGS_ENV:
+            continue
+        model: Any = Settings
+        for part in key.removeprefix("AFFLUENT_").lower().split("__"):
+            fields = getattr(model, "model_fields", {})
+            if part not in fields:
+                bad.append(key)
+                break
+            model = fields[part].annotation
+    return bad
