@@ -44,16 +44,20 @@ def shared(registry: CollectorRegistry, name: str, make: Callable[[], C]) -> C:
     return found  # type: ignore[return-value]
 
 
+def _counter(registry: CollectorRegistry, name: str, doc: str, labels: list[str]) -> Counter:
+    return shared(registry, name, lambda: Counter(name, doc, labels, registry=registry))
+
+
+def _gauge(registry: CollectorRegistry, name: str, doc: str, labels: list[str]) -> Gauge:
+    return shared(registry, name, lambda: Gauge(name, doc, labels, registry=registry))
+
+
 def dead_letters(registry: CollectorRegistry) -> Counter:
-    return shared(
+    return _counter(
         registry,
         "affluent_dlq_records",
-        lambda: Counter(
-            "affluent_dlq_records",
-            "Dead letters written, by stage and reason code",
-            ["stage", "reason"],
-            registry=registry,
-        ),
+        "Dead letters written, by stage and reason code",
+        ["stage", "reason"],
     )
 
 
@@ -72,28 +76,20 @@ def stage_latency(registry: CollectorRegistry) -> Histogram:
 
 
 def consumer_lag(registry: CollectorRegistry) -> Gauge:
-    return shared(
+    return _gauge(
         registry,
         "affluent_consumer_lag_records",
-        lambda: Gauge(
-            "affluent_consumer_lag_records",
-            "Records not yet processed, per consumer group, topic and partition",
-            ["group", "topic", "partition"],
-            registry=registry,
-        ),
+        "Records not yet processed, per consumer group, topic and partition",
+        ["group", "topic", "partition"],
     )
 
 
 def rebalances(registry: CollectorRegistry) -> Counter:
-    return shared(
+    return _counter(
         registry,
         "affluent_consumer_rebalances",
-        lambda: Counter(
-            "affluent_consumer_rebalances",
-            "Partition assignments completed by a stream worker's consumer group",
-            ["group"],
-            registry=registry,
-        ),
+        "Partition assignments completed by a stream worker's consumer group",
+        ["group"],
     )
 
 
@@ -120,25 +116,17 @@ class SenderActivity:
     def __init__(self, registry: CollectorRegistry, limit: int = MAX_SENDERS) -> None:
         self._known: set[str] = set()
         self._limit = limit
-        self.messages = shared(
+        self.messages = _counter(
             registry,
             "affluent_sender_messages",
-            lambda: Counter(
-                "affluent_sender_messages",
-                "Messages received per door and sender organisation (any outcome)",
-                ["door", "sender"],
-                registry=registry,
-            ),
+            "Messages received per door and sender organisation (any outcome)",
+            ["door", "sender"],
         )
-        self.last_seen = shared(
+        self.last_seen = _gauge(
             registry,
             "affluent_sender_last_message_timestamp_seconds",
-            lambda: Gauge(
-                "affluent_sender_last_message_timestamp_seconds",
-                "Unix time of the last message received from a sender organisation, per door",
-                ["door", "sender"],
-                registry=registry,
-            ),
+            "Unix time of the last message received from a sender organisation, per door",
+            ["door", "sender"],
         )
 
     def seen(self, door: str, sender: str, now: Callable[[], float] = time.time) -> None:
