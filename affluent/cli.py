@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from affluent import __version__
 from affluent.errors import AffluentError
@@ -115,27 +116,69 @@ def cmd_pseudonymize(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_opposition_add(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.pseudonymize.cli import opposition_add
+def _objection(args: argparse.Namespace) -> Any:
+    """From --ins/--ipp/--authority, or from a JSON object on stdin (--stdin), which keeps the identity
+    out of the shell history and of the process list."""
+    import json
 
-    n = opposition_add(settings, ins=args.ins, ipp=args.ipp, authority=args.authority)
-    print(f"objection registered ({n} entries)")
+    from streams.opposition.objection import InvalidObjection, Objection
+
+    if args.stdin:
+        try:
+            body = json.loads(sys.stdin.read())
+        except ValueError:
+            raise InvalidObjection("stdin is not a JSON object") from None
+        return Objection.from_json(body)
+    return Objection(ins=args.ins, ipp=args.ipp, authority=args.authority)
+
+
+def cmd_opposition_add(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.opposition.cli import register
+
+    done = register(settings, _objection(args))
+    print(f"objection registered ({done.entries} entries, {done.retractions} national retractions)")
     return 0
 
 
 def cmd_opposition_remove(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.pseudonymize.cli import opposition_remove
+    from streams.opposition.cli import withdraw
 
-    n = opposition_remove(settings, ins=args.ins, ipp=args.ipp, authority=args.authority)
+    n = withdraw(settings, _objection(args))
     print(f"objection withdrawn ({n} entries)")
     return 0
 
 
 def cmd_opposition_list(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.pseudonymize.cli import opposition_list
+    from streams.opposition.cli import count
 
-    print(f"{opposition_list(settings)} entries")
+    print(f"{count(settings)} entries")
     return 0
+
+
+def cmd_opposition_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.opposition.cli import serve
+
+    serve(settings)
+    return 0
+
+
+def cmd_opposition_token(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.auth import new_token
+
+    token, digest = new_token()
+    print(f"token (give it to {args.principal}, shown once): {token}")
+    print(f'configuration: AFFLUENT_OPPOSITION__TOKENS=\'{{"{args.principal}": "{digest}"}}\'')
+    return 0
+
+
+def cmd_risk_report(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.pseudonymize.cli import risk_report
+
+    quasi = [q.strip() for q in args.quasi.split(",") if q.strip()] if args.quasi else None
+    report = risk_report(settings, args.destination, args.k, quasi, args.since_hours)
+    for line in report.lines(show_classes=args.show_classes):
+        print(line)
+    return 0 if report.patients_below_k == 0 or not args.fail_below_k else 1
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -208,10 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ins", help="INS matricule (NIR)")
         p.add_argument("--ipp", help="local patient id")
         p.add_argument("--authority", help="the IPP's assigning authority (OID or namespace)")
+        p.add_argument("--stdin", action="store_true", help='read {"ins": …, "ipp": …, "authority": …}')
         p.set_defaults(func=func)
     opposition_sub.add_parser("list", help="count the registry's entries").set_defaults(
         func=cmd_opposition_list
     )
+    opposition_sub.add_parser("serve", help="run the authenticated HTTP endpoint").set_defaults(
+        func=cmd_opposition_serve
+    )
+    token = opposition_sub.add_parser("token", help="make a bearer token for the HTTP endpoint")
+    token.add_argument("principal", help="who will use it (a service account name)")
+    token.set_defaults(func=cmd_opposition_token)
+
+    risk = sub.add_parser("risk-report", help="k-anonymity of what a destination received")
+    risk.add_argument("--destination", required=True, help="hdh, inca, …")
+    risk.add_argument("--k", type=int, default=5, help="smallest acceptable class size (default 5)")
+    risk.add_argument("--quasi", help="comma-separated quasi-identifier paths (default: per destination)")
+    risk.add_argument("--since-hours", type=float, help="only records of the last N hours")
+    risk.add_argument("--show-classes", action="store_true", help="print the small classes' values")
+    risk.add_argument("--fail-below-k", action="store_true", help="exit 1 if a class is smaller than k")
+    risk.set_defaults(func=cmd_risk_report)
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
     return parser

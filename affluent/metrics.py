@@ -93,6 +93,17 @@ def rebalances(registry: CollectorRegistry) -> Counter:
     )
 
 
+def retractions(registry: CollectorRegistry) -> Counter:
+    """Retractions sent to the platforms: by the pseudonymize stage (merges, cancellations, deletions)
+    and by the opposition endpoint (objections)."""
+    return _counter(
+        registry,
+        "affluent_national_retractions",
+        "Retractions sent to a destination, by kind (DELETE, MERGE, OPPOSITION, CANCEL)",
+        ["destination", "kind"],
+    )
+
+
 def sender_label(sender: str, known: set[str], limit: int = MAX_SENDERS) -> str:
     """A sender id as a label: itself when well formed and among the first ``limit`` seen, else a class.
 

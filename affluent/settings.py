@@ -141,6 +141,16 @@ class StackSettings(BaseModel):
     start_timeout_s: float = Field(default=120.0, gt=0)
 
 
+class OppositionSettings(BaseModel):
+    """The HTTP endpoint where objections are registered and withdrawn (``affluent opposition serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    # principal (a service account, e.g. the DPO's tool) → hex SHA-256 of its bearer token
+    # (``affluent opposition token`` makes one). No token configured → the endpoint refuses to start.
+    tokens: dict[str, str] = {}
+
+
 class Settings(BaseSettings):
     """Everything a process needs, validated once at start so mistakes surface before traffic flows."""
 
@@ -156,6 +166,7 @@ class Settings(BaseSettings):
     mllp: MllpSettings = MllpSettings()
     streams: StreamsSettings = StreamsSettings()
     stack: StackSettings = StackSettings()
+    opposition: OppositionSettings = OppositionSettings()
 
     @classmethod
     def settings_customise_sources(

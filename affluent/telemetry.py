@@ -113,7 +113,12 @@ class TelemetryServer:
         return web.json_response({"status": "up"})
 
     async def _ready_handler(self, request: web.Request) -> web.Response:
-        result = True if self._ready is None else await self._ready()
-        checks = dict(result) if isinstance(result, Mapping) else {}
-        ok = all(checks.values()) if isinstance(result, Mapping) else bool(result)
-        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+        return await ready_response(self._ready)
+
+
+async def ready_response(ready: ReadyCheck | None) -> web.Response:
+    """``/ready`` for any affluent HTTP server: 200 or 503, and which dependency failed."""
+    result = True if ready is None else await ready()
+    checks = dict(result) if isinstance(result, Mapping) else {}
+    ok = all(checks.values()) if isinstance(result, Mapping) else bool(result)
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)

@@ -311,15 +311,26 @@ NATIONAL = Board(
                     "Records withheld from a destination because the patient objected.",
                 ),
                 Panel(
-                    "Retractions sent",
+                    "Retractions sent per destination and kind",
                     (
                         Query(
-                            rate("affluent_national_retractions_total", "destination", DEST),
-                            "{{destination}}",
+                            rate("affluent_national_retractions_total", "destination, kind", DEST),
+                            "{{destination}} {{kind}}",
                         ),
                     ),
                     "reqps",
-                    "Erasure requests and oppositions forwarded to a destination.",
+                    "Merges and cancellations (pseudonymize stage) and objections (opposition endpoint).",
+                ),
+                Panel(
+                    "Objection requests by action and outcome",
+                    (
+                        Query(
+                            rate("affluent_opposition_requests_total", "action, outcome"),
+                            "{{action}} {{outcome}}",
+                        ),
+                    ),
+                    "reqps",
+                    "Requests to the opposition endpoint (register, withdraw, count).",
                 ),
                 Panel(
                     "Opposition registry entries",

@@ -1,9 +1,8 @@
 """Command-line entry points of the pseudonymize stage, for ``affluent/cli.py`` to wire in.
 
 - ``run_worker(settings)``: the faust worker (``affluent pseudonymize``);
-- ``opposition_add(settings, ins=…, ipp=…, authority=…)``: register an objection — only keyed hashes of
-  the identity are written to ``control.opposition`` (``affluent opposition add``);
-- ``opposition_list(settings)``: how many entries the registry holds (``affluent opposition list``).
+- ``opposition_add`` / ``opposition_remove`` / ``opposition_list``: kept for callers of this module; they
+  go through the opposition service (streams/opposition), like ``affluent opposition …``.
 
 ``main()`` runs the worker with settings from the environment (``python -c "from
 streams.pseudonymize.cli import main; main()"``), as the integration tests do.
@@ -11,19 +10,31 @@ streams.pseudonymize.cli import main; main()"``), as the integration tests do.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
+import uuid
+from collections.abc import Sequence
 
-from affluent.compacted import CompactedView
-from affluent.errors import AffluentError, ConfigError, KafkaUnavailable
-from affluent.kafka import TopicSpec, ensure_topics, make_producer, wait_for_kafka
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+from affluent.errors import AffluentError, ConfigError
+from affluent.kafka import make_consumer, wait_for_kafka
 from affluent.settings import Settings, load_settings
-from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from schemas.registry import Registry, decode, load_schema
+from streams.opposition.cli import count, register, withdraw
+from streams.opposition.objection import Objection, registry_entries
 from streams.pseudonymize.keys import KeyProvider
-from streams.pseudonymize.pseudonym import IdentityMissing, ins_form, ipp_form, opposition_key
-
-OPPOSED = b"1"
+from streams.pseudonymize.risk import (
+    DEFAULT_K,
+    DEFAULT_QUASI_IDENTIFIERS,
+    RiskReport,
+    assess,
+    check_paths,
+    schema_paths,
+)
 
 
 def run_worker(settings: Settings) -> None:
@@ -37,24 +48,7 @@ def opposition_entries(
     keys: KeyProvider, ins: str | None = None, ipp: str | None = None, authority: str | None = None
 ) -> tuple[str, ...]:
     """The registry keys for an objection given by INS (NIR matricule) and/or IPP with its authority."""
-    patient_ref: dict[str, object] = {
-        "ins": {"matricule": ins} if ins else None,
-        "ipp": {"id": ipp, "authority_oid": authority} if ipp else None,
-    }
-    forms: list[str] = []
-    form = ins_form(patient_ref)
-    if form is not None:
-        forms.append(form)
-    if ipp:
-        if not authority:
-            raise ConfigError("an IPP objection needs the IPP's assigning authority (OID or namespace)")
-        try:
-            forms.append(ipp_form(patient_ref))
-        except IdentityMissing as exc:
-            raise ConfigError(str(exc)) from None
-    if not forms:
-        raise ConfigError("an objection needs an INS matricule or an IPP with its authority")
-    return tuple(opposition_key(keys, form) for form in forms)
+    return tuple(registry_entries(keys, Objection(ins=ins, ipp=ipp, authority=authority)))
 
 
 def opposition_add(
@@ -64,9 +58,8 @@ def opposition_add(
     authority: str | None = None,
     keys: KeyProvider | None = None,
 ) -> int:
-    """Write the objection's keyed hashes to ``control.opposition`` (value ``b"1"``, acks=all); returns
-    the number of entries written. Nothing identifying is printed or logged."""
-    return _write_entries(settings, OPPOSED, ins, ipp, authority, keys)
+    """Register an objection (registry entries, then national retractions); returns the entries written."""
+    return register(settings, Objection(ins=ins, ipp=ipp, authority=authority), keys).entries
 
 
 def opposition_remove(
@@ -76,52 +69,71 @@ def opposition_remove(
     authority: str | None = None,
     keys: KeyProvider | None = None,
 ) -> int:
-    """Withdraw an objection: tombstones for its keyed hashes, so compaction forgets them and the
-    patient's *new* events flow again (what was retracted stays retracted)."""
-    return _write_entries(settings, None, ins, ipp, authority, keys)
-
-
-def _write_entries(
-    settings: Settings,
-    value: bytes | None,
-    ins: str | None,
-    ipp: str | None,
-    authority: str | None,
-    keys: KeyProvider | None,
-) -> int:
-    from streams.pseudonymize.worker import load_keys
-
-    keys = keys if keys is not None else load_keys()
-    entries = opposition_entries(keys, ins=ins, ipp=ipp, authority=authority)
-    wait_for_kafka(settings.kafka, 30)
-    ensure_topics(settings.kafka, [TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG)])
-    producer = make_producer(settings.kafka, acks="all")
-    failures: list[str] = []
-
-    def report(err: object, _msg: object) -> None:
-        if err is not None:
-            failures.append(type(err).__name__)
-
-    for entry in entries:
-        producer.produce(CONTROL_OPPOSITION, key=entry.encode("utf-8"), value=value, on_delivery=report)
-    remaining = producer.flush(30)
-    if remaining or failures:
-        raise KafkaUnavailable(
-            f"opposition change not confirmed by Kafka ({remaining} pending, {len(failures)} failed)"
-        )
-    return len(entries)
+    """Withdraw an objection: the patient's *new* events flow again (what was retracted stays retracted)."""
+    return withdraw(settings, Objection(ins=ins, ipp=ipp, authority=authority), keys)
 
 
 def opposition_list(settings: Settings) -> int:
-    """The number of entries in the opposition registry (keyed hashes; two per patient usually)."""
+    return count(settings)
+
+
+def risk_report(
+    settings: Settings,
+    destination: str,
+    k: int = DEFAULT_K,
+    quasi_identifiers: Sequence[str] | None = None,
+    since_hours: float | None = None,
+) -> RiskReport:
+    """Read the destination's patient topic (all of it, or the last ``since_hours``) up to its current
+    end and assess its k-anonymity. Records are decoded with the registry, in memory only."""
+    from streams.pseudonymize.policy import load_policy
+
+    policy = load_policy(destination)
+    plan = policy.plans.get("patient")
+    if plan is None:
+        raise ConfigError(f"destination {destination} receives no patient records")
+    paths = tuple(quasi_identifiers or DEFAULT_QUASI_IDENTIFIERS.get(destination, ()))
+    if not paths:
+        raise ConfigError(f"name the quasi-identifiers of destination {destination} (--quasi)")
+    check_paths(schema_paths(json.loads(load_schema(policy.schema_name_for("patient")))), paths)
+    registry = Registry(settings.registry)
+    records = read_window(settings, plan.topic, since_hours)
+    return assess((decode(registry, value) for value in records), destination, paths, k)
+
+
+def read_window(settings: Settings, topic: str, since_hours: float | None) -> list[bytes]:
+    """Values of ``topic`` from the start (or ``since_hours`` ago) to the end it had when called."""
     wait_for_kafka(settings.kafka, 30)
-    ensure_topics(settings.kafka, [TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG)])
-    view = CompactedView(settings.kafka, CONTROL_OPPOSITION, name="opposition-list")
-    view.start()
+    consumer = make_consumer(settings.kafka, group_id=f"affluent-risk-{uuid.uuid4().hex[:8]}")
     try:
-        return len(view)
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise ConfigError(f"topic {topic} does not exist on this cluster")
+        partitions = [TopicPartition(topic, p) for p in sorted(md.partitions)]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+        if since_hours is not None:
+            since_ms = int((time.time() - since_hours * 3600) * 1000)
+            starts = consumer.offsets_for_times(
+                [TopicPartition(topic, tp.partition, since_ms) for tp in partitions], timeout=10
+            )
+        else:
+            starts = [TopicPartition(topic, tp.partition, OFFSET_BEGINNING) for tp in partitions]
+        remaining = {tp.partition for tp in starts if ends[tp.partition] > 0 and tp.offset != OFFSET_END}
+        consumer.assign(starts)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 300
+        while remaining and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            value = msg.value()
+            if value is not None:
+                values.append(value)
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                remaining.discard(msg.partition() or 0)
+        return values
     finally:
-        view.stop()
+        consumer.close()
 
 
 def main() -> None:

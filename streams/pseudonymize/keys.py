@@ -282,3 +282,24 @@ def require_key(keys: KeyProvider, destination: str) -> Key:
         return keys.current(destination)
     except KeyConfigError as exc:
         raise KeyConfigError(f"cannot build the national feed for destination {destination}: {exc}") from None
+
+
+class PinnedKey:
+    """A provider whose current key for one destination is a given (older) key of its ring.
+
+    For records that must be computed under every key still kept, such as the retraction an objection
+    emits: what was published under a retired key carries pseudonyms of that key, and the platform can
+    only delete it if the retraction names the same pseudonym.
+    """
+
+    def __init__(self, keys: KeyProvider, destination: str, key: Key) -> None:
+        self._keys, self._destination, self._key = keys, destination, key
+
+    def current(self, destination: str) -> Key:
+        return self._key if destination == self._destination else self._keys.current(destination)
+
+    def by_id(self, destination: str, key_id: str) -> Key:
+        return self._keys.by_id(destination, key_id)
+
+    def all(self, destination: str) -> tuple[Key, ...]:
+        return self._keys.all(destination)

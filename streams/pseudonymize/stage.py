@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from affluent.errors import AffluentError
-from affluent.metrics import dead_letters, stage_latency
+from affluent.metrics import dead_letters, retractions, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
 from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
@@ -37,6 +37,19 @@ CANONICAL_PREFIX = "canonical."
 _HEADER = struct.Struct(">bI")
 
 OppositionLookup = Container[str] | Callable[[str], object]
+
+
+def national_headers(registry: Registry, feeds: Sequence[Feed]) -> dict[str, bytes]:
+    """Register every national schema the feeds emit (FULL_TRANSITIVE) and return, per topic, the
+    Confluent wire-format header (magic byte + schema id) to put in front of its Avro bodies."""
+    headers: dict[str, bytes] = {}
+    for feed in feeds:
+        for kind, topic in feed.topics().items():
+            schema_id = registry.register(
+                value_subject(topic), feed.schema_text(kind), NATIONAL_COMPATIBILITY
+            )
+            headers[topic] = _HEADER.pack(MAGIC_BYTE, schema_id)
+    return headers
 
 
 class PseudonymizeMetrics:
@@ -63,6 +76,7 @@ class PseudonymizeMetrics:
             registry=registry,
         )
         self.dead_letters = dead_letters(registry)
+        self.retractions = retractions(registry)
         self.key_info = Gauge(
             "affluent_pseudonym_key_info",
             "1 for the pseudonymization key in use per destination (the key id, never the secret)",
@@ -105,13 +119,8 @@ class Pseudonymizer:
         self.dlq_topic = dlq_topic
         self.clock = clock
         # topic → Confluent header of its national schema; registering fails the start, not a record.
-        self.headers: dict[str, bytes] = {}
+        self.headers = national_headers(registry, self.feeds)
         for feed in self.feeds:
-            for kind, topic in feed.topics().items():
-                schema_id = registry.register(
-                    value_subject(topic), feed.schema_text(kind), NATIONAL_COMPATIBILITY
-                )
-                self.headers[topic] = _HEADER.pack(MAGIC_BYTE, schema_id)
             key = keys.current(feed.policy.key_name)
             metrics.key_info.labels(feed.destination, key.key_id).set(1)
         self.dlq_codec = AvroCodec(registry, value_subject(dlq_topic), load_schema("dead_letter"), "BACKWARD")
@@ -146,6 +155,12 @@ class Pseudonymizer:
                 if self._takes(feed, kind, record):
                     self.metrics.opposition_drops.labels(feed.destination).inc()
             return []
+        return self.transform(kind, record, lineage)
+
+    def transform(self, kind: str, record: Mapping[str, Any], lineage: dict[str, Any]) -> list[Output]:
+        """Every destination's national form of one decoded canonical record (no opposition check: the
+        caller decides). Also used by the opposition service for the Retraction an objection emits."""
+        envelope: Mapping[str, Any] = record["envelope"]
         outputs: list[Output] = []
         produced: list[tuple[str, str]] = []
         for feed in self.feeds:
@@ -172,6 +187,8 @@ class Pseudonymizer:
         age = (self.clock() - ingest).total_seconds() if isinstance(ingest, datetime) else None
         for destination, national_kind in produced:
             self.metrics.national_records.labels(destination, national_kind).inc()
+            if national_kind == "retraction":
+                self.metrics.retractions.labels(destination, str(record.get("kind") or "unknown")).inc()
             if age is not None:
                 self.metrics.end_to_end.labels(source, destination).observe(max(0.0, age))
         return outputs

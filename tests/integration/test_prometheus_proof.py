@@ -32,13 +32,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from affluent import synthetic
+from affluent.auth import StaticTokens, new_token
 from affluent.kafka import TopicSpec, ensure_topics
 from affluent.settings import MllpSettings
+from affluent.telemetry import dependencies
 from affluent.topics import (
     COMPACTED_CONFIG,
     CONTROL_OPPOSITION,
@@ -50,19 +53,11 @@ from connectors.mllp.client import send_all
 from connectors.mllp.framing import encode_frame
 from connectors.mllp.service import MllpService
 from schemas.catalog import CANONICAL_TOPICS
-from streams.pseudonymize.cli import opposition_add, opposition_remove
+from streams.opposition.cli import build_service
+from streams.opposition.http import OppositionEndpoint
+from streams.pseudonymize.cli import opposition_remove
 from streams.pseudonymize.worker import KEY_FILE_ENV, load_keys
-from tests.integration.test_pseudonymize_e2e import (
-    KEY_FILE,
-    canaries,
-    ends,
-    fetch,
-    free_port,
-    leaks,
-    run_messages,
-    start_group_at,
-    worker,
-)
+from tests.integration.test_pseudonymize_e2e import canaries, leaks, run_messages
 from tests.support.observability import (
     ROOT,
     metric_names,
@@ -71,6 +66,7 @@ from tests.support.observability import (
     rules_module,
     substitute,
 )
+from tests.support.pipeline import KEY_FILE, ends, fetch, free_port, start_group_at, worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -180,7 +176,30 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
     ensure_topics(live_kafka, [TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG)])
     objection = dict(ins=objecting.nir, ipp=objecting.ipp, authority=synthetic.HOSPITAL_OID)
     request.addfinalizer(lambda: opposition_remove(settings, keys=keys, **objection))
-    opposition_add(settings, keys=keys, **objection)
+    # The opposition endpoint, in this process: the objection goes through it (→ retractions, requests).
+    ports = {
+        "mllp": free_port(),
+        "normalize": free_port(),
+        "pseudonymize": free_port(),
+        "opposition": free_port(),
+    }
+    opposition_registry = CollectorRegistry()
+    opposition = build_service(settings, keys, opposition_registry)
+    await opposition.start()
+    token, digest = new_token()
+    endpoint = OppositionEndpoint(
+        opposition,
+        StaticTokens({"proof": digest}),
+        opposition_registry,
+        dependencies(live_kafka, settings.registry),
+    )
+    await endpoint.start("127.0.0.1", ports["opposition"])
+    request.addfinalizer(lambda: asyncio.run(opposition.stop()))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['opposition']}", timeout=30) as client:
+        answer = await client.post(
+            "/opposition", json=objection, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 201, answer.text
 
     norm_group, pseudo_group = f"test-proof-normalize-{run}", f"test-proof-pseudonymize-{run}"
     ensure_topics(
@@ -191,7 +210,6 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
     start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
     start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
 
-    ports = {"mllp": free_port(), "normalize": free_port(), "pseudonymize": free_port()}
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
     norm_env = {
         **base_env,
@@ -253,8 +271,13 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             for round_no in range(2):
                 bad = [unsupported(f"BAD{run}{round_no}{i}", stopping) for i in range(3)]
                 assert set(await send_all("127.0.0.1", mllp_port, bad, senders=1)) == {"AR"}
-                if round_no == 0:
-                    await asyncio.sleep(3)
+                if round_no == 0:  # Prometheus must hold the first value before the second round
+                    baseline = ('affluent_mllp_acks_total{code="AR"}', "affluent_dlq_records_total")
+
+                    def scraped(queries: tuple[str, ...] = baseline) -> bool:
+                        return all(api(base, "query", query=q)["result"] for q in queries)
+
+                    await asyncio.to_thread(wait_until, scraped, 30, "the first dead letters scraped")
 
             # Every panel's query returns data (panels on announced, not yet exported metrics excepted).
             _, pending = metric_table()
@@ -295,7 +318,11 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             try:
                 alerts = await asyncio.to_thread(wait_until, wanted_fire, 40, "alerts")
             except pytest.fail.Exception:
-                pytest.fail(f"alerts firing: {seen[0]}, wanted {want}")
+                series = {
+                    q: api(base, "query", query=q)["result"]
+                    for q in ("affluent_mllp_acks_total", "affluent_dlq_records_total")
+                }
+                pytest.fail(f"alerts firing: {seen[0]}, wanted {want}; series {series}")
             assert f"silent:{steady}" not in alerts, "a sender that keeps sending is reported silent"
             assert "AffluentProcessDown" not in alerts
             dlq = [a for a in firing(base) if a["alertname"] == "AffluentDeadLettersHigh"]
@@ -309,6 +336,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             keep_sending.set()
             await background
             await door.stop()
+            await endpoint.stop()
 
         # A worker stopped: Prometheus fails to scrape it and the process-down alert names it.
         norm.terminate()

@@ -12,7 +12,7 @@ import jsonschema
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from affluent.settings import MllpSettings, StreamsSettings
+from affluent.settings import MllpSettings, OppositionSettings, StreamsSettings
 from streams.pseudonymize.worker import DEFAULT_METRICS_PORT as PSEUDONYMIZE_PORT
 from tests.support.observability import ROOT, unknown_settings
 
@@ -22,6 +22,7 @@ DEFAULT_PORTS = {
     "mllp": MllpSettings().metrics_port,
     "normalize": StreamsSettings().metrics_port,
     "pseudonymize": PSEUDONYMIZE_PORT,
+    "opposition": OppositionSettings().port,
 }
 
 
@@ -50,12 +51,13 @@ def test_compose_runs_the_whole_stack() -> None:
         "mllp",
         "normalize",
         "pseudonymize",
+        "opposition",
         "prometheus",
         "grafana",
     }
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
-    for name in ("mllp", "normalize", "pseudonymize"):
-        assert services[name]["command"] == [name]
+    for name in ("mllp", "normalize", "pseudonymize", "opposition"):
+        assert services[name]["command"][0] == name
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
@@ -71,7 +73,7 @@ def test_compose_host_paths_exist() -> None:
 
 
 def test_affluent_environment_names_real_settings() -> None:
-    for name in ("mllp", "normalize", "pseudonymize"):
+    for name in ("mllp", "normalize", "pseudonymize", "opposition"):
         assert unknown_settings(compose()["services"][name]["environment"]) == []
     assert unknown_settings(["AFFLUENT_KAFKA__BOOTSTRAP_SERVER"]) == ["AFFLUENT_KAFKA__BOOTSTRAP_SERVER"]
 
@@ -83,10 +85,9 @@ def test_prometheus_targets_match_the_processes_ports() -> None:
         (target,) = group["targets"]
         component = group["labels"]["component"]
         assert int(target.rsplit(":", 1)[1]) == DEFAULT_PORTS[component], group
-    env = {n: compose()["services"][n]["environment"] for n in DEFAULT_PORTS}
-    assert env["mllp"]["AFFLUENT_HEALTH_PORT"] == str(DEFAULT_PORTS["mllp"])
-    assert env["normalize"]["AFFLUENT_HEALTH_PORT"] == str(DEFAULT_PORTS["normalize"])
-    assert env["pseudonymize"]["AFFLUENT_HEALTH_PORT"] == str(DEFAULT_PORTS["pseudonymize"])
+    for name, port in DEFAULT_PORTS.items():
+        assert compose()["services"][name]["environment"]["AFFLUENT_HEALTH_PORT"] == str(port), name
+    assert {g["labels"]["component"] for g in targets} == set(DEFAULT_PORTS)
 
 
 def dockerfile_problems(text: str) -> list[str]:

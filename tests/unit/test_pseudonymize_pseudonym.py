@@ -244,3 +244,25 @@ def test_pseudonym_memo_is_per_key():
     provider_a = StaticKeyProvider({"hdh": [a]})
     provider_b = StaticKeyProvider({"hdh": [b]})
     assert provider_a.current("hdh").memo is not provider_b.current("hdh").memo
+
+
+def test_records_before_and_after_a_rotation_carry_their_key_ids():
+    """The feed as the worker runs it: before the rotation the ring is [k1], after it [k2 (active), k1]."""
+    from streams.pseudonymize.keys import StaticKeyProvider
+    from streams.pseudonymize.policy import load_policy
+    from streams.pseudonymize.transform import Feed
+    from tests.support.canonical_samples import sample
+
+    before_keys = StaticKeyProvider({**{d: KEYS.all(d) for d in ("inca", "opposition")}, "hdh": (HDH_OLD,)})
+    before = Feed(load_policy("hdh"), before_keys)
+    after = Feed(load_policy("hdh"), KEYS)
+    record = sample("observation")
+    first, again = before.apply("observation", record), before.apply("observation", record)
+    later = after.apply("observation", record)
+    assert first is not None and again is not None and later is not None
+    assert first.key == again.key and first.record == again.record  # same patient, same key: same output
+    assert first.key.startswith(f"{HDH_OLD.key_id}:") and first.record["patient"]["key_id"] == HDH_OLD.key_id
+    current = KEYS.current("hdh").key_id
+    assert later.key.startswith(f"{current}:") and later.record["patient"]["key_id"] == current
+    assert later.key != first.key
+    assert later.record["envelope"]["event_id"] != first.record["envelope"]["event_id"]
