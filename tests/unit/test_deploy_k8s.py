@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from affluent.settings import MllpSettings, StreamsSettings
+from affluent.settings import MllpSettings, OppositionSettings, StreamsSettings
 from affluent.topics import (
     ACK_CACHE_CONFIG,
     COMPACTED_CONFIG,
@@ -36,6 +36,10 @@ SUBSETS = yaml.safe_load((ROOT / "tests" / "fixtures" / "schemas" / "crd-subsets
 NORMALIZE_GROUP = StreamsSettings().normalize_group
 PORTS = {"mllp": MllpSettings().metrics_port, "normalize": StreamsSettings().metrics_port}
 PORTS["pseudonymize"] = PSEUDONYMIZE_PORT
+PORTS["opposition"] = OppositionSettings().port
+COMMANDS = {"mllp": ["mllp"], "normalize": ["normalize"], "pseudonymize": ["pseudonymize"]}
+COMMANDS["opposition"] = ["opposition", "serve"]
+RETRACTION_TOPICS = {t for t in NATIONAL_TOPICS if t.endswith(".retraction.v1")}
 
 
 def documents() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -153,6 +157,11 @@ NEEDS = {
         "Write": {*NATIONAL_TOPICS, DLQ_PSEUDONYMIZE},
         "Describe": {spec.name for spec in worker_topics(PSEUDONYMIZE_GROUP)},
     },
+    "affluent-opposition": {
+        "Read": {CONTROL_OPPOSITION},
+        "Write": {CONTROL_OPPOSITION, *RETRACTION_TOPICS},
+        "Describe": {CONTROL_OPPOSITION, *RETRACTION_TOPICS},
+    },
 }
 
 
@@ -161,9 +170,12 @@ def test_acls_allow_what_each_component_does_and_no_more(user: str) -> None:
     for operation, names in NEEDS[user].items():
         for name in names:
             assert allowed(user, operation, "topic", name), (operation, name)
-    group = {"affluent-mllp": "affluent-ack-x", "affluent-normalize": NORMALIZE_GROUP}.get(
-        user, PSEUDONYMIZE_GROUP
-    )
+    groups = {
+        "affluent-mllp": "affluent-ack-x",
+        "affluent-normalize": NORMALIZE_GROUP,
+        "affluent-opposition": "affluent-opposition-service-x",
+    }
+    group = groups.get(user, PSEUDONYMIZE_GROUP)
     assert allowed(user, "Read", "group", group)
     everything = set(topics())
     for operation in ("Read", "Write"):
@@ -187,7 +199,7 @@ def test_deployments_probe_and_expose_the_telemetry_server() -> None:
     for component, deployment in deployments().items():
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        assert container["args"] == [component]
+        assert container["args"] == COMMANDS[component]
         assert pod["securityContext"]["runAsNonRoot"] is True
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == PORTS[component]
