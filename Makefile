@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo schemas test test-unit lint format bench clean
+.PHONY: help setup up down status demo schemas test test-unit lint format bench clean dashboards
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,7 +44,11 @@ test-unit: setup ## pure tests only, no broker needed
 lint: setup ## ruff + mypy, as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy affluent connectors streams schemas bench
+	$(BIN)/mypy affluent connectors streams schemas bench deploy/grafana/dashboards.py deploy/prometheus/rules.py
+
+dashboards: setup ## regenerate deploy/grafana/dashboards/*.json and deploy/prometheus/rules/*.yml
+	$(BIN)/python deploy/grafana/dashboards.py
+	$(BIN)/python deploy/prometheus/rules.py
 
 format: setup
 	$(BIN)/ruff format .

@@ -2,17 +2,79 @@
 
 Each process gets its own ``CollectorRegistry`` passed down to its components (no hidden global), so
 that several components, or several test instances, can live in one process without name clashes.
+
+``/ready`` answers what a load balancer or Kubernetes needs to know: can this process do its work now,
+that is, do Kafka and the schema registry answer. Probes come often and from several places, so the
+answer is cached for a few seconds and one round of checks runs at a time; a check that hangs costs its
+own short timeout, never the probe's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-ReadyCheck = Callable[[], Awaitable[bool]]
+from affluent.kafka import wait_for_kafka
+from affluent.settings import KafkaSettings, RegistrySettings
+from schemas.registry import Registry
+
+ReadyCheck = Callable[[], Awaitable[bool | Mapping[str, bool]]]
+# A dependency check: returns when the dependency answers, raises (any exception) when it does not.
+Check = Callable[[], object]
+
+READY_TTL_S = 5.0
+CHECK_TIMEOUT_S = 2.0
+
+
+def kafka_check(kafka: KafkaSettings, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
+    """Kafka answers a metadata request (a listening port is not enough, see ``wait_for_kafka``)."""
+    return lambda: wait_for_kafka(kafka, timeout_s)
+
+
+def registry_check(registry: RegistrySettings, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
+    """The schema registry lists its subjects (Apicurio's own readiness call, STACK_NOTES)."""
+    client = Registry(registry.model_copy(update={"timeout_s": timeout_s}))
+    return client.subjects
+
+
+class Readiness:
+    """Named dependency checks, run together in threads, their outcome cached for ``ttl_s``."""
+
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        ttl_s: float = READY_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._checks = dict(checks)
+        self._ttl = ttl_s
+        self._clock = clock
+        self._last: dict[str, bool] | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> dict[str, bool]:
+        async with self._lock:
+            if self._last is None or self._clock() - self._at >= self._ttl:
+                names = list(self._checks)
+                outcomes = await asyncio.gather(
+                    *(asyncio.to_thread(self._checks[n]) for n in names), return_exceptions=True
+                )
+                self._last = {
+                    n: not isinstance(o, BaseException) for n, o in zip(names, outcomes, strict=True)
+                }
+                self._at = self._clock()
+            return dict(self._last)
+
+
+def dependencies(kafka: KafkaSettings, registry: RegistrySettings) -> Readiness:
+    """The readiness every affluent process has: Kafka and the schema registry."""
+    return Readiness({"kafka": kafka_check(kafka), "registry": registry_check(registry)})
 
 
 class TelemetryServer:
@@ -51,5 +113,12 @@ class TelemetryServer:
         return web.json_response({"status": "up"})
 
     async def _ready_handler(self, request: web.Request) -> web.Response:
-        ok = True if self._ready is None else await self._ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        return await ready_response(self._ready)
+
+
+async def ready_response(ready: ReadyCheck | None) -> web.Response:
+    """``/ready`` for any affluent HTTP server: 200 or 503, and which dependency failed."""
+    result = True if ready is None else await ready()
+    checks = dict(result) if isinstance(result, Mapping) else {}
+    ok = all(checks.values()) if isinstance(result, Mapping) else bool(result)
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)

@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from affluent.errors import AffluentError
+from affluent.metrics import consumer_lag, rebalances
 from affluent.settings import KafkaSettings, StreamsSettings
-from affluent.telemetry import TelemetryServer
+from affluent.telemetry import ReadyCheck, TelemetryServer
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,16 @@ def install_stage(
     streams: StreamsSettings,
     metrics_registry: CollectorRegistry,
     metrics_port: int | None,
+    ready: ReadyCheck | None = None,
 ) -> TelemetryServer:
-    """Wire one stage into a faust app: the batch agent, the lag gauge and the /metrics server.
+    """Wire one stage into a faust app: the batch agent, lag and rebalance metrics, the telemetry server.
 
     Every stage has the same shell, so the rule "a batch's outputs are confirmed by Kafka before its
     inputs are acknowledged" lives here once. ``process`` is the stage's pure-ish function: a record's
     value and position in, outputs (``topic``, ``key``, ``value``) out; it must never raise.
     """
-    lag = Gauge(
-        "affluent_consumer_lag",
-        "Records not yet processed, per consumer group, topic and partition",
-        ["group", "topic", "partition"],
-        registry=metrics_registry,
-    )
+    lag = consumer_lag(metrics_registry)
+    assignments = rebalances(metrics_registry).labels(group)
     sources = app.topic(*source_topics)
     out_topics: dict[str, Any] = {}
     positions: dict[tuple[str, int], int] = {}
@@ -176,7 +174,12 @@ def install_stage(
             lag.labels(group, tp.topic, str(tp.partition)).set(max(0, high - done))
 
     app.timer(5.0)(measure_lag)
-    telemetry = TelemetryServer(metrics_registry)
+
+    @app.on_partitions_assigned.connect
+    async def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assignments.inc()
+
+    telemetry = TelemetryServer(metrics_registry, ready=ready)
 
     async def serve_metrics() -> None:
         if metrics_port is not None:

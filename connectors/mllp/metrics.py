@@ -6,6 +6,8 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from affluent.metrics import SenderActivity, dead_letters
+
 _EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 
 
@@ -41,6 +43,8 @@ class MllpMetrics:
         self.connections_total = Counter(
             "affluent_mllp_connections", "MLLP connections accepted", registry=registry
         )
+        self.dead_letters = dead_letters(registry)
+        self.senders = SenderActivity(registry)
         self.frame_errors = Counter(
             "affluent_mllp_frame_errors",
             "Framing problems (oversize, garbage, unterminated, missing_cr)",

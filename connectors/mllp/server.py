@@ -247,6 +247,7 @@ class MllpServer:
 
     async def _reject(self, rejected: Rejected, payload: bytes, peer: Peer) -> bytes:
         self.metrics.rejects.labels(rejected.reason_code).inc()
+        self.metrics.dead_letters.labels("ingest", rejected.reason_code).inc()
         self._count(rejected.header, "rejected")
         await self.dead_letters.write(
             stage="ingest",
@@ -296,6 +297,7 @@ class MllpServer:
             else "none"
         )
         self.metrics.messages.labels(label, outcome).inc()
+        self.metrics.senders.seen("mllp", header.sending_facility)
 
     def _raw_record(self, accepted: Accepted, peer: Peer) -> dict[str, Any]:
         h = accepted.header

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
+from affluent.telemetry import TelemetryServer, dependencies
 from affluent.topics import (
     ACK_CACHE_CONFIG,
     CONTROL_ACK,
@@ -85,16 +85,9 @@ class MllpService:
         )
         port = await self.server.start()
         if with_telemetry and s.mllp.metrics_port is not None:
-            self.telemetry = TelemetryServer(self.metrics_registry, ready=self._ready)
+            self.telemetry = TelemetryServer(self.metrics_registry, ready=dependencies(s.kafka, s.registry))
             await self.telemetry.start(s.mllp.host, s.mllp.metrics_port)
         return port
-
-    async def _ready(self) -> bool:
-        try:
-            await asyncio.to_thread(wait_for_kafka, self.settings.kafka, 2)
-        except Exception:
-            return False
-        return True
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight frames, flush the producer."""

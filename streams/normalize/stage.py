@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from affluent.errors import AffluentError
+from affluent.metrics import dead_letters, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
 from connectors.mllp.charset import UnknownCharset, decode
@@ -47,19 +48,8 @@ class NormalizeMetrics:
             ["kind"],
             registry=registry,
         )
-        self.dead_letters = Counter(
-            "affluent_dlq_records",
-            "Dead letters written, by stage and reason code",
-            ["stage", "reason"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "affluent_stage_latency_seconds",
-            "Processing time of one input record in a stage (decode, map, encode)",
-            ["stage"],
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1),
-            registry=registry,
-        )
+        self.dead_letters = dead_letters(registry)
+        self.latency = stage_latency(registry).labels("normalize")
 
 
 def canonical_topic(kind: str) -> str:
@@ -94,7 +84,7 @@ class Normalizer:
         try:
             return self._process(value, topic, partition, offset)
         finally:
-            self.metrics.latency.labels("normalize").observe(time.perf_counter() - started)
+            self.metrics.latency.observe(time.perf_counter() - started)
 
     def _process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
         lineage = {"topic": topic, "partition": partition, "offset": offset}

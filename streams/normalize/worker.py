@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
+from affluent.telemetry import TelemetryServer, dependencies
 from affluent.topics import INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.registry import Registry
@@ -60,6 +60,7 @@ def build_worker(
         s.streams,
         metrics_registry,
         s.streams.metrics_port,
+        ready=dependencies(s.kafka, s.registry),
     )
     return app, telemetry
 

@@ -20,6 +20,7 @@ from affluent.auth import StaticTokens
 from affluent.compacted import CompactedView
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
+from affluent.telemetry import dependencies
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from streams.opposition.http import OppositionEndpoint
 from streams.opposition.objection import Objection
@@ -98,7 +99,8 @@ def serve(settings: Settings, keys: KeyProvider | None = None) -> None:
 
     async def main() -> None:
         await service.start()
-        endpoint = OppositionEndpoint(service, tokens, metrics_registry)
+        ready = dependencies(settings.kafka, settings.registry)
+        endpoint = OppositionEndpoint(service, tokens, metrics_registry, ready)
         port = await endpoint.start(settings.opposition.host, settings.opposition.port)
         log.warning("opposition endpoint listening on %s:%d", settings.opposition.host, port)
         stop = asyncio.Event()

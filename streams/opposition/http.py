@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from affluent.auth import StaticTokens
 from affluent.errors import KafkaUnavailable
+from affluent.telemetry import ReadyCheck, ready_response
 from streams.opposition.objection import InvalidObjection, Objection
 from streams.opposition.service import OppositionService
 
@@ -36,9 +37,14 @@ def _problem(status: int, code: str, text: str, **headers: str) -> web.Response:
 
 class OppositionEndpoint:
     def __init__(
-        self, service: OppositionService, tokens: StaticTokens, metrics_registry: CollectorRegistry
+        self,
+        service: OppositionService,
+        tokens: StaticTokens,
+        metrics_registry: CollectorRegistry,
+        ready: ReadyCheck | None = None,
     ) -> None:
         self.service = service
+        self.ready = ready
         self.tokens = tokens
         self.metrics_registry = metrics_registry
         self._runner: web.AppRunner | None = None
@@ -50,7 +56,7 @@ class OppositionEndpoint:
         app.router.add_post("/opposition/withdraw", self._withdraw)
         app.router.add_get("/opposition", self._count)
         app.router.add_get("/health", self._health)
-        app.router.add_get("/ready", self._health)
+        app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
         return app
 
@@ -135,6 +141,9 @@ class OppositionEndpoint:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "up"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        return await ready_response(self.ready)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from affluent.compacted import CompactedView
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.metrics import retractions
 from affluent.settings import Settings
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from connectors.producer import DurableProducer
@@ -63,12 +64,7 @@ class OppositionMetrics:
             ["action", "outcome"],
             registry=registry,
         )
-        self.retractions = Counter(
-            "affluent_national_retractions",
-            "Retractions sent to a destination, by kind (DELETE, MERGE, OPPOSITION, CANCEL)",
-            ["destination", "kind"],
-            registry=registry,
-        )
+        self.retractions = retractions(registry)
 
 
 class OppositionService:

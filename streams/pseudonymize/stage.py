@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from affluent.errors import AffluentError
+from affluent.metrics import dead_letters, retractions, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
 from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
@@ -52,10 +53,10 @@ def national_headers(registry: Registry, feeds: Sequence[Feed]) -> dict[str, byt
 
 
 class PseudonymizeMetrics:
-    """The stage's metrics. ``dead_letters`` may be shared with another stage living in the same registry
-    (``affluent_dlq_records_total`` must be registered once per registry)."""
+    """The stage's metrics; the dead-letter counter and stage latency are shared per registry
+    (:mod:`affluent.metrics`)."""
 
-    def __init__(self, registry: CollectorRegistry, dead_letters: Counter | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.records_in = Counter(
             "affluent_pseudonymize_records_in",
             "Canonical records read by the pseudonymize stage, by kind",
@@ -74,18 +75,8 @@ class PseudonymizeMetrics:
             ["destination"],
             registry=registry,
         )
-        self.dead_letters = dead_letters or Counter(
-            "affluent_dlq_records",
-            "Dead letters written, by stage and reason code",
-            ["stage", "reason"],
-            registry=registry,
-        )
-        self.retractions = Counter(
-            "affluent_national_retractions",
-            "Retractions sent to a destination, by kind (DELETE, MERGE, OPPOSITION, CANCEL)",
-            ["destination", "kind"],
-            registry=registry,
-        )
+        self.dead_letters = dead_letters(registry)
+        self.retractions = retractions(registry)
         self.key_info = Gauge(
             "affluent_pseudonym_key_info",
             "1 for the pseudonymization key in use per destination (the key id, never the secret)",
@@ -100,11 +91,11 @@ class PseudonymizeMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=registry,
         )
-        self.latency = Histogram(
-            "affluent_pseudonymize_stage_latency_seconds",
-            "Processing time of one canonical record in the pseudonymize stage (decode, filter, "
-            "transform, encode)",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1),
+        self.latency = stage_latency(registry).labels(STAGE)
+        # Set by the worker to read the opposition view's size at scrape time.
+        self.opposition_entries = Gauge(
+            "affluent_opposition_entries",
+            "Entries in the opposition registry (keyed hashes)",
             registry=registry,
         )
 

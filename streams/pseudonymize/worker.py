@@ -16,13 +16,13 @@ import logging
 import os
 
 import faust
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from affluent.compacted import CompactedView
 from affluent.errors import ConfigError
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
+from affluent.telemetry import TelemetryServer, dependencies
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.registry import Registry
@@ -118,17 +118,19 @@ def build_worker(
     opposition = CompactedView(s.kafka, CONTROL_OPPOSITION, name="opposition")
     opposition.start()
     metrics_registry = metrics_registry or CollectorRegistry()
-    pseudonymizer = Pseudonymizer(
-        Registry(s.registry), feeds, opposition, keys, PseudonymizeMetrics(metrics_registry)
-    )
-    Gauge(
-        "affluent_opposition_entries",
-        "Entries in the opposition registry (keyed hashes)",
-        registry=metrics_registry,
-    ).set_function(lambda: float(len(opposition)))
+    metrics = PseudonymizeMetrics(metrics_registry)
+    metrics.opposition_entries.set_function(lambda: float(len(opposition)))
+    pseudonymizer = Pseudonymizer(Registry(s.registry), feeds, opposition, keys, metrics)
     app = make_app(group, s.kafka)
     telemetry = install_stage(
-        app, CANONICAL_TOPICS, pseudonymizer.process, group, s.streams, metrics_registry, port
+        app,
+        CANONICAL_TOPICS,
+        pseudonymizer.process,
+        group,
+        s.streams,
+        metrics_registry,
+        port,
+        ready=dependencies(s.kafka, s.registry),
     )
     return app, telemetry, opposition
 
