@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -39,7 +38,7 @@ from affluent.settings import FhirRestSettings, Settings, load_settings
 from affluent.topics import ACK_CACHE_CONFIG
 from bench import Options, register
 from bench.machine import process_cpu
-from bench.mllp import delete_topics
+from bench.mllp import SenderProcess, _sender_main, delete_topics, sender_process
 from bench.report import (
     SuiteResult,
     Table,
@@ -118,40 +117,9 @@ async def drive(spec: LoadSpec) -> LoadResult:
     return out
 
 
-def _client_main(conn: Connection) -> None:
-    while True:
-        spec = conn.recv()
-        if spec is None:
-            break
-        try:
-            conn.send(asyncio.run(drive(spec)))
-        except Exception as exc:
-            conn.send(RuntimeError(f"client process failed: {type(exc).__name__}: {exc}"))
-
-
-class ClientProcess:
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_client_main, args=(child,), name="bench-fhir-clients", daemon=True
-        )
-        self._process.start()
-        child.close()
-
-    def run(self, spec: LoadSpec) -> LoadResult:
-        self._conn.send(spec)
-        answer = self._conn.recv()
-        if isinstance(answer, BaseException):
-            raise answer
-        return cast(LoadResult, answer)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
+def client_process_main(conn: Connection) -> None:
+    """The spawned clients' entry point: the MLLP suite's spec loop, driving HTTP clients."""
+    _sender_main(conn, drive)
 
 
 # ---------------------------------------------------------------------------- payloads and ceilings
@@ -229,15 +197,6 @@ async def echo_server() -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-@contextlib.contextmanager
-def client_process() -> Iterator[ClientProcess]:
-    clients = ClientProcess()
-    try:
-        yield clients
-    finally:
-        clients.close()
-
-
 # ---------------------------------------------------------------------------- the suite
 @dataclass(frozen=True, slots=True)
 class Run:
@@ -258,9 +217,10 @@ class Run:
         return percentile(self.load.latencies, q)
 
 
-async def _measure(label: str, clients: ClientProcess, spec: LoadSpec) -> Run:
+async def _measure(label: str, clients: SenderProcess, spec: LoadSpec) -> Run:
     cpu0, t0 = process_cpu_self(), time.perf_counter()
-    load = await asyncio.to_thread(clients.run, spec)
+    # The MLLP suite's process runs any picklable spec; its signature names the MLLP types.
+    load = cast(LoadResult, await asyncio.to_thread(clients.run, cast(Any, spec)))
     cpu = (process_cpu_self() - cpu0) / (time.perf_counter() - t0)
     return Run(label, load, spec.resources_per_request, cpu)
 
@@ -286,7 +246,7 @@ async def _collect(options: Options) -> tuple[list[Run], float, float]:
     door_settings = settings.model_copy(update={"fhir_rest": fhir})
     runs: list[Run] = []
     try:
-        with client_process() as clients:
+        with sender_process(client_process_main, "bench-fhir-clients") as clients:
             async with echo_server() as echo_port:
                 for label, templates, per in (
                     ("HTTP echo, single Observation", single_templates(), 1),

@@ -7,8 +7,6 @@ its end before the port opens, so a resend arriving right after a restart is sti
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +18,7 @@ from connectors.fhir_rest.auth import Authenticator
 from connectors.fhir_rest.commit import Committer
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.fhir_rest.server import FhirRestServer
+from connectors.lifecycle import kafka_ready, run_until_signalled
 from connectors.mllp.ackcache import AckCache
 from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
@@ -73,11 +72,7 @@ class FhirRestService:
         return port
 
     async def _ready(self) -> bool:
-        try:
-            await asyncio.to_thread(wait_for_kafka, self.settings.kafka, 2)
-        except Exception:
-            return False
-        return True
+        return await kafka_ready(self.settings.kafka)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, flush the producer."""
@@ -93,16 +88,7 @@ class FhirRestService:
 
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then shut down cleanly."""
-    service = FhirRestService(settings)
-    port = await service.start()
     s = settings.fhir_rest
-    print(f"FHIR REST door listening on {s.host}:{port}{s.base_path}", flush=True)  # noqa: T201
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await run_until_signalled(
+        FhirRestService(settings), lambda port: f"FHIR REST door listening on {s.host}:{port}{s.base_path}"
+    )
