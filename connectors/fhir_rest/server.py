@@ -91,8 +91,9 @@ class FhirRestServer:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[_outcome_errors])
         base = self.settings.base_path
+        app.router.add_get(f"{base}/metadata", self._metadata)
         app.router.add_post(base, self._route("bundle", self._bundle))
         app.router.add_post(f"{base}/{NOTIFICATION_PATH}", self._route("notification", self._notification))
         app.router.add_post(base + "/{type}", self._route("resource", self._create))
@@ -118,6 +119,10 @@ class FhirRestServer:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        """The CapabilityStatement, unauthenticated like any FHIR server's: what a client may send."""
+        return fhir_response(200, capability_statement(self.settings))
 
     # --- the common shell: auth, media type, size, errors, metrics -----------------------------------
 
@@ -347,6 +352,46 @@ class FhirRestServer:
                     response["etag"] = f'W/"{answer.version}"'
             entries.append({"response": response})
         return {"resourceType": "Bundle", "type": btype, "entry": entries}
+
+
+@web.middleware
+async def _outcome_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404/405 (a path or method this door does not serve) as OperationOutcomes too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not-supported" if exc.status in (404, 405) else "processing"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return outcome_response(exc.status, (Issue(code, exc.reason),), headers)
+
+
+def capability_statement(settings: FhirRestSettings) -> dict[str, Any]:
+    interactions = [{"code": "create"}, {"code": "update"}]
+    security: dict[str, Any] = {
+        "cors": False,
+        "description": "Bearer token (static or JWT) or client certificate",
+    }
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "date": "2026-11-24",
+        "implementation": {"description": "affluent FHIR REST door", "url": settings.base_path},
+        "rest": [
+            {
+                "mode": "server",
+                "security": security,
+                "resource": [{"type": t, "interaction": interactions} for t in sorted(intake.RESOURCE_TYPES)],
+                "interaction": [{"code": "batch"}, {"code": "transaction"}],
+            }
+        ],
+    }
 
 
 def tls_context(settings: FhirRestSettings) -> ssl.SSLContext | None:

@@ -8,6 +8,7 @@ the door: a POSTed Observation read back from Kafka maps to a canonical observat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -22,8 +23,9 @@ from prometheus_client import CollectorRegistry
 from affluent import synthetic
 from affluent.kafka import TopicSpec, ensure_topics
 from affluent.settings import FhirNotifierSettings, FhirRestSettings
-from connectors.fhir_rest.auth import token_digest
+from connectors.fhir_rest.auth import Authenticator, Unauthenticated, token_digest
 from connectors.fhir_rest.service import FhirRestService
+from streams.normalize.fhir import validate_resource
 from streams.normalize.options import MappingOptions
 from streams.normalize.stage import NormalizeMetrics, Normalizer
 from streams.normalize.worker import default_mappers
@@ -92,15 +94,20 @@ async def door(settings, registry, live_kafka, tmp_path_factory):
             return web.Response(status=404)
         return web.json_response(resource, content_type=FHIR)
 
+    issuer = JwtIssuer(tmp_path_factory.mktemp("jwks"))
     eds = web.Application()
     eds.router.add_get("/fhir/Observation/{id}", read)
+
+    async def jwks(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(issuer.jwks_file)
+
+    eds.router.add_get("/jwks.json", jwks)
     eds_runner = web.AppRunner(eds)
     await eds_runner.setup()
     eds_site = web.TCPSite(eds_runner, "127.0.0.1", 0)
     await eds_site.start()
     eds_port = eds_site._server.sockets[0].getsockname()[1]
 
-    issuer = JwtIssuer(tmp_path_factory.mktemp("jwks"))
     raw_topic = f"it.fhir.raw.{uuid.uuid4().hex[:8]}"
     seen_topic = f"it.fhir.seen.{uuid.uuid4().hex[:8]}"
     ensure_topics(live_kafka, [TopicSpec(raw_topic, partitions=1)])
@@ -126,6 +133,7 @@ async def door(settings, registry, live_kafka, tmp_path_factory):
     session = aiohttp.ClientSession()
     d = Door(f"http://127.0.0.1:{port}/fhir", raw_topic, session, issuer, fetched)
     d.notified = notified  # type: ignore[attr-defined]
+    d.eds_port = eds_port  # type: ignore[attr-defined]
     d.notifier_base = lambda: f"http://127.0.0.1:{eds_port}/fhir"  # type: ignore[attr-defined]
     try:
         yield d
@@ -339,3 +347,34 @@ async def test_subscription_handshake_heartbeat_and_both_payload_kinds(door, liv
     assert stored_remote["attributes"]["subscription_payload"] == "id-only"
     assert json.loads(stored_remote["payload"]) == remote
     assert len(records) == before + 2
+
+
+async def test_jwt_keys_can_come_from_a_jwks_url(door):
+    settings = FhirRestSettings(
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+        jwt_jwks_url=f"http://127.0.0.1:{door.eds_port}/jwks.json",
+        jwt_subjects={"eds-client": "CHU-TEST|EDS-JWT"},
+    )
+    auth = Authenticator(settings)
+    assert auth.needs_thread  # the key set is fetched over HTTP, off the event loop
+    token = f"Bearer {door.issuer.token('eds-client')}"
+    sender = await asyncio.to_thread(auth.authenticate, token, None)
+    assert (sender.name, sender.credential) == ("CHU-TEST|EDS-JWT", "jwt")
+    other_key = JwtIssuer(door.issuer.jwks_file.parent / "other")
+    with pytest.raises(Unauthenticated):
+        await asyncio.to_thread(auth.authenticate, f"Bearer {other_key.token('eds-client')}", None)
+
+
+async def test_capability_statement_and_unserved_routes_answer_in_fhir(door):
+    async with door.session.get(door.base + "/metadata") as response:
+        assert response.status == 200
+        statement = await response.json(content_type=None)
+    validate_resource(statement, "CapabilityStatement")
+    assert {r["type"] for r in statement["rest"][0]["resource"]} >= {"Observation", "Patient", "Bundle"}
+    async with door.session.get(
+        door.base + "/Observation/obs-1", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as response:
+        assert response.status == 405
+        outcome = await response.json(content_type=None)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "not-supported"

@@ -28,6 +28,7 @@ class JwtIssuer:
         self.key = ec.generate_private_key(ec.SECP256R1())
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
         jwk.update({"kid": "test-key-1", "use": "sig", "alg": "ES256"})
+        folder.mkdir(parents=True, exist_ok=True)
         self.jwks_file = folder / "jwks.json"
         self.jwks_file.write_text(json.dumps({"keys": [jwk]}), encoding="utf-8")
 
