@@ -40,7 +40,11 @@ class Unauthenticated(Refusal):
 
     def __init__(self, diagnostics: str, error: str | None = None) -> None:
         super().__init__(401, Issue("login", diagnostics))
+        self.error = error
         self.challenge = f'{REALM}, error="{error}"' if error else REALM
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.issues[0].diagnostics, self.error))
 
 
 def _split(sender: str) -> tuple[str, str]:

@@ -44,6 +44,10 @@ class Refusal(Exception):
         self.status = status
         self.issues = issues
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable with its status and issues: Bundles may be planned in a validation process."""
+        return (type(self), (self.status, *self.issues))
+
 
 @dataclass(frozen=True, slots=True)
 class Item:

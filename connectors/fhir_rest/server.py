@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -86,6 +88,7 @@ class FhirRestServer:
         self.metrics = metrics
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._pool: ProcessPoolExecutor | None = None
         self.port: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -102,6 +105,8 @@ class FhirRestServer:
 
     async def start(self) -> int:
         self._session = aiohttp.ClientSession()
+        if self.settings.validation_processes:
+            self._pool = await start_validation_pool(self.settings.validation_processes)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
@@ -119,6 +124,9 @@ class FhirRestServer:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def _metadata(self, request: web.Request) -> web.Response:
         """The CapabilityStatement, unauthenticated like any FHIR server's: what a client may send."""
@@ -202,7 +210,10 @@ class FhirRestServer:
         return self._created(request, answer, None)
 
     async def _bundle(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
-        plan = intake.bundle_plan(body)
+        if self._pool is None:
+            plan = intake.bundle_plan(body)
+        else:
+            plan = await asyncio.get_running_loop().run_in_executor(self._pool, intake.bundle_plan, body)
         if plan.kind == "batch":
             return await self._batch(request, sender, plan)
         [item] = plan.items
@@ -352,6 +363,15 @@ class FhirRestServer:
                     response["etag"] = f'W/"{answer.version}"'
             entries.append({"response": response})
         return {"resourceType": "Bundle", "type": btype, "entry": entries}
+
+
+async def start_validation_pool(processes: int) -> ProcessPoolExecutor:
+    """Spawned (not forked: the door runs threads) and warmed up, so the first Bundle pays no imports."""
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    loop = asyncio.get_running_loop()
+    warm = b'{"resourceType":"Bundle","type":"collection"}'
+    await asyncio.gather(*(loop.run_in_executor(pool, intake.bundle_plan, warm) for _ in range(processes)))
+    return pool
 
 
 @web.middleware

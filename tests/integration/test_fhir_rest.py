@@ -115,6 +115,7 @@ async def door(settings, registry, live_kafka, tmp_path_factory):
         port=0,
         metrics_port=None,
         max_body_bytes=64 * 1024,
+        validation_processes=1,  # Bundles are planned in a spawned process: refusals must cross back intact
         token_sha256={token_digest(TOKEN): SENDER},
         jwt_issuer=ISSUER,
         jwt_audience=AUDIENCE,

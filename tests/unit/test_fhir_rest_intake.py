@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from datetime import UTC, datetime
 
@@ -207,3 +208,20 @@ def test_a_certificate_subject_names_its_sender():
 def test_senders_must_be_facility_and_application():
     with pytest.raises(ValueError, match="facility"):
         FhirRestSettings(token_sha256={token_digest("t"): "CHU-only"})
+
+
+def test_refusals_survive_pickling_for_the_validation_processes():
+    refusal = refusal_of(intake.bundle_plan, body({"resourceType": "Bundle", "type": "searchset"}))
+    again = pickle.loads(pickle.dumps(refusal))
+    assert (again.status, again.issues) == (refusal.status, refusal.issues)
+    plan = intake.bundle_plan(
+        body(synthetic.fhir_bundle("batch", [observation(), observation(status={"x": 1})]))
+    )
+    copied = pickle.loads(pickle.dumps(plan))
+    assert copied.items == plan.items and [e.status for e in copied.entries] == [201, 400]
+    assert (
+        copied.entries[1].refusal is not None
+        and copied.entries[1].refusal.issues == plan.entries[1].refusal.issues
+    )
+    denied = pickle.loads(pickle.dumps(Unauthenticated("the token is not valid", "invalid_token")))
+    assert denied.status == 401 and 'error="invalid_token"' in denied.challenge
