@@ -60,6 +60,7 @@ class Item:
     location: str | None = None  # relative: <type>/<id>[/_history/<vid>]
     version: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    if_none_exist: str | None = None  # a batch entry's request.ifNoneExist (the header's twin)
 
     @property
     def effective_message_id(self) -> str:
@@ -257,10 +258,17 @@ def _batch_entry(index: int, entry: Mapping[str, Any]) -> Entry:
             location=_location(rtype, rid if isinstance(rid, str) else None, vid),
             version=vid,
             attributes={"bundle_type": "batch", "bundle_entry": str(index)},
+            if_none_exist=_if_none_exist(entry) if method == "POST" else None,
         )
         return Entry(index, item.status, item.location, vid, item=item)
     except Refusal as refusal:
         return Entry(index, refusal.status, refusal=refusal)
+
+
+def _if_none_exist(entry: Mapping[str, Any]) -> str | None:
+    request = entry.get("request")
+    query = request.get("ifNoneExist") if isinstance(request, dict) else None
+    return query if isinstance(query, str) and query.strip() else None
 
 
 def _delete_item(index: int, entry: Mapping[str, Any]) -> Item:

@@ -190,17 +190,27 @@ class FhirRestServer:
         item = intake.resource_item(body, request.match_info["type"], request.match_info["id"])
         return await self._store_one(request, sender, item)
 
-    async def _store_one(self, request: web.Request, sender: Sender, item: Item) -> web.Response:
-        message = self._message(request, sender, item)
+    def _keys(self, sender: Sender, message: RawMessage, item: Item, query: str | None) -> list[str]:
+        """The index keys that make a later request a resend: its raw_id, and its If-None-Exist query."""
         keys = [message.raw_id]
-        query = request.headers.get("If-None-Exist")
         if query:
             keys.append(if_none_exist_key(sender.name, item.message_type, query))
+        return keys
+
+    def _earlier(self, keys: list[str]) -> Answer | None:
         for key in keys:
             earlier = self.committer.earlier(key)
             if earlier is not None:
-                self.metrics.record(item.message_type, "duplicate")
-                return self._created(request, Answer(200, earlier.location, earlier.version), None)
+                return Answer(200, earlier.location, earlier.version)
+        return None
+
+    async def _store_one(self, request: web.Request, sender: Sender, item: Item) -> web.Response:
+        message = self._message(request, sender, item)
+        keys = self._keys(sender, message, item, request.headers.get("If-None-Exist"))
+        earlier = self._earlier(keys)
+        if earlier is not None:
+            self.metrics.record(item.message_type, "duplicate")
+            return self._created(request, earlier, None)
         answer = Answer(
             item.status,
             item.location or f"{item.message_type.split('/')[0]}/{message.raw_id[:32]}",
@@ -229,25 +239,27 @@ class FhirRestServer:
         return fhir_response(200, self._response_bundle("transaction-response", plan, {}))
 
     async def _batch(self, request: web.Request, sender: Sender, plan: Plan) -> web.Response:
-        fresh: list[tuple[int, RawMessage, Item]] = []
+        messages: list[RawMessage] = []
+        answers: list[tuple[str, Answer]] = []
+        types: list[str] = []
         replayed: dict[int, Answer] = {}
         for entry in plan.entries:
-            if entry.item is None:
+            item = entry.item
+            if item is None:
                 self.metrics.record("other", "refused")
                 continue
-            message = self._message(request, sender, entry.item)
-            earlier = self.committer.earlier(message.raw_id)
+            message = self._message(request, sender, item)
+            keys = self._keys(sender, message, item, item.if_none_exist)
+            earlier = self._earlier(keys)
             if earlier is not None:
-                replayed[entry.index] = Answer(200, earlier.location, earlier.version)
-                self.metrics.record(entry.item.message_type, "duplicate")
-            else:
-                fresh.append((entry.index, message, entry.item))
-        if fresh:
-            await self._commit(
-                [m for _, m, _ in fresh],
-                [(m.raw_id, Answer(i.status, i.location, i.version)) for _, m, i in fresh],
-                [i.message_type for _, _, i in fresh],
-            )
+                replayed[entry.index] = earlier
+                self.metrics.record(item.message_type, "duplicate")
+                continue
+            messages.append(message)
+            answers += [(k, Answer(item.status, item.location, item.version)) for k in keys]
+            types.append(item.message_type)
+        if messages:
+            await self._commit(messages, answers, types)
         return fhir_response(200, self._response_bundle("batch-response", plan, replayed))
 
     async def _notification(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:

@@ -379,3 +379,26 @@ async def test_capability_statement_and_unserved_routes_answer_in_fhir(door):
         assert response.status == 405
         outcome = await response.json(content_type=None)
     assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "not-supported"
+
+
+async def test_batch_resend_and_if_none_exist_entries_store_nothing_new(door, live_kafka, registry):
+    first, second = observation(), observation(version=None)
+    bundle = synthetic.fhir_bundle("batch", [first, second])
+    query = f"identifier=urn:test|{second['id']}"
+    bundle["entry"][1]["request"]["ifNoneExist"] = query
+    status, _, body = await door.send("POST", "", bundle)
+    assert status == 200 and [e["response"]["status"] for e in body["entry"]] == [
+        "201 Created",
+        "201 Created",
+    ]
+    status, _, again = await door.send("POST", "", bundle)
+    assert [e["response"]["status"] for e in again["entry"]] == ["200 OK", "200 OK"]
+    assert again["entry"][0]["response"]["location"] == body["entry"][0]["response"]["location"]
+    other = observation(version=None)
+    conditional = synthetic.fhir_bundle("batch", [other])
+    conditional["entry"][0]["request"]["ifNoneExist"] = query
+    status, _, matched = await door.send("POST", "", conditional)
+    assert matched["entry"][0]["response"]["status"] == "200 OK"
+    records = read_topic(live_kafka, registry, door.raw_topic)
+    for resource, expected in ((first, 1), (second, 1), (other, 0)):
+        assert sum(resource["id"].encode() in r["payload"] for r in records) == expected

@@ -225,3 +225,24 @@ def test_refusals_survive_pickling_for_the_validation_processes():
     )
     denied = pickle.loads(pickle.dumps(Unauthenticated("the token is not valid", "invalid_token")))
     assert denied.status == 401 and 'error="invalid_token"' in denied.challenge
+
+
+def test_r4b_subscription_status_notifications_are_read_too():
+    st = {
+        "resourceType": "SubscriptionStatus",
+        "status": "active",
+        "type": "event-notification",
+        "notificationEvent": [{"eventNumber": "3", "focus": {"reference": "Observation/o-3"}}],
+    }
+    note = read_notification(
+        {"resourceType": "Bundle", "type": "subscription-notification", "entry": [{"resource": st}]}
+    )
+    assert note.kind == "event-notification" and note.references == ["Observation/o-3"]
+    beat = read_notification(
+        {
+            "resourceType": "Bundle",
+            "type": "subscription-notification",
+            "entry": [{"resource": st | {"type": "heartbeat"}}],
+        }
+    )
+    assert beat.kind == "heartbeat" and not beat.carries_data
