@@ -246,3 +246,27 @@ def test_r4b_subscription_status_notifications_are_read_too():
         }
     )
     assert beat.kind == "heartbeat" and not beat.carries_data
+
+
+def test_what_the_door_stores_is_what_the_normalize_mapper_maps():
+    from streams.normalize.envelope import RawContext
+    from streams.normalize.fhir import map_fhir
+    from streams.normalize.options import MappingOptions
+
+    ctx = RawContext("raw", "fhir", "fhir_rest", "CHU-TEST", "EDS", "msg", WHEN)
+    delete = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "DELETE", "url": "Observation/x"}}],
+    }
+    [entry] = intake.bundle_plan(body(delete)).entries
+    assert entry.item is not None and [
+        e.kind for e in map_fhir(entry.item.payload, ctx, MappingOptions())
+    ] == ["retraction"]
+    batch = intake.bundle_plan(body(synthetic.fhir_bundle("batch", [observation()])))
+    assert [e.kind for e in map_fhir(batch.items[0].payload, ctx, MappingOptions())] == ["observation"]
+    transaction = intake.bundle_plan(
+        body(synthetic.fhir_bundle("transaction", [synthetic.fhir_patient(PATIENT), observation()]))
+    )
+    kinds = sorted(e.kind for e in map_fhir(transaction.items[0].payload, ctx, MappingOptions()))
+    assert kinds == ["observation", "patient"]
