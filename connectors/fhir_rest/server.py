@@ -1,9 +1,9 @@
 """The FHIR REST door's HTTP shell (aiohttp): authenticate, read, plan, commit, answer.
 
-**Where the 2xx is decided**: :meth:`FhirRestServer._answer_plan` answers 200/201/204 only after
-:meth:`Committer.commit` returned, i.e. after Kafka's delivery reports (``acks=all``) for the raw
-records and their idempotency entries; a Kafka failure becomes 503 with ``Retry-After``. Everything
-else (what to store, what to refuse) is decided by the pure modules :mod:`intake` and
+**Where the 2xx is decided**: every handler builds its 200/201 only after :meth:`FhirRestServer._commit`
+(:meth:`Committer.commit`) returned, i.e. after Kafka's delivery reports (``acks=all``) for the raw
+records and their idempotency entries; a Kafka failure becomes 503 with ``Retry-After`` (``_guarded``).
+Everything else (what to store, what to refuse) is decided by the pure modules :mod:`intake` and
 :mod:`notification`; the sender comes only from :mod:`auth`.
 """
 
@@ -161,9 +161,13 @@ class FhirRestServer:
         except Refusal as refusal:
             return outcome_response(refusal.status, refusal.issues)
         except KafkaUnavailable:
+            log.warning("Kafka did not confirm a write: answered 503")
             return self._unavailable("Kafka did not confirm the write; nothing was accepted, retry later")
         except fetch.FetchFailed as exc:
             return self._unavailable(str(exc))
+        except Exception as exc:  # a bug: the type only, since exception texts may quote the payload
+            log.error("request failed with %s", type(exc).__name__)
+            return outcome_response(500, (Issue("exception", "internal error; resending is safe"),))
 
     def _unavailable(self, reason: str) -> web.Response:
         return outcome_response(
