@@ -9,7 +9,6 @@ values are the answer given (status, location, version), replayed to a resend in
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -57,9 +56,8 @@ class Committer:
         raw record on the client's retry, which the same ``raw_id`` collapses downstream.
         """
         encoded = [(key, answer.encode()) for key, answer in answers]
-        await asyncio.gather(
-            self.writer.write_all(list(messages)),
-            self.producer.send_all([(self.seen.topic, value, key.encode()) for key, value in encoded]),
-        )
+        records = self.writer.encoded(list(messages))
+        records += [(self.seen.topic, value, key.encode()) for key, value in encoded]
+        await self.producer.send_all(records)  # one batch: one wait for every delivery report
         for key, value in encoded:
             self.seen.remember(key, value)

@@ -42,6 +42,7 @@ from connectors.raw import RawMessage
 log = logging.getLogger(__name__)
 
 NOTIFICATION_PATH = "subscription-notification"
+TLS_SUBJECT: web.RequestKey[str | None] = web.RequestKey("tls_subject")  # read once per request
 Handler = Callable[[web.Request, Sender, bytes], Awaitable[web.Response]]
 
 
@@ -175,9 +176,10 @@ class FhirRestServer:
         )
 
     async def _sender(self, request: web.Request) -> Sender:
+        request[TLS_SUBJECT] = tls_subject(request)
         args = (
             request.headers.get("Authorization"),
-            tls_subject(request),
+            request[TLS_SUBJECT],
             request.headers.get(SENDER_HEADER),
         )
         if self.auth.needs_thread:
@@ -338,7 +340,7 @@ class FhirRestServer:
 
     def _message(self, request: web.Request, sender: Sender, item: Item) -> RawMessage:
         attributes = {"credential": sender.credential, "http_method": request.method, **item.attributes}
-        subject = tls_subject(request)
+        subject = request.get(TLS_SUBJECT)
         if subject:
             attributes["tls_subject"] = subject
         return RawMessage(
