@@ -12,13 +12,22 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry
+
+from affluent.compacted import CompactedView
 from affluent.kafka import wait_for_kafka
 from affluent.settings import KafkaSettings
+from affluent.telemetry import TelemetryServer
+from connectors.producer import DurableProducer
 
 
 class Door(Protocol):
     async def start(self) -> int: ...
 
+    async def stop(self) -> None: ...
+
+
+class Listener(Protocol):
     async def stop(self) -> None: ...
 
 
@@ -29,6 +38,35 @@ async def kafka_ready(kafka: KafkaSettings) -> bool:
     except Exception:
         return False
     return True
+
+
+async def start_telemetry(
+    registry: CollectorRegistry, kafka: KafkaSettings, host: str, port: int | None
+) -> TelemetryServer | None:
+    """``/metrics``, ``/health`` and ``/ready`` (Kafka reachable) on their own port; None when disabled."""
+    if port is None:
+        return None
+    telemetry = TelemetryServer(registry, ready=lambda: kafka_ready(kafka))
+    await telemetry.start(host, port)
+    return telemetry
+
+
+async def shut_down(
+    listener: Listener | None,
+    telemetry: TelemetryServer | None,
+    producer: DurableProducer | None,
+    view: CompactedView | None,
+) -> None:
+    """In this order: stop accepting and finish in-flight work, stop telemetry, flush what was
+    produced, stop tailing the door's compacted view (its last writes are in Kafka by then)."""
+    if listener is not None:
+        await listener.stop()
+    if telemetry is not None:
+        await telemetry.stop()
+    if producer is not None:
+        await asyncio.to_thread(producer.close)
+    if view is not None:
+        await asyncio.to_thread(view.stop)
 
 
 async def run_until_signalled(door: Door, banner: Callable[[int], str]) -> None:

@@ -18,7 +18,7 @@ from connectors.fhir_rest.auth import Authenticator
 from connectors.fhir_rest.commit import Committer
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.fhir_rest.server import FhirRestServer
-from connectors.lifecycle import kafka_ready, run_until_signalled
+from connectors.lifecycle import run_until_signalled, shut_down, start_telemetry
 from connectors.mllp.ackcache import AckCache
 from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
@@ -66,24 +66,15 @@ class FhirRestService:
             s.fhir_rest, committer, self.authenticator, FhirRestMetrics(self.metrics_registry)
         )
         port = await self.server.start()
-        if with_telemetry and s.fhir_rest.metrics_port is not None:
-            self.telemetry = TelemetryServer(self.metrics_registry, ready=self._ready)
-            await self.telemetry.start(s.fhir_rest.host, s.fhir_rest.metrics_port)
+        if with_telemetry:
+            self.telemetry = await start_telemetry(
+                self.metrics_registry, s.kafka, s.fhir_rest.host, s.fhir_rest.metrics_port
+            )
         return port
-
-    async def _ready(self) -> bool:
-        return await kafka_ready(self.settings.kafka)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, flush the producer."""
-        if self.server is not None:
-            await self.server.stop()
-        if self.telemetry is not None:
-            await self.telemetry.stop()
-        if self.producer is not None:
-            await asyncio.to_thread(self.producer.close)
-        if self.seen is not None:
-            await asyncio.to_thread(self.seen.stop)
+        await shut_down(self.server, self.telemetry, self.producer, self.seen)
 
 
 async def serve_forever(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from affluent.topics import (
     value_subject,
 )
 from connectors.deadletter import DeadLetterWriter
-from connectors.lifecycle import kafka_ready, run_until_signalled
+from connectors.lifecycle import run_until_signalled, shut_down, start_telemetry
 from connectors.mllp.ackcache import AckCache
 from connectors.mllp.server import MllpServer
 from connectors.producer import DurableProducer
@@ -83,24 +83,15 @@ class MllpService:
             raw_topic=self.raw_topic,
         )
         port = await self.server.start()
-        if with_telemetry and s.mllp.metrics_port is not None:
-            self.telemetry = TelemetryServer(self.metrics_registry, ready=self._ready)
-            await self.telemetry.start(s.mllp.host, s.mllp.metrics_port)
+        if with_telemetry:
+            self.telemetry = await start_telemetry(
+                self.metrics_registry, s.kafka, s.mllp.host, s.mllp.metrics_port
+            )
         return port
-
-    async def _ready(self) -> bool:
-        return await kafka_ready(self.settings.kafka)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight frames, flush the producer."""
-        if self.server is not None:
-            await self.server.stop()
-        if self.telemetry is not None:
-            await self.telemetry.stop()
-        if self.producer is not None:
-            await asyncio.to_thread(self.producer.close)
-        if self.ack_cache is not None:
-            await asyncio.to_thread(self.ack_cache.stop)
+        await shut_down(self.server, self.telemetry, self.producer, self.ack_cache)
 
 
 async def serve_forever(settings: Settings) -> None:
