@@ -208,6 +208,13 @@ class Run:
     load: LoadResult
     resources_per_request: int
     server_cpu: float  # fraction of one core over the run
+    server_cpu_s: float  # CPU seconds of the door process over the run
+
+    @property
+    def cpu_per_resource(self) -> float:
+        """Door CPU per resource answered (warm-up included): steadier than a rate on a busy machine."""
+        answered = sum(self.load.statuses.values()) * self.resources_per_request
+        return self.server_cpu_s / max(1, answered)
 
     @property
     def requests_rate(self) -> float:
@@ -225,8 +232,8 @@ async def _measure(label: str, clients: SenderProcess, spec: LoadSpec) -> Run:
     cpu0, t0 = process_cpu_self(), time.perf_counter()
     # The MLLP suite's process runs any picklable spec; its signature names the MLLP types.
     load = cast(LoadResult, await asyncio.to_thread(clients.run, cast(Any, spec)))
-    cpu = (process_cpu_self() - cpu0) / (time.perf_counter() - t0)
-    return Run(label, load, spec.resources_per_request, cpu)
+    cpu_s = process_cpu_self() - cpu0
+    return Run(label, load, spec.resources_per_request, cpu_s / (time.perf_counter() - t0), cpu_s)
 
 
 def process_cpu_self() -> float:
@@ -310,6 +317,7 @@ def run(options: Options) -> SuiteResult:
             fmt_ms(r.p(99)),
             fmt_ratio(r.resources_rate / validation),
             fmt_percent(r.server_cpu),
+            fmt_us(r.cpu_per_resource),
             ", ".join(f"{k}: {v}" for k, v in sorted(r.load.statuses.items())),
         ]
         for r in runs
@@ -323,6 +331,7 @@ def run(options: Options) -> SuiteResult:
             "p99",
             "vs validation ceiling",
             "server CPU",
+            "server CPU/resource",
             "answers",
         ],
         rows,
