@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from connectors.fhir_common import Issue, content_digest, resource_message_id, version_id
@@ -269,6 +269,17 @@ def _if_none_exist(entry: Mapping[str, Any]) -> str | None:
     request = entry.get("request")
     query = request.get("ifNoneExist") if isinstance(request, dict) else None
     return query if isinstance(query, str) and query.strip() else None
+
+
+def delete_item(url_type: str, url_id: str, if_match: str | None) -> Item:
+    """``DELETE /fhir/{type}/{id}``: stored as the one-entry batch a client could have sent instead."""
+    if url_type not in MAPPED_TYPES:
+        raise Refusal(404, Issue("not-supported", "this resource type is not accepted here", "resourceType"))
+    request = {"method": "DELETE", "url": f"{url_type}/{url_id}"}
+    if if_match:
+        request["ifMatch"] = if_match
+    item = _delete_item(0, {"request": request})
+    return replace(item, message_id=f"{item.message_id} {if_match or ''}".rstrip(), attributes={})
 
 
 def _delete_item(index: int, entry: Mapping[str, Any]) -> Item:

@@ -102,6 +102,7 @@ class FhirRestServer:
         app.router.add_post(f"{base}/{NOTIFICATION_PATH}", self._route("notification", self._notification))
         app.router.add_post(base + "/{type}", self._route("resource", self._create))
         app.router.add_put(base + "/{type}/{id}", self._route("resource", self._update))
+        app.router.add_delete(base + "/{type}/{id}", self._route("resource", self._delete, needs_body=False))
         return app
 
     async def start(self) -> int:
@@ -135,20 +136,22 @@ class FhirRestServer:
 
     # --- the common shell: auth, media type, size, errors, metrics -----------------------------------
 
-    def _route(self, route: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _route(
+        self, route: str, handler: Handler, needs_body: bool = True
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def run(request: web.Request) -> web.Response:
             started = time.perf_counter()
-            response = await self._guarded(request, handler)
+            response = await self._guarded(request, handler, needs_body)
             self.metrics.requests.labels(route, str(response.status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
             return response
 
         return run
 
-    async def _guarded(self, request: web.Request, handler: Handler) -> web.Response:
+    async def _guarded(self, request: web.Request, handler: Handler, needs_body: bool) -> web.Response:
         try:
             sender = await self._sender(request)
-            if not media_type_accepted(request.content_type, request.charset):
+            if needs_body and not media_type_accepted(request.content_type, request.charset):
                 raise Refusal(415, Issue("not-supported", "send application/fhir+json in UTF-8"))
             try:
                 body = await request.read()
@@ -210,6 +213,11 @@ class FhirRestServer:
                 return Answer(200, earlier.location, earlier.version)
         return None
 
+    async def _delete(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        if_match = request.headers.get("If-Match")
+        item = intake.delete_item(request.match_info["type"], request.match_info["id"], if_match)
+        return await self._store_one(request, sender, item)
+
     async def _store_one(self, request: web.Request, sender: Sender, item: Item) -> web.Response:
         message = self._message(request, sender, item)
         keys = self._keys(sender, message, item, request.headers.get("If-None-Exist"))
@@ -217,10 +225,9 @@ class FhirRestServer:
         if earlier is not None:
             self.metrics.record(item.message_type, "duplicate")
             return self._created(request, earlier, None)
+        hub_name = f"{item.message_type.split('/')[0]}/{message.raw_id[:32]}"  # no id given: the hub's
         answer = Answer(
-            item.status,
-            item.location or f"{item.message_type.split('/')[0]}/{message.raw_id[:32]}",
-            item.version,
+            item.status, item.location or (None if item.status == 204 else hub_name), item.version
         )
         await self._commit([message], [(k, answer) for k in keys], [item.message_type])
         return self._created(request, answer, None)
@@ -408,7 +415,7 @@ async def _outcome_errors(
 
 
 def capability_statement(settings: FhirRestSettings) -> dict[str, Any]:
-    interactions = [{"code": "create"}, {"code": "update"}]
+    interactions = [{"code": "create"}, {"code": "update"}, {"code": "delete"}]
     security: dict[str, Any] = {
         "cors": False,
         "description": "Bearer token (static or JWT) or client certificate",

@@ -402,3 +402,21 @@ async def test_batch_resend_and_if_none_exist_entries_store_nothing_new(door, li
     records = read_topic(live_kafka, registry, door.raw_topic)
     for resource, expected in ((first, 1), (second, 1), (other, 0)):
         assert sum(resource["id"].encode() in r["payload"] for r in records) == expected
+
+
+async def test_delete_is_stored_and_becomes_a_retraction(door, live_kafka, registry):
+    target = new_id()
+    status, headers, body = await door.send(
+        "DELETE", f"/Observation/{target}", data=b"", **{"If-Match": 'W/"2"'}
+    )
+    assert status == 204 and body is None and "Location" not in headers
+    assert (await door.send("DELETE", f"/Observation/{target}", data=b"", **{"If-Match": 'W/"2"'}))[0] == 200
+    assert (await door.send("DELETE", f"/Medication/{target}", data=b""))[0] == 404
+    [raw] = records_of(live_kafka, registry, door, target)
+    normalizer = Normalizer(
+        registry, MappingOptions(), NormalizeMetrics(CollectorRegistry()), default_mappers()
+    )
+    partition, offset, value, _ = raw["_kafka"]
+    assert [o.topic for o in normalizer.process(value, door.raw_topic, partition, offset)] == [
+        "canonical.retraction"
+    ]
