@@ -415,7 +415,10 @@ async def _outcome_errors(
 
 
 def capability_statement(settings: FhirRestSettings) -> dict[str, Any]:
-    interactions = [{"code": "create"}, {"code": "update"}, {"code": "delete"}]
+    def interactions(rtype: str) -> list[dict[str, str]]:
+        codes = ["create", "update"] + (["delete"] if rtype in intake.MAPPED_TYPES else [])
+        return [{"code": c} for c in codes]
+
     security: dict[str, Any] = {
         "cors": False,
         "description": "Bearer token (static or JWT) or client certificate",
@@ -432,7 +435,9 @@ def capability_statement(settings: FhirRestSettings) -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": security,
-                "resource": [{"type": t, "interaction": interactions} for t in sorted(intake.RESOURCE_TYPES)],
+                "resource": [
+                    {"type": t, "interaction": interactions(t)} for t in sorted(intake.RESOURCE_TYPES)
+                ],
                 "interaction": [{"code": "batch"}, {"code": "transaction"}],
             }
         ],
