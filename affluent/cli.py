@@ -101,6 +101,18 @@ def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fhir(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.fhir_rest.service import serve_forever
+
+    if args.port is not None:
+        fhir = settings.fhir_rest.model_copy(update={"port": args.port})
+        settings = settings.model_copy(update={"fhir_rest": fhir})
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
 def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
     from streams.normalize.worker import run
 
@@ -232,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     mllp = sub.add_parser("mllp", help="run the HL7 v2 MLLP door until SIGINT/SIGTERM")
     mllp.add_argument("--port", type=int, default=None, help="listen port (default: settings, 2575)")
     mllp.set_defaults(func=cmd_mllp)
+
+    fhir = sub.add_parser("fhir", help="run the FHIR REST door (resources, Bundles, notifications)")
+    fhir.add_argument("--port", type=int, default=None, help="listen port (default: settings, 8080)")
+    fhir.set_defaults(func=cmd_fhir)
 
     sub.add_parser("normalize", help="run a normalize worker (raw topics -> canonical.*)").set_defaults(
         func=cmd_normalize

@@ -107,6 +107,61 @@ class MllpSettings(BaseModel):
         return self
 
 
+class FhirNotifierSettings(BaseModel):
+    """A FHIR server whose Subscription notifications this door accepts, for fetching id-only payloads."""
+
+    base_url: str  # only references under this base are fetched (never an arbitrary URL from a payload)
+    bearer_token: SecretStr | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class FhirRestSettings(BaseModel):
+    """The FHIR REST door (env ``AFFLUENT_FHIR_REST__*``). Senders are ``"<facility>|<application>"``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    base_path: str = "/fhir"
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(default=5, ge=1)
+    # Processes that validate Bundles off the event loop (a 100-entry Bundle is ~20-30 ms of CPU, which
+    # would stall every other request); 0 validates them in the door's own loop.
+    validation_processes: int = Field(default=0, ge=0)
+    # Static bearer tokens, by SHA-256 (hex) of the token -> the one sender it may write as.
+    token_sha256: dict[str, str] = {}
+    # JWT bearer tokens: signature by the issuer's JWKS (a file or a URL); the ``sub`` claim names the
+    # client, and this map binds each client to one sender.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: list[str] = ["RS256", "ES256"]
+    jwt_subjects: dict[str, str] = {}
+    # mTLS: client certificate subject CN -> sender.
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_subjects: dict[str, str] = {}
+    # Sender -> the FHIR server that notifies for it (id-only fetches).
+    notifiers: dict[str, FhirNotifierSettings] = {}
+    metrics_port: int | None = Field(default=9467, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FhirRestSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_subjects and self.tls_client_ca is None:
+            raise ValueError("tls_subjects needs client certificates (tls_client_ca)")
+        if self.jwt_subjects and not (self.jwt_issuer and (self.jwt_jwks_file or self.jwt_jwks_url)):
+            raise ValueError("jwt_subjects needs jwt_issuer and jwt_jwks_file or jwt_jwks_url")
+        senders = [*self.token_sha256.values(), *self.jwt_subjects.values(), *self.tls_subjects.values()]
+        senders += list(self.notifiers)
+        if any(s.count("|") != 1 or "" in s.split("|") for s in senders):
+            raise ValueError("a sender is written '<facility>|<application>'")
+        if not self.base_path.startswith("/") or self.base_path.endswith("/"):
+            raise ValueError("base_path starts with '/' and does not end with one")
+        return self
+
+
 class StreamsSettings(BaseModel):
     """The faust-streaming workers (normalize, pseudonymize)."""
 
@@ -164,6 +219,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
     mllp: MllpSettings = MllpSettings()
+    fhir_rest: FhirRestSettings = FhirRestSettings()
     streams: StreamsSettings = StreamsSettings()
     stack: StackSettings = StackSettings()
     opposition: OppositionSettings = OppositionSettings()

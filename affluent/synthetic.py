@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from streams.normalize.identity import ins_key
 
@@ -160,3 +161,68 @@ def messages(count: int, seed: int = 7, patients: int = 50, start: datetime | No
             adt_a01(p, control_id, when, visit) if n % 4 == 0 else oru_r01(rng, p, control_id, when, visit)
         )
     return out
+
+
+# --- FHIR R4 resources (the FHIR doors' tests and benchmarks) ----------------------------------------
+
+
+def fhir_patient(p: SyntheticPatient, version: str = "1") -> dict[str, Any]:
+    """A FR Core-like Patient with the INS (test OID) and the IPP; qualified identities say so."""
+    return {
+        "resourceType": "Patient",
+        "id": f"pat-{p.ipp}",
+        "meta": {"versionId": version},
+        "identifier": [
+            {"system": f"urn:oid:{HOSPITAL_OID}", "value": p.ipp},
+            {"system": f"urn:oid:{INS_TEST_OID}", "value": p.nir},
+        ],
+        "name": [{"family": p.family, "given": [p.given]}],
+        "gender": "male" if p.sex == "M" else "female",
+        "birthDate": f"{p.birth[:4]}-{p.birth[4:6]}-{p.birth[6:]}",
+    }
+
+
+def fhir_observation(
+    rng: random.Random, p: SyntheticPatient, obs_id: str, when: datetime, version: str | None = "1"
+) -> dict[str, Any]:
+    """A lab result (LOINC, UCUM) about ``p``, referring to it by IPP identifier."""
+    code, display, unit, low, high = rng.choice(LAB)
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+        "subject": {"identifier": {"system": f"urn:oid:{HOSPITAL_OID}", "value": p.ipp}},
+        "effectiveDateTime": when.astimezone(UTC).isoformat(),
+        "valueQuantity": {
+            "value": round(rng.uniform(low * 0.8, high * 1.2), 2),
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit.replace("µ", "u"),
+        },
+    }
+    if version is not None:
+        resource["meta"] = {"versionId": version}
+    return resource
+
+
+def fhir_bundle(bundle_type: str, resources: list[dict[str, Any]], method: str = "POST") -> dict[str, Any]:
+    """A batch/transaction (entries with requests) or collection Bundle around ``resources``."""
+    entries: list[dict[str, Any]] = []
+    for r in resources:
+        entry: dict[str, Any] = {"resource": r}
+        if bundle_type in ("batch", "transaction"):
+            url = r["resourceType"] if method == "POST" else f"{r['resourceType']}/{r['id']}"
+            entry["request"] = {"method": method, "url": url}
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}

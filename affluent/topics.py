@@ -13,6 +13,8 @@ INGEST_DEVICE_RAW = "ingest.device.raw"
 CONTROL_ACK = "control.ack"
 CONTROL_OPPOSITION = "control.opposition"
 DLQ_INGEST = "dlq.ingest"
+# FHIR REST door: raw_id (or If-None-Exist digest) -> the answer given, so a resend stores nothing new.
+CONTROL_FHIR_SEEN = "control.fhir.seen"
 
 COMPACTED_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 # The ACK cache only needs to outlive a sender's retry horizon: compacted, and bounded to 7 days.
@@ -30,6 +32,7 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     # The MLLP ACK cache: the last ACK per (facility, MSH-10) survives restarts, older ones compact away.
     TopicSpec(CONTROL_ACK, config=ACK_CACHE_CONFIG),
     TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
+    TopicSpec(CONTROL_FHIR_SEEN, config=ACK_CACHE_CONFIG),
 )
 
 

@@ -26,7 +26,7 @@ import pstats
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -230,8 +230,11 @@ async def drive(spec: LoadSpec) -> LoadResult:
     return result
 
 
-def _sender_main(conn: Connection) -> None:
-    """Entry point of the sender process: run the load specs it is sent, until it is sent None."""
+def _sender_main(conn: Connection, drive: Callable[[Any], Coroutine[Any, Any, Any]] = drive) -> None:
+    """Entry point of the sender process: run the load specs it is sent, until it is sent None.
+
+    ``drive`` is the load of one spec; other suites (bench.fhir_rest) pass their own.
+    """
     while True:
         spec = conn.recv()
         if spec is None:
@@ -245,12 +248,12 @@ def _sender_main(conn: Connection) -> None:
 class SenderProcess:
     """The load generator, in a spawned process so that it never shares the server's GIL."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, main: Callable[[Connection], None] = _sender_main, name: str = "bench-mllp-senders"
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_sender_main, args=(child,), name="bench-mllp-senders", daemon=True
-        )
+        self._process = ctx.Process(target=main, args=(child,), name=name, daemon=True)
         self._process.start()
         child.close()
 
@@ -585,8 +588,9 @@ async def running_door(settings: Settings, topics: BenchTopics) -> AsyncIterator
 
 
 @contextlib.contextmanager
-def sender_process() -> Iterator[SenderProcess]:
-    sender = SenderProcess()
+def sender_process(*args: Any) -> Iterator[SenderProcess]:
+    """A :class:`SenderProcess` (``args`` as its constructor takes them), closed on exit."""
+    sender = SenderProcess(*args)
     try:
         yield sender
     finally:

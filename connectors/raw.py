@@ -104,7 +104,10 @@ class RawWriter:
 
     async def write_all(self, messages: list[RawMessage]) -> list[Delivery]:
         """All or nothing from the sender's point of view: succeeds only if every record is delivered."""
+        return await self.producer.send_all(self.encoded(messages))
+
+    def encoded(self, messages: list[RawMessage]) -> list[tuple[str, bytes | None, bytes | None]]:
+        """The Kafka records of ``messages``, for a door that sends them in one batch with its own
+        bookkeeping records (e.g. an idempotency entry) through ``producer.send_all``."""
         now = self.clock()
-        return await self.producer.send_all(
-            [(self.topic, self.codec.encode(m.record(now)), m.key) for m in messages]
-        )
+        return [(self.topic, self.codec.encode(m.record(now)), m.key) for m in messages]

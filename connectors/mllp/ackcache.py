@@ -15,8 +15,14 @@ from affluent.topics import CONTROL_ACK
 
 
 class AckCache(CompactedView):
-    def __init__(self, kafka: KafkaSettings, topic: str = CONTROL_ACK, max_entries: int = 1_000_000) -> None:
-        super().__init__(kafka, topic, name="ack-cache")
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str = CONTROL_ACK,
+        max_entries: int = 1_000_000,
+        name: str = "ack-cache",
+    ) -> None:
+        super().__init__(kafka, topic, name=name)
         self._max = max_entries
 
     def remember(self, key: str, value: bytes | None) -> None:

@@ -9,15 +9,13 @@ arrives right after a restart is still recognised as a duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from prometheus_client import CollectorRegistry
 
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer, dependencies
+from affluent.telemetry import TelemetryServer
 from affluent.topics import (
     ACK_CACHE_CONFIG,
     CONTROL_ACK,
@@ -27,6 +25,7 @@ from affluent.topics import (
     value_subject,
 )
 from connectors.deadletter import DeadLetterWriter
+from connectors.lifecycle import run_until_signalled, shut_down, start_telemetry
 from connectors.mllp.ackcache import AckCache
 from connectors.mllp.server import MllpServer
 from connectors.producer import DurableProducer
@@ -84,34 +83,19 @@ class MllpService:
             raw_topic=self.raw_topic,
         )
         port = await self.server.start()
-        if with_telemetry and s.mllp.metrics_port is not None:
-            self.telemetry = TelemetryServer(self.metrics_registry, ready=dependencies(s.kafka, s.registry))
-            await self.telemetry.start(s.mllp.host, s.mllp.metrics_port)
+        if with_telemetry:
+            self.telemetry = await start_telemetry(
+                self.metrics_registry, s.kafka, s.registry, s.mllp.host, s.mllp.metrics_port
+            )
         return port
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight frames, flush the producer."""
-        if self.server is not None:
-            await self.server.stop()
-        if self.telemetry is not None:
-            await self.telemetry.stop()
-        if self.producer is not None:
-            await asyncio.to_thread(self.producer.close)
-        if self.ack_cache is not None:
-            await asyncio.to_thread(self.ack_cache.stop)
+        await shut_down(self.server, self.telemetry, self.producer, self.ack_cache)
 
 
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then shut down cleanly."""
-    service = MllpService(settings)
-    port = await service.start()
-    print(f"MLLP door listening on {settings.mllp.host}:{port}", flush=True)  # noqa: T201
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await run_until_signalled(
+        MllpService(settings), lambda port: f"MLLP door listening on {settings.mllp.host}:{port}"
+    )

@@ -1455,3 +1455,21 @@ def map_fhir(payload: bytes, ctx: RawContext, options: MappingOptions) -> list[C
     _validate(data, rtype, "")
     entry = _Entry(data, rtype, None)
     return [_MAPPERS[rtype](_Doc(ctx, options, [entry]), entry)]
+
+
+# --- shared with the FHIR doors (connectors/fhir_rest validates with the same rules before storing) -----
+
+
+def parse_json(payload: bytes) -> Any:
+    """Strict RFC 8259 JSON (no NaN/Infinity); raises MappingError with a content-free reason."""
+    return _load(payload)
+
+
+def validate_resource(resource: Record, rtype: str, where: str = "") -> None:
+    """The R4 (R4B model) check this mapper applies; raises MappingError naming path and rule only."""
+    _validate(resource, rtype, where)
+
+
+def validate_bundle_shell(bundle: Record) -> None:
+    """A Bundle's own structure, entries' resources excluded (they are validated one by one)."""
+    _validate_bundle_shell(bundle)

@@ -1,0 +1,456 @@
+"""The FHIR REST door's HTTP shell (aiohttp): authenticate, read, plan, commit, answer.
+
+**Where the 2xx is decided**: every handler builds its 200/201 only after :meth:`FhirRestServer._commit`
+(:meth:`Committer.commit`) returned, i.e. after Kafka's delivery reports (``acks=all``) for the raw
+records and their idempotency entries; a Kafka failure becomes 503 with ``Retry-After`` (``_guarded``).
+Everything else (what to store, what to refuse) is decided by the pure modules :mod:`intake` and
+:mod:`notification`; the sender comes only from :mod:`auth`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from affluent.errors import KafkaUnavailable
+from affluent.settings import FhirRestSettings
+from connectors.fhir_common import (
+    RESPONSE_CONTENT_TYPE,
+    Issue,
+    media_type_accepted,
+    operation_outcome,
+)
+from connectors.fhir_rest import fetch, intake
+from connectors.fhir_rest.auth import SENDER_HEADER, Authenticator, Sender, Unauthenticated
+from connectors.fhir_rest.commit import Answer, Committer, if_none_exist_key
+from connectors.fhir_rest.intake import Item, Plan, Refusal
+from connectors.fhir_rest.metrics import FhirRestMetrics
+from connectors.fhir_rest.notification import read_notification
+from connectors.raw import RawMessage
+
+log = logging.getLogger(__name__)
+
+NOTIFICATION_PATH = "subscription-notification"
+TLS_SUBJECT: web.RequestKey[str | None] = web.RequestKey("tls_subject")  # read once per request
+Handler = Callable[[web.Request, Sender, bytes], Awaitable[web.Response]]
+
+
+def fhir_response(
+    status: int, body: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    text = json.dumps(body, ensure_ascii=False) if body is not None else None
+    return web.Response(
+        status=status,
+        text=text,
+        headers={**(headers or {}), **({"Content-Type": RESPONSE_CONTENT_TYPE} if text is not None else {})},
+    )
+
+
+def outcome_response(
+    status: int, issues: tuple[Issue, ...], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return fhir_response(status, operation_outcome(issues), headers)
+
+
+def tls_subject(request: web.Request) -> str | None:
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+class FhirRestServer:
+    def __init__(
+        self,
+        settings: FhirRestSettings,
+        committer: Committer,
+        authenticator: Authenticator,
+        metrics: FhirRestMetrics,
+    ) -> None:
+        self.settings = settings
+        self.committer = committer
+        self.auth = authenticator
+        self.metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self.port: int | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[_outcome_errors])
+        base = self.settings.base_path
+        app.router.add_get(f"{base}/metadata", self._metadata)
+        app.router.add_post(base, self._route("bundle", self._bundle))
+        app.router.add_post(f"{base}/{NOTIFICATION_PATH}", self._route("notification", self._notification))
+        app.router.add_post(base + "/{type}", self._route("resource", self._create))
+        app.router.add_put(base + "/{type}/{id}", self._route("resource", self._update))
+        app.router.add_delete(base + "/{type}/{id}", self._route("resource", self._delete, needs_body=False))
+        return app
+
+    async def start(self) -> int:
+        self._session = aiohttp.ClientSession()
+        if self.settings.validation_processes:
+            self._pool = await start_validation_pool(self.settings.validation_processes)
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port, ssl_context=tls_context(self.settings)
+        )
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # finishes in-flight requests first
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        """The CapabilityStatement, unauthenticated like any FHIR server's: what a client may send."""
+        return fhir_response(200, capability_statement(self.settings))
+
+    # --- the common shell: auth, media type, size, errors, metrics -----------------------------------
+
+    def _route(
+        self, route: str, handler: Handler, needs_body: bool = True
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def run(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            response = await self._guarded(request, handler, needs_body)
+            self.metrics.requests.labels(route, str(response.status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            return response
+
+        return run
+
+    async def _guarded(self, request: web.Request, handler: Handler, needs_body: bool) -> web.Response:
+        try:
+            sender = await self._sender(request)
+            if needs_body and not media_type_accepted(request.content_type, request.charset):
+                raise Refusal(415, Issue("not-supported", "send application/fhir+json in UTF-8"))
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Refusal(
+                    413, Issue("too-costly", f"the body exceeds {self.settings.max_body_bytes} bytes")
+                ) from None
+            return await handler(request, sender, body)
+        except Unauthenticated as refusal:
+            return outcome_response(401, refusal.issues, {"WWW-Authenticate": refusal.challenge})
+        except Refusal as refusal:
+            return outcome_response(refusal.status, refusal.issues)
+        except KafkaUnavailable:
+            log.warning("Kafka did not confirm a write: answered 503")
+            return self._unavailable("Kafka did not confirm the write; nothing was accepted, retry later")
+        except fetch.FetchFailed as exc:
+            return self._unavailable(str(exc))
+        except Exception as exc:  # a bug: the type only, since exception texts may quote the payload
+            log.error("request failed with %s", type(exc).__name__)
+            return outcome_response(500, (Issue("exception", "internal error; resending is safe"),))
+
+    def _unavailable(self, reason: str) -> web.Response:
+        return outcome_response(
+            503, (Issue("transient", reason),), {"Retry-After": str(self.settings.retry_after_s)}
+        )
+
+    async def _sender(self, request: web.Request) -> Sender:
+        request[TLS_SUBJECT] = tls_subject(request)
+        args = (
+            request.headers.get("Authorization"),
+            request[TLS_SUBJECT],
+            request.headers.get(SENDER_HEADER),
+        )
+        if self.auth.needs_thread:
+            return await asyncio.to_thread(self.auth.authenticate, *args)
+        return self.auth.authenticate(*args)
+
+    # --- handlers ------------------------------------------------------------------------------------
+
+    async def _create(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        item = intake.resource_item(body, request.match_info["type"])
+        return await self._store_one(request, sender, item)
+
+    async def _update(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        item = intake.resource_item(body, request.match_info["type"], request.match_info["id"])
+        return await self._store_one(request, sender, item)
+
+    def _keys(self, sender: Sender, message: RawMessage, item: Item, query: str | None) -> list[str]:
+        """The index keys that make a later request a resend: its raw_id, and its If-None-Exist query."""
+        keys = [message.raw_id]
+        if query:
+            keys.append(if_none_exist_key(sender.name, item.message_type, query))
+        return keys
+
+    def _earlier(self, keys: list[str]) -> Answer | None:
+        for key in keys:
+            earlier = self.committer.earlier(key)
+            if earlier is not None:
+                return Answer(200, earlier.location, earlier.version)
+        return None
+
+    async def _delete(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        if_match = request.headers.get("If-Match")
+        item = intake.delete_item(request.match_info["type"], request.match_info["id"], if_match)
+        return await self._store_one(request, sender, item)
+
+    async def _store_one(self, request: web.Request, sender: Sender, item: Item) -> web.Response:
+        message = self._message(request, sender, item)
+        keys = self._keys(sender, message, item, request.headers.get("If-None-Exist"))
+        earlier = self._earlier(keys)
+        if earlier is not None:
+            self.metrics.record(item.message_type, "duplicate")
+            return self._created(request, earlier, None)
+        hub_name = f"{item.message_type.split('/')[0]}/{message.raw_id[:32]}"  # no id given: the hub's
+        answer = Answer(
+            item.status, item.location or (None if item.status == 204 else hub_name), item.version
+        )
+        await self._commit([message], [(k, answer) for k in keys], [item.message_type])
+        return self._created(request, answer, None)
+
+    async def _bundle(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        if self._pool is None:
+            plan = intake.bundle_plan(body)
+        else:
+            plan = await asyncio.get_running_loop().run_in_executor(self._pool, intake.bundle_plan, body)
+        if plan.kind == "batch":
+            return await self._batch(request, sender, plan)
+        [item] = plan.items
+        message = self._message(request, sender, item)
+        earlier = self.committer.earlier(message.raw_id)
+        if earlier is None:
+            await self._commit([message], [(message.raw_id, Answer(200))], [item.message_type])
+        else:
+            self.metrics.record(item.message_type, "duplicate")
+        if plan.kind == "collection":
+            info = Issue("informational", "the collection Bundle is stored", severity="information")
+            return outcome_response(200, (info,))
+        return fhir_response(200, self._response_bundle("transaction-response", plan, {}))
+
+    async def _batch(self, request: web.Request, sender: Sender, plan: Plan) -> web.Response:
+        messages: list[RawMessage] = []
+        answers: list[tuple[str, Answer]] = []
+        types: list[str] = []
+        replayed: dict[int, Answer] = {}
+        for entry in plan.entries:
+            item = entry.item
+            if item is None:
+                self.metrics.record("other", "refused")
+                continue
+            message = self._message(request, sender, item)
+            keys = self._keys(sender, message, item, item.if_none_exist)
+            earlier = self._earlier(keys)
+            if earlier is not None:
+                replayed[entry.index] = earlier
+                self.metrics.record(item.message_type, "duplicate")
+                continue
+            messages.append(message)
+            answers += [(k, Answer(item.status, item.location, item.version)) for k in keys]
+            types.append(item.message_type)
+        if messages:
+            await self._commit(messages, answers, types)
+        return fhir_response(200, self._response_bundle("batch-response", plan, replayed))
+
+    async def _notification(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        notification = read_notification(intake.parse(body))
+        self.metrics.notifications.labels(notification.kind).inc()
+        if not notification.carries_data:
+            return fhir_response(200, None)
+        payloads: list[bytes] = []
+        for index, resource in notification.resources:
+            payloads.append(self._entry_payload(index, resource))
+        if notification.references:
+            payloads += await self._fetch_all(sender, notification.references)
+        items = [
+            self._notified_item(p, "full-resource" if i < len(notification.resources) else "id-only")
+            for i, p in enumerate(payloads)
+        ]
+        fresh: list[tuple[RawMessage, Item]] = []
+        for item in items:
+            message = self._message(request, sender, item)
+            if self.committer.earlier(message.raw_id) is None:
+                fresh.append((message, item))
+            else:
+                self.metrics.record(item.message_type, "duplicate")
+        if fresh:
+            await self._commit(
+                [m for m, _ in fresh],
+                [(m.raw_id, Answer(200, i.location, i.version)) for m, i in fresh],
+                [i.message_type for _, i in fresh],
+            )
+        return fhir_response(200, None)
+
+    def _entry_payload(self, index: int, resource: dict[str, Any]) -> bytes:
+        if resource.get("resourceType") not in intake.MAPPED_TYPES:
+            raise Refusal(
+                404,
+                Issue("not-supported", "this resource type is not accepted here", f"Bundle.entry[{index}]"),
+            )
+        return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    async def _fetch_all(self, sender: Sender, references: list[str]) -> list[bytes]:
+        notifier = self.settings.notifiers.get(sender.name)
+        if notifier is None:
+            raise Refusal(
+                422,
+                Issue("not-supported", "id-only notifications need a configured notifier for this sender"),
+            )
+        assert self._session is not None
+        urls = [fetch.resolve(ref, notifier) for ref in references]
+        return list(await asyncio.gather(*(fetch.fetch(self._session, url, notifier) for url in urls)))
+
+    def _notified_item(self, payload: bytes, kind: str) -> Item:
+        """Validated like a POSTed resource; its record says which payload kind brought it."""
+        rtype = intake.parse(payload)["resourceType"]
+        if rtype not in intake.MAPPED_TYPES:
+            raise Refusal(404, Issue("not-supported", "a notified resource type is not accepted here"))
+        item = intake.resource_item(payload, rtype)
+        return replace(item, status=200, attributes={"subscription_payload": kind})
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    async def _commit(
+        self, messages: list[RawMessage], answers: list[tuple[str, Answer]], types: list[str]
+    ) -> None:
+        try:
+            await self.committer.commit(messages, answers)
+        except KafkaUnavailable:
+            for rtype in types:
+                self.metrics.record(rtype, "kafka_unavailable")
+            raise
+        for rtype in types:
+            self.metrics.record(rtype, "stored")
+
+    def _message(self, request: web.Request, sender: Sender, item: Item) -> RawMessage:
+        attributes = {"credential": sender.credential, "http_method": request.method, **item.attributes}
+        subject = request.get(TLS_SUBJECT)
+        if subject:
+            attributes["tls_subject"] = subject
+        return RawMessage(
+            protocol="fhir",
+            connector="fhir_rest",
+            facility=sender.facility,
+            application=sender.application,
+            payload=item.payload,
+            content_type="application/fhir+json",
+            message_id=item.message_id,
+            message_type=item.message_type,
+            peer=request.remote,
+            declared_charset="UTF-8",
+            attributes=attributes,
+        )
+
+    def _created(self, request: web.Request, answer: Answer, body: Mapping[str, Any] | None) -> web.Response:
+        headers: dict[str, str] = {}
+        if answer.location:
+            headers["Location"] = f"{request.url.origin()}{self.settings.base_path}/{answer.location}"
+        if answer.version:
+            headers["ETag"] = f'W/"{answer.version}"'
+        return fhir_response(answer.status, body, headers)
+
+    def _response_bundle(self, btype: str, plan: Plan, replayed: Mapping[int, Answer]) -> dict[str, Any]:
+        entries: list[dict[str, Any]] = []
+        for entry in plan.entries:
+            response: dict[str, Any] = {}
+            if entry.refusal is not None:
+                response["status"] = str(entry.refusal.status)
+                response["outcome"] = operation_outcome(entry.refusal.issues)
+            else:
+                answer = replayed.get(entry.index, Answer(entry.status, entry.location, entry.version))
+                response["status"] = intake.status_text(answer.status)
+                if answer.location:
+                    response["location"] = answer.location
+                if answer.version:
+                    response["etag"] = f'W/"{answer.version}"'
+            entries.append({"response": response})
+        return {"resourceType": "Bundle", "type": btype, "entry": entries}
+
+
+async def start_validation_pool(processes: int) -> ProcessPoolExecutor:
+    """Spawned (not forked: the door runs threads) and warmed up, so the first Bundle pays no imports."""
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    loop = asyncio.get_running_loop()
+    warm = b'{"resourceType":"Bundle","type":"collection"}'
+    await asyncio.gather(*(loop.run_in_executor(pool, intake.bundle_plan, warm) for _ in range(processes)))
+    return pool
+
+
+@web.middleware
+async def _outcome_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404/405 (a path or method this door does not serve) as OperationOutcomes too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not-supported" if exc.status in (404, 405) else "processing"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return outcome_response(exc.status, (Issue(code, exc.reason),), headers)
+
+
+def capability_statement(settings: FhirRestSettings) -> dict[str, Any]:
+    def interactions(rtype: str) -> list[dict[str, str]]:
+        codes = ["create", "update"] + (["delete"] if rtype in intake.MAPPED_TYPES else [])
+        return [{"code": c} for c in codes]
+
+    security: dict[str, Any] = {
+        "cors": False,
+        "description": "Bearer token (static or JWT) or client certificate",
+    }
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "date": "2026-11-24",
+        "implementation": {"description": "affluent FHIR REST door", "url": settings.base_path},
+        "rest": [
+            {
+                "mode": "server",
+                "security": security,
+                "resource": [
+                    {"type": t, "interaction": interactions(t)} for t in sorted(intake.RESOURCE_TYPES)
+                ],
+                "interaction": [{"code": "batch"}, {"code": "transaction"}],
+            }
+        ],
+    }
+
+
+def tls_context(settings: FhirRestSettings) -> ssl.SSLContext | None:
+    if settings.tls_certificate is None or settings.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        ctx.load_verify_locations(settings.tls_client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer-token clients need no certificate
+    return ctx

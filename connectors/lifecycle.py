@@ -1,0 +1,79 @@
+"""What every door's service shares: readiness (can Kafka be reached?) and running until SIGINT/SIGTERM.
+
+Doors differ in what they start; how they report readiness and how they shut down must not: a door
+stops accepting, finishes in-flight work and flushes its producer on either signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from affluent.compacted import CompactedView
+from affluent.settings import KafkaSettings, RegistrySettings
+from affluent.telemetry import TelemetryServer, dependencies
+from connectors.producer import DurableProducer
+
+
+class Door(Protocol):
+    async def start(self) -> int: ...
+
+    async def stop(self) -> None: ...
+
+
+class Listener(Protocol):
+    async def stop(self) -> None: ...
+
+
+async def start_telemetry(
+    registry: CollectorRegistry,
+    kafka: KafkaSettings,
+    schema_registry: RegistrySettings,
+    host: str,
+    port: int | None,
+) -> TelemetryServer | None:
+    """``/metrics``, ``/health`` and ``/ready`` (Kafka and the registry reachable) on their own port;
+    None when disabled."""
+    if port is None:
+        return None
+    telemetry = TelemetryServer(registry, ready=dependencies(kafka, schema_registry))
+    await telemetry.start(host, port)
+    return telemetry
+
+
+async def shut_down(
+    listener: Listener | None,
+    telemetry: TelemetryServer | None,
+    producer: DurableProducer | None,
+    view: CompactedView | None,
+) -> None:
+    """In this order: stop accepting and finish in-flight work, stop telemetry, flush what was
+    produced, stop tailing the door's compacted view (its last writes are in Kafka by then)."""
+    if listener is not None:
+        await listener.stop()
+    if telemetry is not None:
+        await telemetry.stop()
+    if producer is not None:
+        await asyncio.to_thread(producer.close)
+    if view is not None:
+        await asyncio.to_thread(view.stop)
+
+
+async def run_until_signalled(door: Door, banner: Callable[[int], str]) -> None:
+    """Start ``door``, print ``banner(port)``, and stop it cleanly on SIGINT or SIGTERM."""
+    port = await door.start()
+    print(banner(port), flush=True)  # noqa: T201
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await door.stop()
