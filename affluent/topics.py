@@ -13,6 +13,7 @@ INGEST_DEVICE_RAW = "ingest.device.raw"
 CONTROL_ACK = "control.ack"
 CONTROL_OPPOSITION = "control.opposition"
 DLQ_INGEST = "dlq.ingest"
+CONTROL_FHIR_POLL_CHECKPOINTS = "control.fhir_poll.checkpoints"
 
 COMPACTED_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 # The ACK cache only needs to outlive a sender's retry horizon: compacted, and bounded to 7 days.
@@ -30,6 +31,8 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     # The MLLP ACK cache: the last ACK per (facility, MSH-10) survives restarts, older ones compact away.
     TopicSpec(CONTROL_ACK, config=ACK_CACHE_CONFIG),
     TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
+    # The FHIR puller's position per (source, resource type): only the latest value matters.
+    TopicSpec(CONTROL_FHIR_POLL_CHECKPOINTS, config=COMPACTED_CONFIG),
 )
 
 

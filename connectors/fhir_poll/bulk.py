@@ -1,0 +1,173 @@
+"""FHIR Bulk Data ``$export`` of a source: kick-off, status polling, NDJSON download, checkpoints.
+
+Types whose checkpoints agree share one export (``_type`` lists them, ``_since`` is their checkpoint).
+Each type's checkpoint becomes the manifest's ``transactionTime`` only after every NDJSON file of that
+type is stored in Kafka; the spec guarantees that a later ``_since=<transactionTime>`` export misses
+nothing. An export that reports errors moves no checkpoint: the next pass asks again, and what was
+already stored collapses by raw id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from affluent.errors import FhirSourceError
+from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore
+from connectors.fhir_poll.config import SourceConfig
+from connectors.fhir_poll.http import FhirHttp, expect_ok, retry_after_s
+from connectors.fhir_poll.records import BadResource, ndjson_lines, pulled
+from connectors.fhir_poll.search import TypeReport
+from connectors.raw import RawWriter
+
+log = logging.getLogger(__name__)
+
+
+def export_groups(source: SourceConfig, store: CheckpointStore) -> dict[str | None, list[str]]:
+    """Types grouped by the ``_since`` they need (None: never exported, or the source's ``since``)."""
+    groups: dict[str | None, list[str]] = defaultdict(list)
+    for rtype in source.resource_types:
+        groups[store.get(source.name, rtype).last_updated or source.since].append(rtype)
+    return dict(groups)
+
+
+def manifest_outputs(manifest: Mapping[str, Any], types: list[str]) -> dict[str, list[str]]:
+    """Output file URLs per requested type (files of other types are not ours to store)."""
+    files: dict[str, list[str]] = {t: [] for t in types}
+    for output in manifest.get("output") or []:
+        if isinstance(output, Mapping) and output.get("type") in files and isinstance(output.get("url"), str):
+            files[str(output["type"])].append(str(output["url"]))
+    return files
+
+
+async def sync_bulk(
+    http: FhirHttp,
+    source: SourceConfig,
+    store: CheckpointStore,
+    writer: RawWriter,
+    poll_s: float,
+    timeout_s: float,
+) -> list[TypeReport]:
+    reports: list[TypeReport] = []
+    for since, types in export_groups(source, store).items():
+        reports.extend(await _export(http, source, store, writer, since, types, poll_s, timeout_s))
+    return reports
+
+
+async def _export(
+    http: FhirHttp,
+    source: SourceConfig,
+    store: CheckpointStore,
+    writer: RawWriter,
+    since: str | None,
+    types: list[str],
+    poll_s: float,
+    timeout_s: float,
+) -> list[TypeReport]:
+    params = {"_type": ",".join(types)}
+    if since:
+        params["_since"] = since
+    kickoff = await http.request(
+        "GET",
+        f"{source.base}/$export",
+        "bulk kick-off",
+        params=params,
+        headers={"Accept": "application/fhir+json", "Prefer": "respond-async"},
+    )
+    status_url = kickoff.headers.get("Content-Location")
+    if kickoff.status_code != 202 or not status_url:
+        raise FhirSourceError(
+            f"source {source.name}: bulk kick-off answered HTTP {kickoff.status_code}"
+            + ("" if status_url else " without Content-Location")
+        )
+    try:
+        manifest = await _wait_for_manifest(http, source, status_url, poll_s, timeout_s)
+        transaction_time = manifest.get("transactionTime")
+        if not isinstance(transaction_time, str):
+            raise FhirSourceError(f"source {source.name}: bulk manifest without transactionTime")
+        needs_token = bool(manifest.get("requiresAccessToken", False))
+        reports = []
+        for rtype, urls in manifest_outputs(manifest, types).items():
+            reports.append(await _store_files(http, source, writer, rtype, urls, needs_token))
+        errors = manifest.get("error") or []
+        if errors:
+            raise FhirSourceError(
+                f"source {source.name}: bulk export reported {len(errors)} error file(s); "
+                "checkpoints not moved, the next pass asks again"
+            )
+        for report in reports:
+            await store.put(source.name, report.rtype, Checkpoint(transaction_time))
+            report.checkpoint = transaction_time
+    except BaseException:
+        await _delete(http, status_url)  # cancel (or release) the export on the server
+        raise
+    await _delete(http, status_url)  # the spec's "done with these files"
+    return reports
+
+
+async def _wait_for_manifest(
+    http: FhirHttp, source: SourceConfig, status_url: str, poll_s: float, timeout_s: float
+) -> Mapping[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = await http.request(
+            "GET", status_url, "bulk status", headers={"Accept": "application/json"}
+        )
+        if response.status_code == 200:
+            try:
+                manifest = response.json()
+            except ValueError:
+                manifest = None
+            if not isinstance(manifest, Mapping):
+                raise FhirSourceError(f"source {source.name}: bulk manifest is not a JSON object")
+            return manifest
+        if response.status_code != 202:
+            raise FhirSourceError(f"source {source.name}: bulk status answered HTTP {response.status_code}")
+        progress = response.headers.get("X-Progress", "")
+        log.info("source %s: bulk export in progress %s", source.name, progress[:40])
+        wait = retry_after_s(response.headers.get("Retry-After"))
+        wait = poll_s if wait is None else wait
+        if time.monotonic() + wait > deadline:
+            raise FhirSourceError(f"source {source.name}: bulk export not ready within {timeout_s:.0f} s")
+        await http.sleep(wait)
+
+
+async def _store_files(
+    http: FhirHttp, source: SourceConfig, writer: RawWriter, rtype: str, urls: list[str], needs_token: bool
+) -> TypeReport:
+    report = TypeReport(source.name, rtype)
+    for url in urls:
+        response = await http.request(
+            "GET",
+            url,
+            f"bulk file of {rtype}",
+            headers={"Accept": "application/fhir+ndjson"},
+            authenticated=needs_token,
+        )
+        expect_ok(response, source.name, f"bulk file of {rtype}")
+        batch = []
+        try:
+            for resource, line in ndjson_lines(response.content):
+                batch.append(pulled(resource, source, "bulk", payload=line).message)
+                if len(batch) >= source.page_size:
+                    await writer.write_all(batch)
+                    report.stored += len(batch)
+                    batch = []
+        except BadResource as exc:
+            raise FhirSourceError(f"source {source.name}: bulk file of {rtype}: {exc}") from None
+        if batch:
+            await writer.write_all(batch)
+            report.stored += len(batch)
+        report.pages += 1
+    return report
+
+
+async def _delete(http: FhirHttp, status_url: str) -> None:
+    try:
+        await asyncio.shield(http.client.delete(status_url, headers=await http.tokens.headers()))
+    except Exception:  # the export is done or abandoned either way; the server expires its files
+        log.info("source %s: could not delete the bulk status URL", http.source)
