@@ -11,15 +11,27 @@ puller then moves it once, after the last page.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import httpx
 
 from affluent.errors import FhirSourceError
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore, instant
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp
-from connectors.fhir_poll.records import BadResource, Mark, bundle_resources, next_link, pulled, search_params
+from connectors.fhir_poll.records import (
+    BadResource,
+    Mark,
+    Pulled,
+    bundle_resources,
+    next_link,
+    pulled,
+    search_params,
+)
 from connectors.raw import RawWriter
 
 log = logging.getLogger(__name__)
@@ -51,47 +63,69 @@ async def sync_type(
 ) -> TypeReport:
     report = TypeReport(source.name, rtype)
     checkpoint = store.get(source.name, rtype)
-    url: str | None = f"{source.base}/{rtype}"
-    params: dict[str, str] | None = search_params(source, checkpoint.last_updated or source.since)
+    first = search_params(source, checkpoint.last_updated or source.since)
     ascending = True
     latest: str | None = None
     unsaved: list[Mark] = []
-    while url is not None:
-        response = await http.get(url, f"{rtype} search", params)
-        try:
-            bundle = response.json()
-            items = [pulled(r, source, "search") for r in bundle_resources(bundle, rtype)]
-        except (ValueError, BadResource) as exc:
-            reason = str(exc) if isinstance(exc, BadResource) else "search answer is not JSON"
-            raise FhirSourceError(
-                f"source {source.name}: {rtype} page {report.pages + 1}: {reason}"
-            ) from None
-        fresh = [item for item in items if not checkpoint.already_stored(item.mark)]
-        if fresh:
-            await writer.write_all([item.message for item in fresh])
-        report.pages += 1
-        report.stored += len(fresh)
-        report.skipped += len(items) - len(fresh)
-        for item in items:
-            if item.last_updated:
-                if latest is not None and instant(item.last_updated) < instant(latest):
-                    if ascending:
-                        log.warning("source %s: %s search is not sorted by _lastUpdated", source.name, rtype)
-                    ascending = False
-                else:
-                    latest = item.last_updated
-        unsaved.extend(item.mark for item in items)
-        if ascending:
-            checkpoint = await _save(store, source.name, rtype, checkpoint, unsaved)
-            unsaved = []
-        report.checkpoint = checkpoint.last_updated
-        if on_page is not None:
-            on_page(report)
-        url, params = next_link(bundle), None
+    # The next page is asked for while this one is being stored: reading is safe to run ahead, only
+    # the checkpoint must wait for Kafka.
+    fetch: asyncio.Task[httpx.Response] | None = asyncio.create_task(
+        http.get(f"{source.base}/{rtype}", f"{rtype} search", first)
+    )
+    try:
+        while fetch is not None:
+            response = await fetch
+            fetch = None
+            try:
+                bundle = response.json()
+                items = [pulled(r, source, "search") for r in bundle_resources(bundle, rtype)]
+            except (ValueError, BadResource) as exc:
+                reason = str(exc) if isinstance(exc, BadResource) else "search answer is not JSON"
+                raise FhirSourceError(
+                    f"source {source.name}: {rtype} page {report.pages + 1}: {reason}"
+                ) from None
+            url = next_link(bundle)
+            if url is not None:
+                fetch = asyncio.create_task(http.get(url, f"{rtype} search"))
+            fresh = [item for item in items if not checkpoint.already_stored(item.mark)]
+            if fresh:
+                await writer.write_all([item.message for item in fresh])
+            report.pages += 1
+            report.stored += len(fresh)
+            report.skipped += len(items) - len(fresh)
+            latest, in_order = ordered_until(latest, items)
+            if ascending and not in_order:
+                log.warning("source %s: %s search is not sorted by _lastUpdated", source.name, rtype)
+                ascending = False
+            unsaved.extend(item.mark for item in items)
+            if ascending:
+                checkpoint = await _save(store, source.name, rtype, checkpoint, unsaved)
+                unsaved = []
+            report.checkpoint = checkpoint.last_updated
+            if on_page is not None:
+                on_page(report)
+    finally:
+        if fetch is not None:
+            fetch.cancel()
+            with contextlib.suppress(BaseException):
+                await fetch
     if unsaved:
         checkpoint = await _save(store, source.name, rtype, checkpoint, unsaved)
         report.checkpoint = checkpoint.last_updated
     return report
+
+
+def ordered_until(latest: str | None, items: list[Pulled]) -> tuple[str | None, bool]:
+    """The latest ``lastUpdated`` after ``items``, and whether they kept ascending order from ``latest``."""
+    in_order = True
+    for item in items:
+        if not item.last_updated:
+            continue
+        if latest is not None and instant(item.last_updated) < instant(latest):
+            in_order = False
+        else:
+            latest = item.last_updated
+    return latest, in_order
 
 
 async def _save(
