@@ -370,3 +370,47 @@ async def test_broker_down_leaves_the_checkpoint_behind(server, pull_settings, l
     assert report.stored == 30
     records = raw_records(live_kafka, registry, pull_settings.fhir_poll.raw_topic, 30)
     assert {r["message_id"] for r in records} == message_ids(server, "Patient")
+
+
+async def test_follow_keeps_pulling_through_failures_and_reset_resyncs(
+    server, pull_settings, live_kafka, registry
+):
+    from connectors.fhir_poll.cli import reset
+
+    server.seed("Patient", 12)
+    source = source_of(server.base_url + "/fhir", resource_types=["Patient"], page_size=5, interval_s=0.2)
+    registry_metrics = CollectorRegistry()
+    stop = asyncio.Event()
+    async with open_puller(pull_settings, source, registry_metrics) as puller:
+        follower = asyncio.create_task(puller.follow(stop))
+        try:
+            stored = registry_metrics.get_sample_value
+            labels = {"source": source.name, "type": "Patient"}
+
+            async def until(count: float) -> None:
+                for _ in range(200):
+                    if (stored("affluent_fhir_pull_resources_total", labels) or 0) >= count:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"fewer than {count} resources stored")
+
+            await until(12)
+            server.fail_next(10, 503, retry_after="0", path="/fhir/Patient")  # a pass fails past the bound
+            server.seed("Patient", 3)
+            await until(15)
+        finally:
+            stop.set()
+            await asyncio.wait_for(follower, 10)
+    failed = registry_metrics.get_sample_value(
+        "affluent_fhir_pull_passes_total", {"source": source.name, "outcome": "failed"}
+    )
+    assert failed and failed >= 1
+    records = raw_records(live_kafka, registry, pull_settings.fhir_poll.raw_topic, 15)
+    assert len(records) == 15
+    # A reset forgets the checkpoint: the next pass stores everything again, under the same raw ids.
+    assert await reset(pull_settings, source, []) == ["Patient"]
+    async with open_puller(pull_settings, source) as puller:
+        (report,) = await puller.run_once()
+    assert report.stored == 15
+    again = raw_records(live_kafka, registry, pull_settings.fhir_poll.raw_topic, 30)
+    assert len(again) == 30 and len({r["raw_id"] for r in again}) == 15
