@@ -127,6 +127,7 @@ class FhirPollSettings(BaseModel):
     # The sources file (YAML, see README "being pulled"); ``affluent pull --sources`` overrides it.
     sources: Path | None = None
     raw_topic: str = "ingest.fhir.raw"
+    dlq_topic: str = "dlq.ingest"
     checkpoint_topic: str = "control.fhir_poll.checkpoints"
     # Seconds between passes in ``--follow`` mode (a source may set its own ``interval_s``).
     interval_s: float = Field(default=60.0, gt=0)

@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from affluent.errors import FhirSourceError
+from connectors.deadletter import DeadLetterWriter
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp, expect_ok, retry_after_s
-from connectors.fhir_poll.records import BadResource, ndjson_lines, pulled
-from connectors.fhir_poll.search import TypeReport
+from connectors.fhir_poll.records import ndjson_lines, sort_out
+from connectors.fhir_poll.search import TypeReport, store_page
 from connectors.raw import RawWriter
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,13 @@ async def sync_bulk(
     source: SourceConfig,
     store: CheckpointStore,
     writer: RawWriter,
+    dead: DeadLetterWriter,
     poll_s: float,
     timeout_s: float,
 ) -> list[TypeReport]:
     reports: list[TypeReport] = []
     for since, types in export_groups(source, store).items():
-        reports.extend(await _export(http, source, store, writer, since, types, poll_s, timeout_s))
+        reports.extend(await _export(http, source, store, writer, dead, since, types, poll_s, timeout_s))
     return reports
 
 
@@ -63,6 +65,7 @@ async def _export(
     source: SourceConfig,
     store: CheckpointStore,
     writer: RawWriter,
+    dead: DeadLetterWriter,
     since: str | None,
     types: list[str],
     poll_s: float,
@@ -92,7 +95,7 @@ async def _export(
         needs_token = bool(manifest.get("requiresAccessToken", False))
         reports = []
         for rtype, urls in manifest_outputs(manifest, types).items():
-            reports.append(await _store_files(http, source, writer, rtype, urls, needs_token))
+            reports.append(await _store_files(http, source, writer, dead, rtype, urls, needs_token))
         errors = manifest.get("error") or []
         if errors:
             raise FhirSourceError(
@@ -137,7 +140,13 @@ async def _wait_for_manifest(
 
 
 async def _store_files(
-    http: FhirHttp, source: SourceConfig, writer: RawWriter, rtype: str, urls: list[str], needs_token: bool
+    http: FhirHttp,
+    source: SourceConfig,
+    writer: RawWriter,
+    dead: DeadLetterWriter,
+    rtype: str,
+    urls: list[str],
+    needs_token: bool,
 ) -> TypeReport:
     report = TypeReport(source.name, rtype)
     for url in urls:
@@ -149,19 +158,12 @@ async def _store_files(
             authenticated=needs_token,
         )
         expect_ok(response, source.name, f"bulk file of {rtype}")
-        batch = []
-        try:
-            for resource, line in ndjson_lines(response.content):
-                batch.append(pulled(resource, source, "bulk", payload=line).message)
-                if len(batch) >= source.page_size:
-                    await writer.write_all(batch)
-                    report.stored += len(batch)
-                    batch = []
-        except BadResource as exc:
-            raise FhirSourceError(f"source {source.name}: bulk file of {rtype}: {exc}") from None
-        if batch:
-            await writer.write_all(batch)
-            report.stored += len(batch)
+        lines = list(ndjson_lines(response.content))
+        for start in range(0, len(lines), source.page_size):
+            items, unusable = sort_out(iter(lines[start : start + source.page_size]), source, "bulk")
+            await store_page(writer, dead, source, items, unusable)
+            report.stored += len(items)
+            report.dead += len(unusable)
         report.pages += 1
     return report
 

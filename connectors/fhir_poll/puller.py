@@ -21,6 +21,7 @@ from affluent.errors import AffluentError
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import FhirPollSettings, Settings
 from affluent.topics import COMPACTED_CONFIG, value_subject
+from connectors.deadletter import DeadLetterWriter
 from connectors.fhir_poll.auth import SmartTokens, token_source
 from connectors.fhir_poll.bulk import sync_bulk
 from connectors.fhir_poll.checkpoint import CheckpointStore
@@ -50,6 +51,12 @@ class PullMetrics:
             ["source", "type"],
             registry=registry,
         )
+        self.dead = Counter(
+            "affluent_fhir_pull_dead_letters_total",
+            "Pulled resources that could not be stored as raw records (sent to dlq.ingest)",
+            ["source", "type"],
+            registry=registry,
+        )
         self.passes = Counter(
             "affluent_fhir_pull_passes_total",
             "Sync passes by outcome",
@@ -64,6 +71,7 @@ class Puller:
     http: FhirHttp
     store: CheckpointStore
     writer: RawWriter
+    dead: DeadLetterWriter
     settings: FhirPollSettings
     metrics: PullMetrics = field(default_factory=lambda: PullMetrics(CollectorRegistry()))
     on_page: PageHook | None = None
@@ -77,12 +85,15 @@ class Puller:
                     self.source,
                     self.store,
                     self.writer,
+                    self.dead,
                     self.settings.bulk_poll_s,
                     self.settings.bulk_timeout_s,
                 )
             else:
                 reports = [
-                    await sync_type(self.http, self.source, rtype, self.store, self.writer, self.on_page)
+                    await sync_type(
+                        self.http, self.source, rtype, self.store, self.writer, self.dead, self.on_page
+                    )
                     for rtype in self.source.resource_types
                 ]
         except BaseException:
@@ -91,6 +102,7 @@ class Puller:
         for report in reports:
             self.metrics.resources.labels(self.source.name, report.rtype).inc(report.stored)
             self.metrics.skipped.labels(self.source.name, report.rtype).inc(report.skipped)
+            self.metrics.dead.labels(self.source.name, report.rtype).inc(report.dead)
         self.metrics.passes.labels(self.source.name, "ok").inc()
         return reports
 
@@ -120,13 +132,24 @@ async def open_puller(
     """Topics, codec, producer, checkpoint view and HTTP client for one source; all closed on exit."""
     fp = settings.fhir_poll
     await asyncio.to_thread(wait_for_kafka, settings.kafka, 30)
-    specs = [TopicSpec(fp.raw_topic), TopicSpec(fp.checkpoint_topic, config=COMPACTED_CONFIG)]
+    specs = [
+        TopicSpec(fp.raw_topic),
+        TopicSpec(fp.dlq_topic),
+        TopicSpec(fp.checkpoint_topic, config=COMPACTED_CONFIG),
+    ]
     await asyncio.to_thread(ensure_topics, settings.kafka, specs)
     codec = await asyncio.to_thread(
         AvroCodec,
         Registry(settings.registry),
         value_subject(fp.raw_topic),
         load_schema("raw_message"),
+        "BACKWARD",
+    )
+    dlq_codec = await asyncio.to_thread(
+        AvroCodec,
+        Registry(settings.registry),
+        value_subject(fp.dlq_topic),
+        load_schema("dead_letter"),
         "BACKWARD",
     )
     view = CompactedView(settings.kafka, fp.checkpoint_topic, name="fhir-poll-checkpoints")
@@ -143,6 +166,7 @@ async def open_puller(
                 http,
                 CheckpointStore(view, producer),
                 RawWriter(producer, codec, fp.raw_topic),
+                DeadLetterWriter(producer, dlq_codec, fp.dlq_topic),
                 fp,
                 PullMetrics(metrics_registry or CollectorRegistry()),
                 on_page,

@@ -77,6 +77,32 @@ def pulled(resource: Resource, source: SourceConfig, mode: str, payload: bytes |
     return Pulled(message, last_updated, key)
 
 
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A resource the puller cannot store as a raw record: it goes to ``dlq.ingest`` with this reason."""
+
+    payload: bytes
+    reason: str
+
+
+def sort_out(
+    resources: Iterator[tuple[Resource | None, bytes | None, str]], source: SourceConfig, mode: str
+) -> tuple[list[Pulled], list[Unusable]]:
+    """Split one page (or NDJSON batch) into storable records and dead letters, keeping order."""
+    good: list[Pulled] = []
+    bad: list[Unusable] = []
+    for resource, payload, problem in resources:
+        if resource is None:
+            bad.append(Unusable(payload or b"", problem))
+            continue
+        try:
+            good.append(pulled(resource, source, mode, payload))
+        except BadResource as exc:
+            raw = payload if payload is not None else json.dumps(resource, ensure_ascii=False).encode()
+            bad.append(Unusable(raw, str(exc)))
+    return good, bad
+
+
 def search_params(source: SourceConfig, since: str | None) -> dict[str, str]:
     """First-page parameters of one type's incremental search.
 
@@ -123,8 +149,9 @@ def bundle_resources(bundle: Mapping[str, Any], rtype: str) -> Iterator[Resource
         yield resource
 
 
-def ndjson_lines(body: bytes) -> Iterator[tuple[Resource, bytes]]:
-    """Each non-empty line of a Bulk Data NDJSON file, parsed, with its own bytes kept for the raw record."""
+def ndjson_lines(body: bytes) -> Iterator[tuple[Resource | None, bytes, str]]:
+    """Each non-empty line of a Bulk Data NDJSON file: ``(resource, its bytes, "")``, or
+    ``(None, bytes, reason)`` for a line that is not a JSON object (a dead letter, not a stop)."""
     for number, line in enumerate(body.split(b"\n"), start=1):
         line = line.strip()
         if not line:
@@ -132,7 +159,9 @@ def ndjson_lines(body: bytes) -> Iterator[tuple[Resource, bytes]]:
         try:
             resource = json.loads(line)
         except ValueError:
-            raise BadResource(f"NDJSON line {number} is not JSON") from None
+            yield None, line, f"NDJSON line {number} is not JSON"
+            continue
         if not isinstance(resource, dict):
-            raise BadResource(f"NDJSON line {number} is not a resource")
-        yield resource, line
+            yield None, line, f"NDJSON line {number} is not a resource"
+            continue
+        yield resource, line, ""

@@ -19,18 +19,21 @@ from dataclasses import dataclass
 
 import httpx
 
-from affluent.errors import FhirSourceError
+from affluent.errors import FhirSourceError, KafkaUnavailable
+from connectors.deadletter import DeadLetterWriter
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore, instant
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp
 from connectors.fhir_poll.records import (
+    FHIR_JSON,
     BadResource,
     Mark,
     Pulled,
+    Unusable,
     bundle_resources,
     next_link,
-    pulled,
     search_params,
+    sort_out,
 )
 from connectors.raw import RawWriter
 
@@ -46,6 +49,7 @@ class TypeReport:
     pages: int = 0
     stored: int = 0
     skipped: int = 0
+    dead: int = 0  # resources sent to dlq.ingest (no id, no version marker, not JSON)
     checkpoint: str | None = None
 
 
@@ -59,6 +63,7 @@ async def sync_type(
     rtype: str,
     store: CheckpointStore,
     writer: RawWriter,
+    dead: DeadLetterWriter,
     on_page: PageHook | None = None,
 ) -> TypeReport:
     report = TypeReport(source.name, rtype)
@@ -78,7 +83,8 @@ async def sync_type(
             fetch = None
             try:
                 bundle = response.json()
-                items = [pulled(r, source, "search") for r in bundle_resources(bundle, rtype)]
+                matches = ((r, None, "") for r in bundle_resources(bundle, rtype))
+                items, unusable = sort_out(matches, source, "search")
             except (ValueError, BadResource) as exc:
                 reason = str(exc) if isinstance(exc, BadResource) else "search answer is not JSON"
                 raise FhirSourceError(
@@ -88,11 +94,11 @@ async def sync_type(
             if url is not None:
                 fetch = asyncio.create_task(http.get(url, f"{rtype} search"))
             fresh = [item for item in items if not checkpoint.already_stored(item.mark)]
-            if fresh:
-                await writer.write_all([item.message for item in fresh])
+            await store_page(writer, dead, source, fresh, unusable)
             report.pages += 1
             report.stored += len(fresh)
             report.skipped += len(items) - len(fresh)
+            report.dead += len(unusable)
             latest, in_order = ordered_until(latest, items)
             if ascending and not in_order:
                 log.warning("source %s: %s search is not sorted by _lastUpdated", source.name, rtype)
@@ -113,6 +119,37 @@ async def sync_type(
         checkpoint = await _save(store, source.name, rtype, checkpoint, unsaved)
         report.checkpoint = checkpoint.last_updated
     return report
+
+
+async def store_page(
+    writer: RawWriter,
+    dead: DeadLetterWriter,
+    source: SourceConfig,
+    fresh: list[Pulled],
+    unusable: list[Unusable],
+) -> None:
+    """Everything of one page in Kafka, or an exception: raw records, then dead letters for the rest.
+
+    A dead letter that Kafka refused is an error here (unlike at a door, where the sender is told):
+    the page's checkpoint must not move past a resource that is nowhere.
+    """
+    if fresh:
+        await writer.write_all([item.message for item in fresh])
+    for bad in unusable:
+        written = await dead.write(
+            stage="ingest",
+            reason_code="fhir_unusable_resource",
+            reason=bad.reason,
+            payload=bad.payload,
+            content_type=FHIR_JSON,
+            source_facility=source.facility,
+            source_application=source.application,
+            connector="fhir_poll",
+            protocol="fhir",
+            attributes={"source": source.name},
+        )
+        if not written:
+            raise KafkaUnavailable(f"source {source.name}: a dead letter was not stored")
 
 
 def ordered_until(latest: str | None, items: list[Pulled]) -> tuple[str | None, bool]:

@@ -8,6 +8,7 @@ retry bound, and a dead broker that must leave the checkpoint where it was.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -56,6 +57,7 @@ async def server() -> AsyncIterator[FhirTestServer]:
 def pull_settings(settings: Settings, new_topic: Callable[..., str]) -> Settings:
     fp = FhirPollSettings(
         raw_topic=new_topic("test.fhirpull.raw"),
+        dlq_topic=new_topic("test.fhirpull.dlq"),
         checkpoint_topic=new_topic("test.fhirpull.cp", **COMPACTED_CONFIG),
         max_attempts=4,
         backoff_base_s=0.05,
@@ -414,3 +416,29 @@ async def test_follow_keeps_pulling_through_failures_and_reset_resyncs(
     assert report.stored == 15
     again = raw_records(live_kafka, registry, pull_settings.fhir_poll.raw_topic, 30)
     assert len(again) == 30 and len({r["raw_id"] for r in again}) == 15
+
+
+async def test_unusable_resources_become_dead_letters_and_do_not_block(
+    server, pull_settings, live_kafka, registry
+):
+    server.seed("Patient", 20)
+    # A match without an id: stored nowhere as raw, so it must be a dead letter (with its reason).
+    server.resources["Patient"]["broken"] = {
+        "resourceType": "Patient",
+        "meta": {"versionId": "1", "lastUpdated": server.all("Patient")[10]["meta"]["lastUpdated"]},
+    }
+    source = source_of(server.base_url + "/fhir", resource_types=["Patient"], page_size=8)
+    async with open_puller(pull_settings, source) as puller:
+        (report,) = await puller.run_once()
+        assert (report.stored, report.dead) == (20, 1)
+        server.garbage_line = b'{"resourceType": "Patient", "id": "x"'
+        await puller.store.reset(source.name, "Patient")  # a full export, not one _since the search
+        bulk_puller = dataclasses.replace(puller, source=source.model_copy(update={"mode": "bulk"}))
+        bulk = await bulk_puller.run_once()
+    assert (bulk[0].stored, bulk[0].dead) == (20, 2)  # the id-less resource and the cut line
+    letters = raw_records(live_kafka, registry, pull_settings.fhir_poll.dlq_topic, 3)
+    assert sorted(d["reason_code"] for d in letters) == ["fhir_unusable_resource"] * 3
+    assert {d["source"]["connector"] for d in letters} == {"fhir_poll"}
+    assert any(d["raw_payload"] == b'{"resourceType": "Patient", "id": "x"' for d in letters)
+    cp = checkpoint_of(live_kafka, pull_settings.fhir_poll.checkpoint_topic, source.name, "Patient")
+    assert cp.last_updated == bulk[0].checkpoint  # the pass went on and moved past them

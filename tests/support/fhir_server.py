@@ -139,6 +139,7 @@ class FhirTestServer:
     retry_after_s: int = 1
     file_lines: int = 1000
     requires_access_token: bool = True
+    garbage_line: bytes | None = None  # appended to the first NDJSON file of each export
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     resources: dict[str, dict[str, Resource]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) seen
@@ -299,7 +300,7 @@ class FhirTestServer:
             "link": links,
             "entry": [
                 {
-                    "fullUrl": f"{self.base_url}/fhir/{rtype}/{r['id']}",
+                    "fullUrl": f"{self.base_url}/fhir/{rtype}/{r.get('id', '')}",
                     "resource": r,
                     "search": {"mode": "match"},
                 }
@@ -325,6 +326,9 @@ class FhirTestServer:
             for n in range(0, len(chosen), self.file_lines):
                 lines = [_dumps(r) for r in chosen[n : n + self.file_lines]]
                 files[f"{rtype}-{n // self.file_lines}.ndjson"] = (rtype, ("\n".join(lines) + "\n").encode())
+        if self.garbage_line is not None and files:
+            name = next(iter(files))
+            files[name] = (files[name][0], files[name][1] + self.garbage_line + b"\n")
         job = uuid.uuid4().hex
         self._jobs[job] = ExportJob(types, since, transaction_time, files, str(request.url))
         return web.Response(status=202, headers={"Content-Location": f"{self.base_url}/bulkstatus/{job}"})

@@ -23,6 +23,7 @@ from connectors.fhir_poll.records import (
     next_link,
     pulled,
     search_params,
+    sort_out,
     version_key,
 )
 from streams.normalize.envelope import RawContext
@@ -118,13 +119,28 @@ def test_bundle_paging_helpers():
         list(bundle_resources({"resourceType": "OperationOutcome"}, "Patient"))
 
 
-def test_ndjson_lines_keep_each_line_bytes():
-    body = b'{"resourceType":"Patient","id":"a"}\n\n{"resourceType":"Patient","id":"b"}\n'
+def test_ndjson_lines_keep_each_line_bytes_and_sort_out_the_unusable():
+    body = (
+        b'{"resourceType":"Patient","id":"a","meta":{"versionId":"1"}}\n\n{not json\n'
+        b'{"resourceType":"Patient","meta":{"versionId":"1"}}\n[1]\n'
+    )
     lines = list(ndjson_lines(body))
-    assert [r["id"] for r, _ in lines] == ["a", "b"]
-    assert lines[1][1] == b'{"resourceType":"Patient","id":"b"}'
-    with pytest.raises(BadResource, match="line 2"):
-        list(ndjson_lines(b'{"a":1}\n{not json\n'))
+    assert [(r is not None, problem) for r, _, problem in lines] == [
+        (True, ""),
+        (False, "NDJSON line 3 is not JSON"),
+        (True, ""),
+        (False, "NDJSON line 5 is not a resource"),
+    ]
+    assert lines[0][1] == b'{"resourceType":"Patient","id":"a","meta":{"versionId":"1"}}'
+    good, bad = sort_out(iter(lines), SOURCE, "bulk")
+    assert [g.message.message_id for g in good] == ["Patient/a/_history/1"]
+    assert good[0].message.payload == lines[0][1]  # the server's bytes, untouched
+    assert [b.reason for b in bad] == [
+        "NDJSON line 3 is not JSON",
+        "resource without resourceType or id",
+        "NDJSON line 5 is not a resource",
+    ]
+    assert bad[1].payload == b'{"resourceType":"Patient","meta":{"versionId":"1"}}'
 
 
 def test_retry_after_and_backoff():
@@ -211,3 +227,15 @@ def test_pulled_records_are_mapped_by_the_normalize_stage():
         events = map_fhir(record["payload"], RawContext.from_raw(record), MappingOptions())
         assert [e.kind for e in events] == [kind]
         assert json.loads(record["payload"])["id"] == res["id"]
+
+
+def test_pull_command_names_an_unknown_source_without_touching_kafka(tmp_path: Path, capsys):
+    from affluent.cli import main
+
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  - {name: eds-a, base_url: 'http://127.0.0.1:1/fhir', facility: CHU-A}\n")
+    assert main(["pull", "eds-b", "--sources", str(sources)]) == 2
+    err = capsys.readouterr().err
+    assert "source eds-b is not in" in err and "(known: eds-a)" in err
+    assert main(["pull", "eds-a", "--sources", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read the FHIR sources file" in capsys.readouterr().err
