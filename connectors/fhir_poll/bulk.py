@@ -13,15 +13,17 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
+
+import httpx
 
 from affluent.errors import FhirSourceError
 from connectors.deadletter import DeadLetterWriter
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp, expect_ok, retry_after_s
-from connectors.fhir_poll.records import ndjson_lines, sort_out
+from connectors.fhir_poll.records import Resource, ndjson_line, sort_out
 from connectors.fhir_poll.search import TypeReport, store_page
 from connectors.raw import RawWriter
 
@@ -156,16 +158,55 @@ async def _store_files(
             f"bulk file of {rtype}",
             headers={"Accept": "application/fhir+ndjson"},
             authenticated=needs_token,
+            stream=True,
         )
-        expect_ok(response, source.name, f"bulk file of {rtype}")
-        lines = list(ndjson_lines(response.content))
-        for start in range(0, len(lines), source.page_size):
-            items, unusable = sort_out(iter(lines[start : start + source.page_size]), source, "bulk")
-            await store_page(writer, dead, source, items, unusable)
-            report.stored += len(items)
-            report.dead += len(unusable)
+        try:
+            expect_ok(response, source.name, f"bulk file of {rtype}")
+            # Streamed: an export file can be gigabytes; at most one batch of it is held in memory.
+            batch: list[tuple[Resource | None, bytes, str]] = []
+            number = 0
+            async for line in byte_lines(response.aiter_bytes()):
+                number += 1
+                parsed = ndjson_line(number, line)
+                if parsed is not None:
+                    batch.append(parsed)
+                if len(batch) >= source.page_size:
+                    await _store_batch(writer, dead, source, batch, report)
+                    batch = []
+            await _store_batch(writer, dead, source, batch, report)
+        except httpx.TransportError as exc:
+            raise FhirSourceError(
+                f"source {source.name}: bulk file of {rtype} broke off ({type(exc).__name__})"
+            ) from None
+        finally:
+            await response.aclose()
         report.pages += 1
     return report
+
+
+async def byte_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Lines of a byte stream, split on LF and kept as bytes: the raw record holds the server's bytes."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
+async def _store_batch(
+    writer: RawWriter,
+    dead: DeadLetterWriter,
+    source: SourceConfig,
+    batch: list[tuple[Resource | None, bytes, str]],
+    report: TypeReport,
+) -> None:
+    items, unusable = sort_out(iter(batch), source, "bulk")
+    await store_page(writer, dead, source, items, unusable)
+    report.stored += len(items)
+    report.dead += len(unusable)
 
 
 async def _delete(http: FhirHttp, status_url: str) -> None:

@@ -86,8 +86,12 @@ class FhirHttp:
         headers: Mapping[str, str] | None = None,
         authenticated: bool = True,
         data: Mapping[str, str] | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
-        """The first non-retryable answer (any status but 401 and the retryable ones), or FhirSourceError."""
+        """The first non-retryable answer (any status but 401 and the retryable ones), or FhirSourceError.
+
+        With ``stream`` the body is left unread (large NDJSON files): the caller must close the response.
+        """
         refreshed = False
         last = "no answer"
         attempt = 0
@@ -97,11 +101,14 @@ class FhirHttp:
             if authenticated:
                 sent.update(await self.tokens.headers())
             try:
-                response = await self.client.request(method, url, params=params, headers=sent, data=data)
+                request = self.client.build_request(method, url, params=params, headers=sent, data=data)
+                response = await self.client.send(request, stream=stream)
             except httpx.TransportError as exc:
                 last = type(exc).__name__
                 retry_after = None
             else:
+                if response.status_code in RETRYABLE or response.status_code == 401:
+                    await response.aclose()
                 if response.status_code == 401 and authenticated and not refreshed:
                     refreshed = True
                     self.tokens.invalidate()

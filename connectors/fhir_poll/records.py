@@ -149,19 +149,23 @@ def bundle_resources(bundle: Mapping[str, Any], rtype: str) -> Iterator[Resource
         yield resource
 
 
+def ndjson_line(number: int, line: bytes) -> tuple[Resource | None, bytes, str] | None:
+    """One line of a Bulk Data NDJSON file: ``(resource, its bytes, "")``, ``(None, bytes, reason)`` for
+    a line that is not a JSON object (a dead letter, not a stop), or None for a blank line."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        resource = json.loads(line)
+    except ValueError:
+        return None, line, f"NDJSON line {number} is not JSON"
+    if not isinstance(resource, dict):
+        return None, line, f"NDJSON line {number} is not a resource"
+    return resource, line, ""
+
+
 def ndjson_lines(body: bytes) -> Iterator[tuple[Resource | None, bytes, str]]:
-    """Each non-empty line of a Bulk Data NDJSON file: ``(resource, its bytes, "")``, or
-    ``(None, bytes, reason)`` for a line that is not a JSON object (a dead letter, not a stop)."""
     for number, line in enumerate(body.split(b"\n"), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            resource = json.loads(line)
-        except ValueError:
-            yield None, line, f"NDJSON line {number} is not JSON"
-            continue
-        if not isinstance(resource, dict):
-            yield None, line, f"NDJSON line {number} is not a resource"
-            continue
-        yield resource, line, ""
+        parsed = ndjson_line(number, line)
+        if parsed is not None:
+            yield parsed

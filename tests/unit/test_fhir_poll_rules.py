@@ -239,3 +239,16 @@ def test_pull_command_names_an_unknown_source_without_touching_kafka(tmp_path: P
     assert "source eds-b is not in" in err and "(known: eds-a)" in err
     assert main(["pull", "eds-a", "--sources", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read the FHIR sources file" in capsys.readouterr().err
+
+
+async def test_byte_lines_keep_bytes_across_chunk_breaks():
+    from connectors.fhir_poll.bulk import byte_lines
+
+    body = '{"family":"Lefèvre"}\n{"given":"Zoé"}\n\n{"x":1}'.encode()
+
+    async def chunks(size: int):
+        for n in range(0, len(body), size):
+            yield body[n : n + size]
+
+    for size in (1, 3, 7, len(body)):
+        assert [line async for line in byte_lines(chunks(size))] == body.split(b"\n")
