@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from affluent.errors import FhirSourceError
+from affluent.errors import AffluentError, FhirSourceError
 from connectors.deadletter import DeadLetterWriter
-from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore
+from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore, PendingExport
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp, expect_ok, retry_after_s
 from connectors.fhir_poll.records import Resource, ndjson_line, sort_out
@@ -73,6 +73,32 @@ async def _export(
     poll_s: float,
     timeout_s: float,
 ) -> list[TypeReport]:
+    pending = store.pending_export(source.name)
+    if pending is not None and (pending.types, pending.since) == (tuple(types), since):
+        try:  # a previous run kicked this export off and stopped before the end: pick it up
+            manifest = await _wait_for_manifest(http, source, pending.status_url, poll_s, timeout_s)
+        except _Gone:
+            log.info("source %s: the pending bulk export is gone, asking again", source.name)
+        except asyncio.CancelledError:
+            raise  # a shutdown: the export stays pending for the next run
+        except BaseException:
+            await _abandon(http, store, source, pending.status_url)
+            raise
+        else:
+            return await _finish(http, source, store, writer, dead, types, pending.status_url, manifest)
+    status_url = await _kick_off(http, source, types, since)
+    try:
+        await store.set_pending_export(source.name, PendingExport(status_url, tuple(types), since))
+        manifest = await _wait_for_manifest(http, source, status_url, poll_s, timeout_s)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        await _abandon(http, store, source, status_url)
+        raise
+    return await _finish(http, source, store, writer, dead, types, status_url, manifest)
+
+
+async def _kick_off(http: FhirHttp, source: SourceConfig, types: list[str], since: str | None) -> str:
     params = {"_type": ",".join(types)}
     if since:
         params["_since"] = since
@@ -89,8 +115,25 @@ async def _export(
             f"source {source.name}: bulk kick-off answered HTTP {kickoff.status_code}"
             + ("" if status_url else " without Content-Location")
         )
+    return str(status_url)
+
+
+async def _finish(
+    http: FhirHttp,
+    source: SourceConfig,
+    store: CheckpointStore,
+    writer: RawWriter,
+    dead: DeadLetterWriter,
+    types: list[str],
+    status_url: str,
+    manifest: Mapping[str, Any],
+) -> list[TypeReport]:
+    """Store every file, then move each type's checkpoint to the manifest's transactionTime.
+
+    A shutdown midway leaves the export pending: the next run fetches the manifest again and stores
+    the files again (same raw ids). Any other failure abandons it: the next pass asks afresh.
+    """
     try:
-        manifest = await _wait_for_manifest(http, source, status_url, poll_s, timeout_s)
         transaction_time = manifest.get("transactionTime")
         if not isinstance(transaction_time, str):
             raise FhirSourceError(f"source {source.name}: bulk manifest without transactionTime")
@@ -107,11 +150,27 @@ async def _export(
         for report in reports:
             await store.put(source.name, report.rtype, Checkpoint(transaction_time))
             report.checkpoint = transaction_time
-    except BaseException:
-        await _delete(http, status_url)  # cancel (or release) the export on the server
+    except asyncio.CancelledError:
         raise
-    await _delete(http, status_url)  # the spec's "done with these files"
+    except BaseException:
+        await _abandon(http, store, source, status_url)
+        raise
+    await _abandon(http, store, source, status_url)  # the spec's "done with these files"
     return reports
+
+
+async def _abandon(http: FhirHttp, store: CheckpointStore, source: SourceConfig, status_url: str) -> None:
+    """DELETE the status URL (the spec's cancel / release) and forget the pending export."""
+    await _delete(http, status_url)
+    try:
+        await store.set_pending_export(source.name, None)
+    except AffluentError:
+        # Kafka is down: the next run finds the export gone (404) and kicks off a new one.
+        log.info("source %s: could not clear the pending bulk export", source.name)
+
+
+class _Gone(FhirSourceError):
+    """The status URL of a pending export answers 404/410: the server expired or deleted it."""
 
 
 async def _wait_for_manifest(
@@ -130,6 +189,8 @@ async def _wait_for_manifest(
             if not isinstance(manifest, Mapping):
                 raise FhirSourceError(f"source {source.name}: bulk manifest is not a JSON object")
             return manifest
+        if response.status_code in (404, 410):
+            raise _Gone(f"source {source.name}: bulk status answered HTTP {response.status_code}")
         if response.status_code != 202:
             raise FhirSourceError(f"source {source.name}: bulk status answered HTTP {response.status_code}")
         progress = response.headers.get("X-Progress", "")

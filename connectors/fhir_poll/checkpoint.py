@@ -82,6 +82,31 @@ def checkpoint_key(source: str, rtype: str) -> str:
     return f"{source}|{rtype}"
 
 
+@dataclass(frozen=True, slots=True)
+class PendingExport:
+    """A Bulk export kicked off and not finished yet: a restarted puller polls it instead of asking
+    the server to start the (possibly hours-long) export again."""
+
+    status_url: str
+    types: tuple[str, ...]
+    since: str | None
+
+    def to_bytes(self) -> bytes:
+        doc = {"v": 1, "status_url": self.status_url, "types": list(self.types), "since": self.since}
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> PendingExport | None:
+        if not data:
+            return None
+        doc = json.loads(data)
+        return cls(doc["status_url"], tuple(doc["types"]), doc.get("since"))
+
+
+def export_key(source: str) -> str:
+    return f"{source}|$export"  # "$" cannot start a FHIR type name: no clash with checkpoint keys
+
+
 class CheckpointStore:
     """Checkpoints read back from the compacted topic at start, written durably as the sync moves."""
 
@@ -96,6 +121,15 @@ class CheckpointStore:
         """Returns once Kafka holds the checkpoint (``acks=all``); raises KafkaUnavailable otherwise."""
         key = checkpoint_key(source, rtype)
         value = checkpoint.to_bytes()
+        await self.producer.send(self.view.topic, value, key.encode("utf-8"))
+        self.view.remember(key, value)
+
+    def pending_export(self, source: str) -> PendingExport | None:
+        return PendingExport.from_bytes(self.view.get(export_key(source)))
+
+    async def set_pending_export(self, source: str, pending: PendingExport | None) -> None:
+        key = export_key(source)
+        value = pending.to_bytes() if pending is not None else None
         await self.producer.send(self.view.topic, value, key.encode("utf-8"))
         self.view.remember(key, value)
 

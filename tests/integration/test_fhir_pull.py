@@ -178,16 +178,17 @@ async def test_resume_after_a_stop_between_pages_loses_nothing_and_stores_nothin
     assert {r["message_id"] for r in records} == message_ids(server, "Patient")
 
 
-async def test_sigkilled_pull_resumes_without_loss(server, pull_settings, live_kafka, registry, tmp_path):
-    server.seed("Patient", 120, per_instant=2)
-    server.page_delay_s = 0.25
-    source = source_of(server.base_url + "/fhir", resource_types=["Patient"], page_size=10)
+async def start_pull_and_wait(
+    settings: Settings, source: SourceConfig, tmp_path: Path, kafka: KafkaSettings, checkpoints: int
+) -> asyncio.subprocess.Process:
+    """``affluent pull <source>`` in a child process, returned once it wrote ``checkpoints`` records."""
     sources_file = tmp_path / "sources.yaml"
     sources_file.write_text(yaml.safe_dump({"sources": [source.model_dump(mode="json")]}))
-    fp = pull_settings.fhir_poll
+    fp = settings.fhir_poll
     env = {
         **os.environ,
         "AFFLUENT_FHIR_POLL__RAW_TOPIC": fp.raw_topic,
+        "AFFLUENT_FHIR_POLL__DLQ_TOPIC": fp.dlq_topic,
         "AFFLUENT_FHIR_POLL__CHECKPOINT_TOPIC": fp.checkpoint_topic,
     }
     proc = await asyncio.create_subprocess_exec(
@@ -202,16 +203,25 @@ async def test_sigkilled_pull_resumes_without_loss(server, pull_settings, live_k
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    consumer = make_consumer(live_kafka, group_id=f"test-{uuid.uuid4().hex[:8]}")
+    consumer = make_consumer(kafka, group_id=f"test-{uuid.uuid4().hex[:8]}")
     consumer.assign([TopicPartition(fp.checkpoint_topic, 0, 0)])
     seen = 0
     try:
-        while seen < 3 and proc.returncode is None:  # three pages stored and checkpointed
+        while seen < checkpoints and proc.returncode is None:
             msg = await asyncio.to_thread(consumer.poll, 0.2)
             seen += msg is not None and not msg.error()
     finally:
         consumer.close()
     assert proc.returncode is None, "the pull ended before it could be killed"
+    return proc
+
+
+async def test_sigkilled_pull_resumes_without_loss(server, pull_settings, live_kafka, registry, tmp_path):
+    server.seed("Patient", 120, per_instant=2)
+    server.page_delay_s = 0.25
+    source = source_of(server.base_url + "/fhir", resource_types=["Patient"], page_size=10)
+    fp = pull_settings.fhir_poll
+    proc = await start_pull_and_wait(pull_settings, source, tmp_path, live_kafka, checkpoints=3)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     server.page_delay_s = 0
@@ -442,3 +452,25 @@ async def test_unusable_resources_become_dead_letters_and_do_not_block(
     assert any(d["raw_payload"] == b'{"resourceType": "Patient", "id": "x"' for d in letters)
     cp = checkpoint_of(live_kafka, pull_settings.fhir_poll.checkpoint_topic, source.name, "Patient")
     assert cp.last_updated == bulk[0].checkpoint  # the pass went on and moved past them
+
+
+async def test_sigkilled_bulk_pull_resumes_the_pending_export(
+    server, pull_settings, live_kafka, registry, tmp_path
+):
+    server.seed("Patient", 40)
+    server.polls_before_ready = 10_000  # the export "takes hours"
+    source = source_of(server.base_url + "/fhir", resource_types=["Patient"], mode="bulk")
+    # One record in the checkpoint topic: the pending export, written right after the kick-off.
+    proc = await start_pull_and_wait(pull_settings, source, tmp_path, live_kafka, checkpoints=1)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    server.polls_before_ready = 0  # the export finishes
+    async with open_puller(pull_settings, source) as puller:
+        assert puller.store.pending_export(source.name) is not None
+        (report,) = await puller.run_once()
+        assert puller.store.pending_export(source.name) is None
+    assert report.stored == 40
+    assert sum(1 for m, p in server.requests if p == "/fhir/$export") == 1  # not asked twice
+    assert not server._jobs  # and released when done
+    records = raw_records(live_kafka, registry, pull_settings.fhir_poll.raw_topic, 40)
+    assert {r["message_id"] for r in records} == message_ids(server, "Patient")

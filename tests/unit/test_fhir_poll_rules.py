@@ -252,3 +252,12 @@ async def test_byte_lines_keep_bytes_across_chunk_breaks():
 
     for size in (1, 3, 7, len(body)):
         assert [line async for line in byte_lines(chunks(size))] == body.split(b"\n")
+
+
+def test_pending_export_round_trip_and_key():
+    from connectors.fhir_poll.checkpoint import PendingExport, checkpoint_key, export_key
+
+    pending = PendingExport("http://eds/bulkstatus/42", ("Patient", "Observation"), None)
+    assert PendingExport.from_bytes(pending.to_bytes()) == pending
+    assert PendingExport.from_bytes(None) is None
+    assert export_key("eds") not in {checkpoint_key("eds", t) for t in ("Patient", "Observation")}
