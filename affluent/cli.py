@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from affluent import __version__
@@ -193,6 +194,22 @@ def cmd_risk_report(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.patients_below_k == 0 or not args.fail_below_k else 1
 
 
+def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.fhir_poll import cli as pull
+
+    source = pull.find_source(settings, args.source, args.sources)
+    if args.reset:
+        types = asyncio.run(pull.reset(settings, source, args.type or []))
+        print(f"checkpoints of {source.name} forgotten for {', '.join(types)}: the next pass resyncs them")
+    elif args.follow:
+        asyncio.run(pull.follow(settings, source))
+    else:
+        print(pull.summary(asyncio.run(pull.pull_once(settings, source))))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.demo import run_demo
 
@@ -287,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     risk.add_argument("--show-classes", action="store_true", help="print the small classes' values")
     risk.add_argument("--fail-below-k", action="store_true", help="exit 1 if a class is smaller than k")
     risk.set_defaults(func=cmd_risk_report)
+
+    pull = sub.add_parser("pull", help="pull a warehouse FHIR server into ingest.fhir.raw (one pass)")
+    pull.add_argument("source", help="the source's name in the sources file")
+    pull.add_argument("--sources", type=Path, default=None, help="sources file (default: settings)")
+    pull.add_argument("--follow", action="store_true", help="keep pulling every interval until stopped")
+    pull.add_argument("--reset", action="store_true", help="forget checkpoints: the next pass resyncs")
+    pull.add_argument("--type", action="append", help="with --reset: only this resource type (repeatable)")
+    pull.set_defaults(func=cmd_pull)
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
     return parser

@@ -29,3 +29,7 @@ class RegistryError(AffluentError):
 
 class SchemaError(AffluentError):
     """A record does not fit its Avro schema, or a payload is not in the Confluent wire format."""
+
+
+class FhirSourceError(AffluentError):
+    """A pulled FHIR server refused, kept failing past the retry bound, or answered outside the spec."""

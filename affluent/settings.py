@@ -176,6 +176,28 @@ class StreamsSettings(BaseModel):
     metrics_port: int | None = Field(default=9465, ge=0, le=65535)
 
 
+class FhirPollSettings(BaseModel):
+    """The FHIR puller (``affluent pull``): where its sources are listed and how patient it is."""
+
+    # The sources file (YAML, see README "being pulled"); ``affluent pull --sources`` overrides it.
+    sources: Path | None = None
+    raw_topic: str = "ingest.fhir.raw"
+    dlq_topic: str = "dlq.ingest"
+    checkpoint_topic: str = "control.fhir_poll.checkpoints"
+    # Seconds between passes in ``--follow`` mode (a source may set its own ``interval_s``).
+    interval_s: float = Field(default=60.0, gt=0)
+    http_timeout_s: float = Field(default=30.0, gt=0)
+    # Retries of one request (429, 5xx, transport errors) before the pass gives up with an error.
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # Bulk $export: status polling interval when the server sends no Retry-After, and the overall bound.
+    bulk_poll_s: float = Field(default=5.0, gt=0)
+    bulk_timeout_s: float = Field(default=3600.0, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9469, ge=0, le=65535)
+
+
 class StackSettings(BaseModel):
     """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
 
@@ -221,6 +243,7 @@ class Settings(BaseSettings):
     mllp: MllpSettings = MllpSettings()
     fhir_rest: FhirRestSettings = FhirRestSettings()
     streams: StreamsSettings = StreamsSettings()
+    fhir_poll: FhirPollSettings = FhirPollSettings()
     stack: StackSettings = StackSettings()
     opposition: OppositionSettings = OppositionSettings()
 

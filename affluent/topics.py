@@ -15,6 +15,7 @@ CONTROL_OPPOSITION = "control.opposition"
 DLQ_INGEST = "dlq.ingest"
 # FHIR REST door: raw_id (or If-None-Exist digest) -> the answer given, so a resend stores nothing new.
 CONTROL_FHIR_SEEN = "control.fhir.seen"
+CONTROL_FHIR_POLL_CHECKPOINTS = "control.fhir_poll.checkpoints"
 
 COMPACTED_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 # The ACK cache only needs to outlive a sender's retry horizon: compacted, and bounded to 7 days.
@@ -33,6 +34,8 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(CONTROL_ACK, config=ACK_CACHE_CONFIG),
     TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
     TopicSpec(CONTROL_FHIR_SEEN, config=ACK_CACHE_CONFIG),
+    # The FHIR puller's position per (source, resource type): only the latest value matters.
+    TopicSpec(CONTROL_FHIR_POLL_CHECKPOINTS, config=COMPACTED_CONFIG),
 )
 
 

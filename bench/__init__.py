@@ -43,6 +43,7 @@ SUITE_MODULES: dict[str, str] = {
     "mllp": "bench.mllp",
     "stages": "bench.stages",
     "fhir_rest": "bench.fhir_rest",
+    "fhir_pull": "bench.fhir_pull",
 }
 
 
