@@ -1,0 +1,41 @@
+"""Shared pieces of the device tests: the sample payloads, a registry linking their devices, a context."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from affluent.synthetic import HOSPITAL_OID
+from connectors.devices.registry import Link, add_link, encode_links
+from streams.normalize.envelope import RawContext
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "devices"
+SHAPES = ("bp-single", "scale-nested", "gateway-batch")
+DEVICES = ("BPM-00A1B2C3", "SC-7781", "0012A3FFFE4B5C6D", "0012A3FFFE4B5C6E")
+LINKED_FROM = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def sample(shape: str) -> bytes:
+    return (CORPUS / f"{shape}.json").read_bytes()
+
+
+def registry_entries(devices: tuple[str, ...] = DEVICES, first_ipp: int = 900100) -> dict[str, bytes]:
+    """Each sample device linked since 2026-01-01 to its own synthetic IPP under the test hospital OID."""
+    return {
+        device: encode_links(device, add_link([], Link(f"{first_ipp + i:08d}", HOSPITAL_OID, LINKED_FROM)))
+        for i, device in enumerate(devices)
+    }
+
+
+def context(mapping: str, received_at: datetime | None = None, connector: str = "devices_http") -> RawContext:
+    return RawContext(
+        raw_id="raw-device",
+        protocol="device",
+        connector=connector,
+        facility="GW-TEST",
+        application=mapping,
+        message_id="m-1",
+        received_at=received_at or datetime(2026, 11, 24, 9, 0, tzinfo=UTC),
+        topic="ingest.device.raw",
+        attributes={"mapping": mapping},
+    )
