@@ -12,6 +12,7 @@ INGEST_FHIR_RAW = "ingest.fhir.raw"
 INGEST_DEVICE_RAW = "ingest.device.raw"
 CONTROL_ACK = "control.ack"
 CONTROL_OPPOSITION = "control.opposition"
+CONTROL_DEVICES = "control.devices"  # device registry: device id -> link history (compacted)
 DLQ_INGEST = "dlq.ingest"
 
 COMPACTED_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
@@ -30,6 +31,7 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     # The MLLP ACK cache: the last ACK per (facility, MSH-10) survives restarts, older ones compact away.
     TopicSpec(CONTROL_ACK, config=ACK_CACHE_CONFIG),
     TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
+    TopicSpec(CONTROL_DEVICES, config=COMPACTED_CONFIG),
 )
 
 

@@ -283,8 +283,9 @@ def load_template(path: Path) -> Template:
     return compile_template(raw, path.name)
 
 
-def load_templates(folder: Path = TEMPLATES_DIR) -> dict[str, Template]:
-    """Every ``*.yaml`` of a folder, by template name; two files with one name are an error."""
+def load_templates(folder: Path | None = None) -> dict[str, Template]:
+    """Every ``*.yaml`` of a folder (default: the shipped ones) by name; a name used twice is an error."""
+    folder = folder or TEMPLATES_DIR
     templates: dict[str, Template] = {}
     for path in sorted(folder.glob("*.yaml")):
         template = load_template(path)

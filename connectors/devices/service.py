@@ -1,0 +1,110 @@
+"""Assemble and run the device doors from settings: topics, codecs, producer, HTTP, MQTT, telemetry.
+
+Templates are loaded (and so validated) before any port opens: a broken template stops the start,
+it never answers traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from prometheus_client import CollectorRegistry
+
+from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.settings import Settings
+from affluent.telemetry import TelemetryServer
+from affluent.topics import CORE_TOPICS, DLQ_INGEST, INGEST_DEVICE_RAW, value_subject
+from connectors.deadletter import DeadLetterWriter
+from connectors.devices.http import DeviceHttpServer
+from connectors.devices.metrics import DeviceMetrics
+from connectors.devices.mqtt import DeviceMqttDoor
+from connectors.devices.templates import load_templates
+from connectors.producer import DurableProducer
+from connectors.raw import RawWriter
+from schemas.registry import AvroCodec, Registry, load_schema
+
+
+class DeviceService:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics_registry: CollectorRegistry | None = None,
+        raw_topic: str = INGEST_DEVICE_RAW,
+        dlq_topic: str = DLQ_INGEST,
+    ) -> None:
+        self.settings = settings
+        self.raw_topic = raw_topic
+        self.dlq_topic = dlq_topic
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = DeviceMetrics(self.metrics_registry)
+        self.templates = load_templates(settings.devices.templates_dir)
+        self.producer: DurableProducer | None = None
+        self.http: DeviceHttpServer | None = None
+        self.mqtt: DeviceMqttDoor | None = None
+        self.telemetry: TelemetryServer | None = None
+
+    async def start(self, with_telemetry: bool = True) -> int:
+        """Start the doors; returns the HTTP port (the real one when settings ask for port 0)."""
+        s = self.settings
+        await asyncio.to_thread(wait_for_kafka, s.kafka, 30)
+        specs = [*CORE_TOPICS, TopicSpec(self.raw_topic), TopicSpec(self.dlq_topic)]
+        await asyncio.to_thread(ensure_topics, s.kafka, specs)
+        registry = Registry(s.registry)
+        raw_codec = await asyncio.to_thread(
+            AvroCodec, registry, value_subject(self.raw_topic), load_schema("raw_message"), "BACKWARD"
+        )
+        dlq_codec = await asyncio.to_thread(
+            AvroCodec, registry, value_subject(self.dlq_topic), load_schema("dead_letter"), "BACKWARD"
+        )
+        self.producer = DurableProducer(s.kafka)
+        writer = RawWriter(self.producer, raw_codec, self.raw_topic)
+        self.http = DeviceHttpServer(s.devices, self.templates, writer, self.metrics)
+        port = await self.http.start()
+        if s.devices.mqtt.enabled:
+            dead = DeadLetterWriter(self.producer, dlq_codec, self.dlq_topic)
+            self.mqtt = DeviceMqttDoor(s.devices.mqtt, self.templates, writer, dead, self.metrics)
+            await self.mqtt.start()
+        if with_telemetry and s.devices.metrics_port is not None:
+            self.telemetry = TelemetryServer(self.metrics_registry, ready=self._ready)
+            await self.telemetry.start(s.devices.host, s.devices.metrics_port)
+        return port
+
+    async def _ready(self) -> bool:
+        if self.mqtt is not None and not self.mqtt.connected:
+            return False
+        try:
+            await asyncio.to_thread(wait_for_kafka, self.settings.kafka, 2)
+        except Exception:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self.http is not None:
+            await self.http.stop()
+        if self.telemetry is not None:
+            await self.telemetry.stop()
+        if self.producer is not None:
+            await asyncio.to_thread(self.producer.close)
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then shut down cleanly."""
+    service = DeviceService(settings)
+    port = await service.start()
+    print(f"device door listening on {settings.devices.host}:{port}", flush=True)  # noqa: T201
+    if service.mqtt is not None:
+        mqtt = settings.devices.mqtt
+        print(f"MQTT door subscribed at {mqtt.host}:{mqtt.port}", flush=True)  # noqa: T201
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
