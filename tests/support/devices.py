@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from affluent.synthetic import HOSPITAL_OID
-from connectors.devices.registry import Link, add_link, encode_links
+from connectors.devices.registry import DeviceRegistry, Link, add_link, encode_links
+from connectors.devices.templates import load_templates
+from schemas.registry import Registry, decode
+from streams.normalize.device import DeviceMapper
 from streams.normalize.envelope import RawContext
+from streams.normalize.options import MappingOptions
+from streams.normalize.stage import NormalizeMetrics, Normalizer
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "devices"
 SHAPES = ("bp-single", "scale-nested", "gateway-batch")
@@ -39,3 +47,23 @@ def context(mapping: str, received_at: datetime | None = None, connector: str = 
         topic="ingest.device.raw",
         attributes={"mapping": mapping},
     )
+
+
+def normalize_raw(
+    registry: Registry, raw_values: list[bytes], entries: dict[str, bytes] | None = None, topic: str = "raw"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the real Normalizer (registry codecs) over raw records read back from Kafka; returns the
+    decoded canonical observations and dead letters."""
+    mapper = DeviceMapper(
+        load_templates(), DeviceRegistry((registry_entries() if entries is None else entries).get)
+    )
+    normalizer = Normalizer(
+        registry, MappingOptions(), NormalizeMetrics(CollectorRegistry()), {"device": mapper}
+    )
+    observations: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    for offset, value in enumerate(raw_values):
+        for out in normalizer.process(value, topic, 0, offset):
+            record = decode(registry, out.value)
+            (observations if out.topic == "canonical.observation" else dead).append(record)
+    return observations, dead

@@ -1,0 +1,173 @@
+"""The MQTT door with a real Mosquitto and the real Kafka: QoS 1 readings of the three shapes reach
+canonical Observations; an unreadable payload becomes a dead letter with its reason; a broker restart
+in the middle of traffic loses nothing (PUBACK only after Kafka, persistent sessions on both sides)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+
+from affluent.settings import DeviceMqttSettings, DeviceSettings, Settings
+from connectors.devices.service import DeviceService
+from schemas.registry import Registry, decode
+from tests.support.devices import normalize_raw, sample
+from tests.support.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path / "mosquitto")
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest.fixture
+async def door(
+    settings: Settings, registry: Registry, broker: Mosquitto, new_topic: Callable[..., str]
+) -> AsyncIterator[tuple[str, str, str]]:
+    prefix = f"tele/{uuid.uuid4().hex[:8]}"
+    raw_topic, dlq_topic = new_topic("test.device.raw"), new_topic("test.dlq")
+    mqtt_settings = DeviceMqttSettings(
+        enabled=True,
+        port=broker.port,
+        client_id=f"affluent-test-{uuid.uuid4().hex[:8]}",
+        topics={
+            f"{prefix}/bp": "bp-single",
+            f"{prefix}/scale": "scale-nested",
+            f"{prefix}/gw/+": "gateway-batch",
+        },
+        reconnect_min_s=1,
+        reconnect_max_s=2,
+    )
+    devices = DeviceSettings(port=0, metrics_port=None, mqtt=mqtt_settings)
+    service = DeviceService(
+        settings.model_copy(update={"devices": devices}),
+        CollectorRegistry(),
+        raw_topic=raw_topic,
+        dlq_topic=dlq_topic,
+    )
+    await service.start(with_telemetry=False)
+    assert service.mqtt is not None
+    deadline = time.monotonic() + 10
+    while not service.mqtt.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the SUBACK
+    yield prefix, raw_topic, dlq_topic
+    await service.stop()
+
+
+class Publisher:
+    """A device gateway: QoS 1, persistent session, re-sends what the broker did not acknowledge."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"gw-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect(host="127.0.0.1", port=port)
+        self.client.loop_start()
+        self.infos: list[mqtt.MQTTMessageInfo] = []
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.infos.append(self.client.publish(topic, payload, qos=1))
+
+    def wait_all(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(i.is_published() for i in self.infos) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(i.is_published() for i in self.infos), "the broker did not acknowledge every publish"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def test_three_shapes_over_mqtt_reach_canonical_observations(door, broker, reader, registry) -> None:
+    prefix, raw_topic, _ = door
+    gateway = Publisher(broker.port)
+    try:
+        gateway.publish(f"{prefix}/bp", sample("bp-single"))
+        gateway.publish(f"{prefix}/scale", sample("scale-nested"))
+        gateway.publish(f"{prefix}/gw/GW-0042", sample("gateway-batch"))
+        await asyncio.to_thread(gateway.wait_all)
+    finally:
+        gateway.close()
+    records = await asyncio.to_thread(reader, raw_topic, 3)
+    raws = [decode(registry, v) for _, v in records]
+    assert sorted(r["attributes"]["mapping"] for r in raws) == ["bp-single", "gateway-batch", "scale-nested"]
+    assert {r["connector"] for r in raws} == {"devices_mqtt"}
+    observations, dead = normalize_raw(registry, [v for _, v in records if v is not None])
+    assert dead == []
+    assert sorted(o["code"]["code"] for o in observations) == sorted(
+        ["8480-6", "8462-4", "8867-4", "29463-7", "8310-5", "150456", "149530", "147842"]
+    )
+    weight = next(o for o in observations if o["code"]["code"] == "29463-7")
+    assert weight["value_quantity"]["unit"] == "kg" and weight["value_quantity"]["original_unit"] == "lb"
+    assert weight["effective_time"] == datetime(2026, 11, 24, 6, 30, tzinfo=UTC)
+
+
+async def test_unreadable_payload_is_a_dead_letter_and_is_acknowledged(
+    door, broker, reader, registry
+) -> None:
+    prefix, raw_topic, dlq_topic = door
+    bad = json.loads(sample("bp-single"))
+    bad["systolic"] = "cent-vingt"
+    gateway = Publisher(broker.port)
+    try:
+        gateway.publish(f"{prefix}/bp", json.dumps(bad).encode())
+        await asyncio.to_thread(gateway.wait_all)
+    finally:
+        gateway.close()
+    (record,) = await asyncio.to_thread(reader, dlq_topic, 1)
+    letter = decode(registry, record[1])
+    assert (letter["reason_code"], letter["location"], letter["stage"]) == (
+        "wrong_type",
+        "$:systolic",
+        "ingest",
+    )
+    assert (
+        letter["source"]["connector"] == "devices_mqtt" and letter["raw_payload"] == json.dumps(bad).encode()
+    )
+    assert await asyncio.to_thread(reader, raw_topic, 1, 1.0) == []
+
+
+async def test_broker_restart_during_traffic_loses_nothing(door, broker, reader, registry) -> None:
+    prefix, raw_topic, _ = door
+    count = 120
+    start = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    base = json.loads(sample("bp-single"))
+
+    def payload(i: int) -> bytes:
+        return json.dumps(dict(base, measuredAt=(start + timedelta(minutes=i)).isoformat())).encode()
+
+    gateway = Publisher(broker.port)
+    try:
+        for i in range(count // 2):
+            gateway.publish(f"{prefix}/bp", payload(i))
+        await asyncio.to_thread(broker.restart)
+        for i in range(count // 2, count):
+            gateway.publish(f"{prefix}/bp", payload(i))
+        await asyncio.to_thread(gateway.wait_all, 40)
+    finally:
+        gateway.close()
+    records = await asyncio.to_thread(reader, raw_topic, count, 40)
+    raws = {decode(registry, v)["raw_id"]: v for _, v in records if v is not None}
+    assert len(raws) == count  # every reading, duplicates (redeliveries) collapse on raw_id
+    observations, dead = normalize_raw(registry, list(raws.values()))
+    assert dead == [] and len({o["envelope"]["event_id"] for o in observations}) == count * 3
