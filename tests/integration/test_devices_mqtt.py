@@ -17,11 +17,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
-from affluent.settings import DeviceMqttSettings, DeviceSettings, Settings
+from affluent.settings import DeviceMqttSettings, DeviceSettings, KafkaSettings, Settings
+from connectors.deadletter import DeadLetterWriter
+from connectors.devices.metrics import DeviceMetrics
+from connectors.devices.mqtt import DeviceMqttDoor
 from connectors.devices.service import DeviceService
-from schemas.registry import Registry, decode
+from connectors.devices.templates import load_templates
+from connectors.producer import DurableProducer
+from connectors.raw import RawWriter
+from schemas.registry import AvroCodec, Registry, decode, load_schema
 from tests.support.devices import normalize_raw, sample
-from tests.support.mosquitto import Mosquitto
+from tests.support.mosquitto import Mosquitto, free_port
 
 pytestmark = [pytest.mark.integration]
 
@@ -171,3 +177,73 @@ async def test_broker_restart_during_traffic_loses_nothing(door, broker, reader,
     assert len(raws) == count  # every reading, duplicates (redeliveries) collapse on raw_id
     observations, dead = normalize_raw(registry, list(raws.values()))
     assert dead == [] and len({o["envelope"]["event_id"] for o in observations}) == count * 3
+
+
+async def test_no_puback_while_kafka_is_down_so_the_broker_redelivers(
+    settings: Settings, registry: Registry, broker: Mosquitto, reader, new_topic: Callable[..., str]
+) -> None:
+    """A door whose Kafka is unreachable never acknowledges; the next session of the same client gets
+    the reading again from the broker and stores it."""
+    prefix = f"tele/{uuid.uuid4().hex[:8]}"
+    raw_topic, dlq_topic = new_topic("test.device.raw"), new_topic("test.dlq")
+    mqtt_settings = DeviceMqttSettings(
+        enabled=True,
+        port=broker.port,
+        client_id=f"affluent-test-{uuid.uuid4().hex[:8]}",
+        topics={f"{prefix}/bp": "bp-single"},
+        reconnect_min_s=1,
+        reconnect_max_s=2,
+    )
+    dead_kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", delivery_timeout_ms=1000)
+    producer = DurableProducer(dead_kafka)
+    raw_codec = AvroCodec(registry, f"{raw_topic}-value", load_schema("raw_message"), "BACKWARD")
+    dlq_codec = AvroCodec(registry, f"{dlq_topic}-value", load_schema("dead_letter"), "BACKWARD")
+    counters = CollectorRegistry()
+    metrics = DeviceMetrics(counters)
+
+    def payloads(outcome: str) -> float:
+        value = counters.get_sample_value(
+            "affluent_device_payloads_total", {"door": "mqtt", "outcome": outcome}
+        )
+        return value or 0.0
+
+    blocked = DeviceMqttDoor(
+        mqtt_settings,
+        load_templates(),
+        RawWriter(producer, raw_codec, raw_topic),
+        DeadLetterWriter(producer, dlq_codec, dlq_topic),
+        metrics,
+    )
+    await blocked.start()
+    gateway = Publisher(broker.port)
+    try:
+        while not blocked.connected:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        gateway.publish(f"{prefix}/bp", sample("bp-single"))
+        await asyncio.to_thread(gateway.wait_all)
+        deadline = time.monotonic() + 10
+        while (
+            not metrics.payloads.labels("mqtt", "kafka_unavailable")._value.get()
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.1)
+        assert payloads("accepted") == 0
+    finally:
+        gateway.close()
+        await blocked.stop()
+        producer.close(timeout_s=0.5)
+    assert payloads("kafka_unavailable") >= 1
+    devices = DeviceSettings(port=0, metrics_port=None, mqtt=mqtt_settings)
+    service = DeviceService(
+        settings.model_copy(update={"devices": devices}),
+        CollectorRegistry(),
+        raw_topic=raw_topic,
+        dlq_topic=dlq_topic,
+    )
+    await service.start(with_telemetry=False)
+    try:
+        (record,) = await asyncio.to_thread(reader, raw_topic, 1, 20)
+    finally:
+        await service.stop()
+    assert decode(registry, record[1])["payload"] == sample("bp-single")
