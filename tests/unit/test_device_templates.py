@@ -85,7 +85,7 @@ def test_batch_list_reads_every_sensor_with_mdc_codes() -> None:
     assert [r.measurements[0].spec.code.code for r in readings] == ["150456", "149530", "147842"]
     assert {r.measurements[0].spec.code.system for r in readings} == {"urn:iso:std:iso:11073:10101"}
     assert readings[2].time.precision == "millisecond"
-    assert readings[0].device_id_system == "EUI-64"
+    assert readings[0].device_id_system == "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680"
 
 
 def test_a_top_level_array_is_several_documents() -> None:
