@@ -1,0 +1,394 @@
+"""Devices suite: readings per second acknowledged by the HTTPS JSON door in batches, against the real broker.
+
+A gateway posts batches (the ``gateway-batch`` shape, :data:`BATCH` readings per request) and counts a
+reading only when its request got a 202, i.e. after Kafka acknowledged the raw record. Posters run in a
+spawned process so that their Python work never shares the door's GIL. Beside the figure, the same run
+measures its ceilings:
+
+- *echo door*: the same posters against an aiohttp server that reads the body and answers 202 at once
+  (no template, no Kafka): the ceiling of HTTP + harness on this machine;
+- *template only*: the door's validation (JSON parse + template) in a loop, no HTTP, no Kafka;
+- *Kafka*: raw records of the same size through a bare producer with the door's configuration;
+- *normalize*: the device mapper + Avro encoding per reading in-process — the cost on the way to
+  ``canonical.observation``.
+
+Then a paced run at :data:`PACED_RATE` readings/s gives the acknowledgement latency a gateway sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+
+from affluent.kafka import TopicSpec, ensure_topics, make_producer
+from affluent.settings import DeviceSettings, DeviceToken, load_settings
+from bench import Options, register
+from bench.report import SuiteResult, Table, Target, fmt_ms, fmt_rate, fmt_ratio, percentile
+
+BATCH = 500
+POSTERS = 8
+TARGET = 10_000  # readings/s acknowledged, in batches
+PACED_RATE = 1_000  # readings/s offered in the latency run
+PACED_BATCH = 50
+TOKEN = "bench-token-not-a-secret"
+
+
+def bodies(count: int, batch: int, seed: int = 0) -> list[bytes]:
+    """Distinct gateway batches: 2 sensors per batch alternating SpO2/pulse, one minute apart."""
+    start = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(days=seed)
+    out = []
+    for n in range(count):
+        measurements = [
+            {
+                "sensor": f"0012A3FFFE{(n * batch + i) % 4096:06X}",
+                "kind": "spo2" if i % 2 == 0 else "pulse",
+                "v": 95 + i % 5 if i % 2 == 0 else 60 + i % 40,
+                "t": (start + timedelta(minutes=n * batch + i)).isoformat().replace("+00:00", "Z"),
+            }
+            for i in range(batch)
+        ]
+        out.append(json.dumps({"gateway": f"GW-{n % 16:04d}", "measurements": measurements}).encode())
+    return out
+
+
+# ---------------------------------------------------------------------------- load (spawned process)
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    url: str
+    posters: int
+    warmup_s: float
+    duration_s: float
+    bodies: list[bytes]
+    readings_per_body: int
+    rate: float | None = None  # requests/s in total; None = flat out
+
+
+@dataclass(slots=True)
+class LoadResult:
+    readings: int = 0  # acknowledged (202) inside the window
+    statuses: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    window_s: float = 0.0
+
+
+async def _poster(index: int, session: Any, spec: LoadSpec, begin: float, result: LoadResult) -> None:
+    window_start, window_end = begin + spec.warmup_s, begin + spec.warmup_s + spec.duration_s
+    interval = spec.posters / spec.rate if spec.rate else 0.0
+    scheduled = begin + index * interval / spec.posters
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    count = index
+    while True:
+        now = time.perf_counter()
+        if interval:
+            if scheduled >= window_end:
+                return
+            await asyncio.sleep(max(0.0, scheduled - now))
+            scheduled += interval
+        elif now >= window_end:
+            return
+        body = spec.bodies[count % len(spec.bodies)]
+        count += spec.posters
+        sent = time.perf_counter()
+        async with session.post(spec.url, data=body, headers=headers) as resp:
+            await resp.read()
+            status = resp.status
+        done = time.perf_counter()
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if status == 202 and window_start <= done < window_end:
+            result.readings += spec.readings_per_body
+            result.latencies.append(done - sent)
+
+
+async def drive(spec: LoadSpec) -> LoadResult:
+    import aiohttp
+
+    result = LoadResult(window_s=spec.duration_s)
+    connector = aiohttp.TCPConnector(limit=spec.posters)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        begin = time.perf_counter() + 0.05
+        await asyncio.gather(*(_poster(i, session, spec, begin, result) for i in range(spec.posters)))
+    result.latencies.sort()
+    return result
+
+
+def _poster_main(conn: Connection) -> None:
+    while True:
+        spec = conn.recv()
+        if spec is None:
+            break
+        try:
+            conn.send(asyncio.run(drive(spec)))
+        except Exception as exc:
+            conn.send(RuntimeError(f"poster process failed: {type(exc).__name__}: {exc}"))
+
+
+class PosterProcess:
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_poster_main, args=(child,), name="bench-device-posters", daemon=True
+        )
+        self._process.start()
+        child.close()
+
+    async def run(self, spec: LoadSpec) -> LoadResult:
+        def exchange() -> object:
+            self._conn.send(spec)
+            return self._conn.recv()
+
+        answer = await asyncio.to_thread(exchange)
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(LoadResult, answer)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+
+# ---------------------------------------------------------------------------- ceilings
+class EchoDoor:
+    """Reads the body and answers 202: what HTTP and the posters cost with no work at all."""
+
+    async def start(self) -> int:
+        from aiohttp import web
+
+        async def echo(request: web.Request) -> web.Response:
+            await request.read()
+            return web.json_response({"accepted": 0}, status=202)
+
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post("/devices/{mapping}", echo)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+def template_only(payloads: list[bytes], seconds: float) -> float:
+    from connectors.devices.templates import load_templates, read_payload
+
+    template = load_templates()["gateway-batch"]
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for body in payloads:
+            done += len(read_payload(template, body))
+    return done / (time.perf_counter() - started)
+
+
+def kafka_records(topic: str, payloads: list[bytes], seconds: float) -> float:
+    """Raw-sized records/s through a bare producer with the door's configuration (acks=all)."""
+    producer = make_producer(load_settings().kafka)
+    delivered = [0]
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is None:
+            delivered[0] += 1
+
+    producer.produce(topic, payloads[0], b"warm")
+    producer.flush(30)
+    produced, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        try:
+            producer.produce(
+                topic, payloads[produced % len(payloads)], b"GW|gateway-batch", on_delivery=on_delivery
+            )
+            produced += 1
+        except BufferError:
+            producer.poll(0.005)
+        producer.poll(0)
+    producer.flush(60)
+    return delivered[0] / (time.perf_counter() - started)
+
+
+def normalize_only(payloads: list[bytes], seconds: float) -> float:
+    """Device mapper + Avro encoding (registry codecs), readings/s, every sensor linked."""
+    from connectors.devices.registry import DeviceRegistry, Link, add_link, encode_links
+    from connectors.devices.templates import load_templates
+    from connectors.raw import RawMessage
+    from schemas.registry import AvroCodec, Registry, load_schema
+    from streams.normalize.device import DeviceMapper
+    from streams.normalize.options import MappingOptions
+    from streams.normalize.stage import NormalizeMetrics, Normalizer
+
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    links = {
+        f"0012A3FFFE{n:06X}": encode_links(
+            "x", add_link([], Link(f"{n:08d}", "1.2.250.1.71.4.2.7.99", since))
+        )
+        for n in range(4096)
+    }
+    templates = load_templates()
+    registry = Registry(load_settings().registry)
+    mapper = DeviceMapper(templates, DeviceRegistry(links.get))
+    normalizer = Normalizer(
+        registry, MappingOptions(), NormalizeMetrics(CollectorRegistry()), {"device": mapper}
+    )
+    raw_codec = AvroCodec(registry, "ingest.device.raw-value", load_schema("raw_message"), "BACKWARD")
+    template = templates["gateway-batch"]
+    raws = [
+        raw_codec.encode(
+            RawMessage(
+                "device",
+                "devices_http",
+                "GW",
+                template.name,
+                body,
+                "application/json",
+                attributes={"mapping": template.name},
+            ).record(datetime.now(UTC))
+        )
+        for body in payloads
+    ]
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for value in raws:
+            outputs = normalizer.process(value, "ingest.device.raw", 0, 0)
+            done += len(outputs)
+    return done / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------- the suite
+async def _measure(options: Options) -> SuiteResult:
+    from connectors.devices.intake import token_hash
+    from connectors.devices.service import DeviceService
+
+    settings = load_settings()
+    topic = f"bench.device.raw.{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings.kafka, [TopicSpec(topic, partitions=3)])
+    devices = DeviceSettings(
+        port=0, metrics_port=None, tokens=[DeviceToken(sha256=token_hash(TOKEN), sender="BENCH")]
+    )
+    service = DeviceService(
+        settings.model_copy(update={"devices": devices}), CollectorRegistry(), raw_topic=topic
+    )
+    payloads = bodies(16, BATCH)
+    paced_payloads = bodies(64, PACED_BATCH, seed=1)
+    duration = options.seconds(10, 3)
+    warmup = options.seconds(2, 1)
+    posters = PosterProcess()
+    echo = EchoDoor()
+    try:
+        port = await service.start(with_telemetry=False)
+        echo_port = await echo.start()
+        door_spec = LoadSpec(
+            f"http://127.0.0.1:{port}/devices/gateway-batch", POSTERS, warmup, duration, payloads, BATCH
+        )
+        door = await posters.run(door_spec)
+        echoed = await posters.run(
+            LoadSpec(
+                f"http://127.0.0.1:{echo_port}/devices/gateway-batch",
+                POSTERS,
+                warmup,
+                duration,
+                payloads,
+                BATCH,
+            )
+        )
+        paced = await posters.run(
+            LoadSpec(
+                door_spec.url, 4, warmup, duration, paced_payloads, PACED_BATCH, rate=PACED_RATE / PACED_BATCH
+            )
+        )
+    finally:
+        posters.close()
+        with contextlib.suppress(Exception):
+            await echo.stop()
+        await service.stop()
+    seconds = options.seconds(3, 1)
+    template_rate = await asyncio.to_thread(template_only, payloads, seconds)
+    kafka_rate = await asyncio.to_thread(kafka_records, topic, payloads, seconds) * BATCH
+    normalize_rate = await asyncio.to_thread(normalize_only, payloads[:4], seconds)
+
+    door_rate = door.readings / door.window_s
+    echo_rate = echoed.readings / echoed.window_s
+    p99_paced = percentile(paced.latencies, 99)
+    rows = [
+        [
+            "HTTPS door, batches of 500, 8 posters (202 after Kafka acks)",
+            fmt_rate(door_rate),
+            "1.00×",
+            fmt_ms(percentile(door.latencies, 50)),
+            fmt_ms(percentile(door.latencies, 99)),
+        ],
+        [
+            "ceiling: echo door (HTTP + posters, no work)",
+            fmt_rate(echo_rate),
+            fmt_ratio(door_rate / echo_rate),
+            fmt_ms(percentile(echoed.latencies, 50)),
+            fmt_ms(percentile(echoed.latencies, 99)),
+        ],
+        [
+            "ceiling: template validation only (JSON + template)",
+            fmt_rate(template_rate),
+            fmt_ratio(door_rate / template_rate),
+            "",
+            "",
+        ],
+        [
+            "ceiling: Kafka, bare producer, same records (× 500 readings)",
+            fmt_rate(kafka_rate),
+            fmt_ratio(door_rate / kafka_rate),
+            "",
+            "",
+        ],
+        ["normalize: device mapper + Avro, observations/s in-process", fmt_rate(normalize_rate), "", "", ""],
+        [
+            f"HTTPS door paced at {PACED_RATE:,} readings/s (batches of {PACED_BATCH})",
+            fmt_rate(paced.readings / paced.window_s),
+            "",
+            fmt_ms(percentile(paced.latencies, 50)),
+            fmt_ms(p99_paced),
+        ],
+    ]
+    statuses = {k: v for k, v in door.statuses.items() if k != 202}
+    return SuiteResult(
+        name="devices",
+        title="Telemonitoring devices: HTTPS JSON door",
+        tables=[
+            Table(
+                ["what", "readings/s", "door ÷ this", "p50 ack", "p99 ack"],
+                rows,
+                align=["l", "r", "r", "r", "r"],
+            )
+        ],
+        how_measured=(
+            f"{POSTERS} concurrent posters in a spawned process post `gateway-batch` bodies of {BATCH} "
+            f"readings flat out for {duration:g} s after {warmup:g} s of warm-up; a reading counts once its "
+            "request got a 202 (the raw record is in Kafka, acks=all). The echo door, the template loop, the "
+            "bare producer and the normalize loop run in the same run on the same machine."
+        ),
+        targets=[
+            Target(
+                "device readings/s acknowledged, HTTPS batches",
+                f"≥ {TARGET:,}",
+                fmt_rate(door_rate),
+                door_rate >= TARGET,
+            ),
+        ],
+        notes=[f"non-202 answers in the flat-out run: {statuses}"] if statuses else [],
+    )
+
+
+@register("devices")
+def devices(options: Options) -> SuiteResult:
+    return asyncio.run(_measure(options))
