@@ -70,6 +70,8 @@ class DeviceMqttDoor:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.connected = False
+        # Set once the broker granted our subscriptions (SUBACK); cleared on disconnect.
+        self.subscribed = asyncio.Event()
         self._queue: asyncio.Queue[Received] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -98,6 +100,7 @@ class DeviceMqttDoor:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     async def start(self) -> None:
@@ -128,15 +131,28 @@ class DeviceMqttDoor:
         self.connected = True
         client.subscribe([(pattern, 1) for pattern in self.settings.topics])
 
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        if all(not r.is_failure for r in reasons):
+            self._call(self.subscribed.set)
+        else:
+            log.warning(
+                "MQTT subscription refused for %d topic filter(s)", sum(r.is_failure for r in reasons)
+            )
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected = False
+        self._call(self.subscribed.clear)
         log.info("MQTT disconnected (%s); paho reconnects with back-off", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         item = Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload), time.perf_counter())
+        self._call(self._queue.put_nowait, item)
+
+    def _call(self, function: Any, *args: Any) -> None:
+        """Run on the asyncio loop; a closing loop is fine: the broker keeps what we did not acknowledge."""
         if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing: the broker keeps the message
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(function, *args)
 
     # --- the asyncio side ------------------------------------------------------------------------------
 

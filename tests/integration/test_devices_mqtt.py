@@ -67,12 +67,15 @@ async def door(
     )
     await service.start(with_telemetry=False)
     assert service.mqtt is not None
-    deadline = time.monotonic() + 10
-    while not service.mqtt.connected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # the SUBACK
+    await asyncio.wait_for(service.mqtt.subscribed.wait(), 10)
     yield prefix, raw_topic, dlq_topic
     await service.stop()
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class Publisher:
@@ -217,17 +220,10 @@ async def test_no_puback_while_kafka_is_down_so_the_broker_redelivers(
     await blocked.start()
     gateway = Publisher(broker.port)
     try:
-        while not blocked.connected:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(blocked.subscribed.wait(), 10)
         gateway.publish(f"{prefix}/bp", sample("bp-single"))
         await asyncio.to_thread(gateway.wait_all)
-        deadline = time.monotonic() + 10
-        while (
-            not metrics.payloads.labels("mqtt", "kafka_unavailable")._value.get()
-            and time.monotonic() < deadline
-        ):
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(eventually, lambda: payloads("kafka_unavailable") > 0, 10)
         assert payloads("accepted") == 0
     finally:
         gateway.close()
