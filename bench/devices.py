@@ -20,19 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from affluent.kafka import TopicSpec, ensure_topics, make_producer
 from affluent.settings import DeviceSettings, DeviceToken, load_settings
 from bench import Options, register
+from bench.loadproc import LoadProcess
 from bench.report import SuiteResult, Table, Target, fmt_ms, fmt_rate, fmt_ratio, percentile
 
 BATCH = 500
@@ -119,46 +118,6 @@ async def drive(spec: LoadSpec) -> LoadResult:
         await asyncio.gather(*(_poster(i, session, spec, begin, result) for i in range(spec.posters)))
     result.latencies.sort()
     return result
-
-
-def _poster_main(conn: Connection) -> None:
-    while True:
-        spec = conn.recv()
-        if spec is None:
-            break
-        try:
-            conn.send(asyncio.run(drive(spec)))
-        except Exception as exc:
-            conn.send(RuntimeError(f"poster process failed: {type(exc).__name__}: {exc}"))
-
-
-class PosterProcess:
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_poster_main, args=(child,), name="bench-device-posters", daemon=True
-        )
-        self._process.start()
-        child.close()
-
-    async def run(self, spec: LoadSpec) -> LoadResult:
-        def exchange() -> object:
-            self._conn.send(spec)
-            return self._conn.recv()
-
-        answer = await asyncio.to_thread(exchange)
-        if isinstance(answer, BaseException):
-            raise answer
-        return cast(LoadResult, answer)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
 
 
 # ---------------------------------------------------------------------------- ceilings
@@ -285,7 +244,7 @@ async def _measure(options: Options) -> SuiteResult:
     paced_payloads = bodies(64, PACED_BATCH, seed=1)
     duration = options.seconds(10, 3)
     warmup = options.seconds(2, 1)
-    posters = PosterProcess()
+    posters: LoadProcess[LoadSpec, LoadResult] = LoadProcess(drive, "bench-device-posters")
     echo = EchoDoor()
     try:
         port = await service.start(with_telemetry=False)
@@ -293,8 +252,9 @@ async def _measure(options: Options) -> SuiteResult:
         door_spec = LoadSpec(
             f"http://127.0.0.1:{port}/devices/gateway-batch", POSTERS, warmup, duration, payloads, BATCH
         )
-        door = await posters.run(door_spec)
-        echoed = await posters.run(
+        door = await asyncio.to_thread(posters.run, door_spec)
+        echoed = await asyncio.to_thread(
+            posters.run,
             LoadSpec(
                 f"http://127.0.0.1:{echo_port}/devices/gateway-batch",
                 POSTERS,
@@ -302,12 +262,13 @@ async def _measure(options: Options) -> SuiteResult:
                 duration,
                 payloads,
                 BATCH,
-            )
+            ),
         )
-        paced = await posters.run(
+        paced = await asyncio.to_thread(
+            posters.run,
             LoadSpec(
                 door_spec.url, 4, warmup, duration, paced_payloads, PACED_BATCH, rate=PACED_RATE / PACED_BATCH
-            )
+            ),
         )
     finally:
         posters.close()

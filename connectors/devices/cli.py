@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,23 +111,23 @@ def _current(view: CompactedView, device_id: str) -> list[Link]:
     return decode_links(value) if value is not None else []
 
 
-def link(settings: Settings, device_id: str, new: Link) -> int:
+def _change(settings: Settings, device_id: str, change: Callable[[list[Link]], list[Link]]) -> list[Link]:
+    """Read the device's history to the end of the topic, apply one change, write the whole history."""
     view = _read(settings)
     try:
-        links = add_link(_current(view, device_id), new)
+        links = change(_current(view, device_id))
     finally:
         view.stop()
     _write(settings, device_id, links)
-    return len(links)
+    return links
+
+
+def link(settings: Settings, device_id: str, new: Link) -> int:
+    return len(_change(settings, device_id, lambda links: add_link(links, new)))
 
 
 def unlink(settings: Settings, device_id: str, at: datetime) -> None:
-    view = _read(settings)
-    try:
-        links = end_link(_current(view, device_id), at)
-    finally:
-        view.stop()
-    _write(settings, device_id, links)
+    _change(settings, device_id, lambda links: end_link(links, at))
 
 
 def listing(settings: Settings) -> list[str]:

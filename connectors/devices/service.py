@@ -7,8 +7,6 @@ it never answers traffic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +19,7 @@ from connectors.devices.http import DeviceHttpServer
 from connectors.devices.metrics import DeviceMetrics
 from connectors.devices.mqtt import DeviceMqttDoor
 from connectors.devices.templates import load_templates
+from connectors.lifecycle import kafka_ready, run_until_signal
 from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
 from schemas.registry import AvroCodec, Registry, load_schema
@@ -72,13 +71,9 @@ class DeviceService:
         return port
 
     async def _ready(self) -> bool:
-        if self.mqtt is not None and not self.mqtt.connected:
+        if self.mqtt is not None and not self.mqtt.subscribed.is_set():
             return False
-        try:
-            await asyncio.to_thread(wait_for_kafka, self.settings.kafka, 2)
-        except Exception:
-            return False
-        return True
+        return await kafka_ready(self.settings.kafka)
 
     async def stop(self) -> None:
         if self.mqtt is not None:
@@ -99,12 +94,4 @@ async def serve_forever(settings: Settings) -> None:
     if service.mqtt is not None:
         mqtt = settings.devices.mqtt
         print(f"MQTT door subscribed at {mqtt.host}:{mqtt.port}", flush=True)  # noqa: T201
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await run_until_signal(service.stop)

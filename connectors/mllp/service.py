@@ -9,9 +9,7 @@ arrives right after a restart is still recognised as a duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +25,7 @@ from affluent.topics import (
     value_subject,
 )
 from connectors.deadletter import DeadLetterWriter
+from connectors.lifecycle import kafka_ready, run_until_signal
 from connectors.mllp.ackcache import AckCache
 from connectors.mllp.server import MllpServer
 from connectors.producer import DurableProducer
@@ -90,11 +89,7 @@ class MllpService:
         return port
 
     async def _ready(self) -> bool:
-        try:
-            await asyncio.to_thread(wait_for_kafka, self.settings.kafka, 2)
-        except Exception:
-            return False
-        return True
+        return await kafka_ready(self.settings.kafka)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight frames, flush the producer."""
@@ -113,12 +108,4 @@ async def serve_forever(settings: Settings) -> None:
     service = MllpService(settings)
     port = await service.start()
     print(f"MLLP door listening on {settings.mllp.host}:{port}", flush=True)  # noqa: T201
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await run_until_signal(service.stop)

@@ -40,24 +40,22 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     mosquitto.stop()
 
 
-@pytest.fixture
-async def door(
-    settings: Settings, registry: Registry, broker: Mosquitto, new_topic: Callable[..., str]
-) -> AsyncIterator[tuple[str, str, str]]:
-    prefix = f"tele/{uuid.uuid4().hex[:8]}"
-    raw_topic, dlq_topic = new_topic("test.device.raw"), new_topic("test.dlq")
-    mqtt_settings = DeviceMqttSettings(
+def door_settings(broker: Mosquitto, topics: dict[str, str]) -> DeviceMqttSettings:
+    """A fresh client id per test: its persistent session is its own."""
+    return DeviceMqttSettings(
         enabled=True,
         port=broker.port,
         client_id=f"affluent-test-{uuid.uuid4().hex[:8]}",
-        topics={
-            f"{prefix}/bp": "bp-single",
-            f"{prefix}/scale": "scale-nested",
-            f"{prefix}/gw/+": "gateway-batch",
-        },
+        topics=topics,
         reconnect_min_s=1,
         reconnect_max_s=2,
     )
+
+
+async def start_door(
+    settings: Settings, mqtt_settings: DeviceMqttSettings, raw_topic: str, dlq_topic: str
+) -> DeviceService:
+    """The device service with its MQTT door, once the broker granted the subscriptions."""
     devices = DeviceSettings(port=0, metrics_port=None, mqtt=mqtt_settings)
     service = DeviceService(
         settings.model_copy(update={"devices": devices}),
@@ -68,6 +66,20 @@ async def door(
     await service.start(with_telemetry=False)
     assert service.mqtt is not None
     await asyncio.wait_for(service.mqtt.subscribed.wait(), 10)
+    return service
+
+
+@pytest.fixture
+async def door(
+    settings: Settings, registry: Registry, broker: Mosquitto, new_topic: Callable[..., str]
+) -> AsyncIterator[tuple[str, str, str]]:
+    prefix = f"tele/{uuid.uuid4().hex[:8]}"
+    raw_topic, dlq_topic = new_topic("test.device.raw"), new_topic("test.dlq")
+    mqtt_settings = door_settings(
+        broker,
+        {f"{prefix}/bp": "bp-single", f"{prefix}/scale": "scale-nested", f"{prefix}/gw/+": "gateway-batch"},
+    )
+    service = await start_door(settings, mqtt_settings, raw_topic, dlq_topic)
     yield prefix, raw_topic, dlq_topic
     await service.stop()
 
@@ -189,14 +201,7 @@ async def test_no_puback_while_kafka_is_down_so_the_broker_redelivers(
     the reading again from the broker and stores it."""
     prefix = f"tele/{uuid.uuid4().hex[:8]}"
     raw_topic, dlq_topic = new_topic("test.device.raw"), new_topic("test.dlq")
-    mqtt_settings = DeviceMqttSettings(
-        enabled=True,
-        port=broker.port,
-        client_id=f"affluent-test-{uuid.uuid4().hex[:8]}",
-        topics={f"{prefix}/bp": "bp-single"},
-        reconnect_min_s=1,
-        reconnect_max_s=2,
-    )
+    mqtt_settings = door_settings(broker, {f"{prefix}/bp": "bp-single"})
     dead_kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", delivery_timeout_ms=1000)
     producer = DurableProducer(dead_kafka)
     raw_codec = AvroCodec(registry, f"{raw_topic}-value", load_schema("raw_message"), "BACKWARD")
@@ -230,14 +235,7 @@ async def test_no_puback_while_kafka_is_down_so_the_broker_redelivers(
         await blocked.stop()
         producer.close(timeout_s=0.5)
     assert payloads("kafka_unavailable") >= 1
-    devices = DeviceSettings(port=0, metrics_port=None, mqtt=mqtt_settings)
-    service = DeviceService(
-        settings.model_copy(update={"devices": devices}),
-        CollectorRegistry(),
-        raw_topic=raw_topic,
-        dlq_topic=dlq_topic,
-    )
-    await service.start(with_telemetry=False)
+    service = await start_door(settings, mqtt_settings, raw_topic, dlq_topic)
     try:
         (record,) = await asyncio.to_thread(reader, raw_topic, 1, 20)
     finally:
