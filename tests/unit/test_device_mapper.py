@@ -144,3 +144,20 @@ def test_a_linked_qualified_ins_reaches_the_patient_ref() -> None:
     assert ref["ins"] == {"matricule": nir, "oid": INS_TEST_OID, "kind": "TEST"}
     assert ref["ins_qualified"] is True and ref["key"] == f"00900009@{HOSPITAL_OID}"
     assert Link("7", "CHU_EXEMPLE", T0).patient_ref()["ipp"]["authority_name"] == "CHU_EXEMPLE"
+
+
+def test_bearer_tokens_are_matched_by_hash_only() -> None:
+    from affluent.settings import DeviceToken
+    from connectors.devices.intake import authenticate, bearer, may_post, token_hash
+
+    tokens = [DeviceToken(sha256=token_hash("a-token"), sender="GW-1", mappings=["bp-single"])]
+    assert (
+        bearer("Bearer a-token") == "a-token"
+        and bearer("Basic a-token") is None
+        and bearer("Bearer ") is None
+    )
+    found = authenticate(tokens, "a-token")
+    assert found is not None and found.sender == "GW-1"
+    assert authenticate(tokens, "a-tokeN") is None and authenticate(tokens, None) is None
+    assert may_post(found, "bp-single") and not may_post(found, "scale-nested")
+    assert "a-token" not in repr(tokens)
