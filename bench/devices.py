@@ -13,6 +13,11 @@ measures its ceilings:
   ``canonical.observation``.
 
 Then a paced run at :data:`PACED_RATE` readings/s gives the acknowledgement latency a gateway sees.
+
+MQTT: a spawned publisher sends QoS 1 messages of :data:`MQTT_BATCH` readings to a Mosquitto started for
+the run; the figure is readings stored in Kafka (and only then PUBACKed) per second, from the first
+publish to the last reading stored. Its ceiling is a bare subscriber (automatic PUBACK, no work) fed by
+the same publisher through the same broker.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +36,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from affluent.kafka import TopicSpec, ensure_topics, make_producer
-from affluent.settings import DeviceSettings, DeviceToken, load_settings
+from affluent.settings import DeviceMqttSettings, DeviceSettings, DeviceToken, Settings, load_settings
 from bench import Options, register
 from bench.loadproc import LoadProcess
 from bench.report import SuiteResult, Table, Target, fmt_ms, fmt_rate, fmt_ratio, percentile
@@ -226,6 +233,130 @@ def normalize_only(payloads: list[bytes], seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+# ---------------------------------------------------------------------------- MQTT
+MQTT_BATCH = 50  # readings per MQTT message
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSpec:
+    port: int
+    topic: str
+    payloads: list[bytes]
+    count: int
+
+
+async def publish(spec: PublishSpec) -> float:
+    """A gateway publishing ``count`` QoS 1 messages as fast as the broker acknowledges; returns seconds."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}"
+    )
+    client.max_inflight_messages_set(200)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", spec.port)
+    client.loop_start()
+    started = time.perf_counter()
+    infos = [
+        client.publish(spec.topic, spec.payloads[n % len(spec.payloads)], qos=1) for n in range(spec.count)
+    ]
+    for info in infos:
+        await asyncio.to_thread(info.wait_for_publish, 60)
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return elapsed
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float) -> float:
+    """Seconds until ``condition`` held (polled every 5 ms), or raises when it never did."""
+    started = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - started > timeout_s:
+            raise TimeoutError("the MQTT run did not finish in time")
+        time.sleep(0.005)
+    return time.perf_counter() - started
+
+
+async def _mqtt_rates(settings: Settings, count: int) -> tuple[float, float]:
+    """(door readings/s stored in Kafka before PUBACK, bare-subscriber ceiling readings/s)."""
+    import tempfile
+    from pathlib import Path
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from connectors.devices.service import DeviceService
+    from tests.support.mosquitto import Mosquitto
+
+    payloads = bodies(16, MQTT_BATCH, seed=2)
+    total = count * MQTT_BATCH
+    publisher: LoadProcess[PublishSpec, float] = LoadProcess(publish, "bench-mqtt-publisher")
+    with tempfile.TemporaryDirectory() as folder:
+        broker = Mosquitto(Path(folder))
+        broker.start()
+        try:
+            prefix = f"bench/{uuid.uuid4().hex[:8]}"
+            topic = f"bench.device.mqtt.{uuid.uuid4().hex[:8]}"
+            ensure_topics(settings.kafka, [TopicSpec(topic, partitions=3)])
+            mqtt_settings = DeviceMqttSettings(
+                enabled=True,
+                port=broker.port,
+                client_id=f"bench-door-{uuid.uuid4().hex[:8]}",
+                topics={f"{prefix}/door/+": "gateway-batch"},
+            )
+            devices = DeviceSettings(port=0, metrics_port=None, mqtt=mqtt_settings)
+            counters = CollectorRegistry()
+            service = DeviceService(
+                settings.model_copy(update={"devices": devices}), counters, raw_topic=topic
+            )
+            await service.start(with_telemetry=False)
+            try:
+                assert service.mqtt is not None
+                await asyncio.wait_for(service.mqtt.subscribed.wait(), 10)
+
+                def stored() -> bool:
+                    labels = {"door": "mqtt", "template": "gateway-batch"}
+                    value = counters.get_sample_value("affluent_device_readings_accepted_total", labels)
+                    return (value or 0) >= total
+
+                spec = PublishSpec(broker.port, f"{prefix}/door/GW-0042", payloads, count)
+                waiting = asyncio.create_task(asyncio.to_thread(_wait_until, stored, 120))
+                await asyncio.to_thread(publisher.run, spec)
+                door_rate = total / await waiting
+            finally:
+                await service.stop()
+
+            received = [0]
+            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-echo")
+
+            def on_message(_c: Any, _u: Any, _m: Any) -> None:
+                received[0] += 1
+
+            granted = threading.Event()
+            client.on_message = on_message
+            client.on_subscribe = lambda *_args: granted.set()
+            client.connect("127.0.0.1", broker.port)
+            client.subscribe(f"{prefix}/echo/+", qos=1)
+            client.loop_start()
+            await asyncio.to_thread(granted.wait, 10)
+            try:
+                echo_spec = PublishSpec(broker.port, f"{prefix}/echo/GW-0042", payloads, count)
+                waiting = asyncio.create_task(
+                    asyncio.to_thread(_wait_until, lambda: received[0] >= count, 120)
+                )
+                await asyncio.to_thread(publisher.run, echo_spec)
+                echo_rate = total / await waiting
+            finally:
+                client.disconnect()
+                client.loop_stop()
+        finally:
+            publisher.close()
+            broker.stop()
+    return door_rate, echo_rate
+
+
 # ---------------------------------------------------------------------------- the suite
 async def _measure(options: Options) -> SuiteResult:
     from connectors.devices.intake import token_hash
@@ -275,6 +406,7 @@ async def _measure(options: Options) -> SuiteResult:
         with contextlib.suppress(Exception):
             await echo.stop()
         await service.stop()
+    mqtt_rate, mqtt_echo_rate = await _mqtt_rates(settings, int(options.seconds(3000, 600)))
     seconds = options.seconds(3, 1)
     template_rate = await asyncio.to_thread(template_only, payloads, seconds)
     kafka_rate = await asyncio.to_thread(kafka_records, topic, payloads, seconds) * BATCH
@@ -312,6 +444,20 @@ async def _measure(options: Options) -> SuiteResult:
             "",
             "",
         ],
+        [
+            f"MQTT door, QoS 1, {MQTT_BATCH} readings per message (PUBACK after Kafka acks)",
+            fmt_rate(mqtt_rate),
+            "",
+            "",
+            "",
+        ],
+        [
+            "ceiling: bare MQTT subscriber, same broker and publisher",
+            fmt_rate(mqtt_echo_rate),
+            fmt_ratio(mqtt_rate / mqtt_echo_rate),
+            "",
+            "",
+        ],
         ["normalize: device mapper + Avro, observations/s in-process", fmt_rate(normalize_rate), "", "", ""],
         [
             f"HTTPS door paced at {PACED_RATE:,} readings/s (batches of {PACED_BATCH})",
@@ -324,7 +470,7 @@ async def _measure(options: Options) -> SuiteResult:
     statuses = {k: v for k, v in door.statuses.items() if k != 202}
     return SuiteResult(
         name="devices",
-        title="Telemonitoring devices: HTTPS JSON door",
+        title="Telemonitoring devices: HTTPS JSON and MQTT doors",
         tables=[
             Table(
                 ["what", "readings/s", "door ÷ this", "p50 ack", "p99 ack"],
@@ -336,7 +482,9 @@ async def _measure(options: Options) -> SuiteResult:
             f"{POSTERS} concurrent posters in a spawned process post `gateway-batch` bodies of {BATCH} "
             f"readings flat out for {duration:g} s after {warmup:g} s of warm-up; a reading counts once its "
             "request got a 202 (the raw record is in Kafka, acks=all). The echo door, the template loop, the "
-            "bare producer and the normalize loop run in the same run on the same machine."
+            "bare producer and the normalize loop run in the same run on the same machine. MQTT: one "
+            f"publisher sends {MQTT_BATCH}-reading QoS 1 messages to a Mosquitto started for the run; the "
+            "rate runs from the first publish to the last reading stored in Kafka."
         ),
         targets=[
             Target(
@@ -344,6 +492,12 @@ async def _measure(options: Options) -> SuiteResult:
                 f"≥ {TARGET:,}",
                 fmt_rate(door_rate),
                 door_rate >= TARGET,
+            ),
+            Target(
+                "device readings/s stored, MQTT QoS 1 (50 per message)",
+                f"≥ {TARGET:,}",
+                fmt_rate(mqtt_rate),
+                mqtt_rate >= TARGET,
             ),
         ],
         notes=[f"non-202 answers in the flat-out run: {statuses}"] if statuses else [],
