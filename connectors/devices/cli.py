@@ -66,7 +66,10 @@ def find_template(settings: Settings, name_or_path: str) -> Template:
 def test_mapping(settings: Settings, name_or_path: str, payload_path: Path) -> list[dict[str, Any]]:
     """The Observations as JSON-ready dicts; MappingError says why the door would answer 400."""
     template = find_template(settings, name_or_path)
-    payload = payload_path.read_bytes()
+    try:
+        payload = payload_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {payload_path} ({type(exc).__name__})") from None
     now = datetime.now(UTC)
     ctx = RawContext(
         raw_id="test-mapping",
