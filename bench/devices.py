@@ -49,14 +49,16 @@ PACED_BATCH = 50
 TOKEN = "bench-token-not-a-secret"
 
 
-def bodies(count: int, batch: int, seed: int = 0) -> list[bytes]:
-    """Distinct gateway batches: 2 sensors per batch alternating SpO2/pulse, one minute apart."""
+def bodies(count: int, batch: int, seed: int = 0, sensors: list[str] | None = None) -> list[bytes]:
+    """Distinct gateway batches of SpO2/pulse readings one minute apart, from ``sensors`` when given."""
     start = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(days=seed)
     out = []
     for n in range(count):
         measurements = [
             {
-                "sensor": f"0012A3FFFE{(n * batch + i) % 4096:06X}",
+                "sensor": sensors[(n * batch + i) % len(sensors)]
+                if sensors
+                else f"0012A3FFFE{(n * batch + i) % 4096:06X}",
                 "kind": "spo2" if i % 2 == 0 else "pulse",
                 "v": 95 + i % 5 if i % 2 == 0 else 60 + i % 40,
                 "t": (start + timedelta(minutes=n * batch + i)).isoformat().replace("+00:00", "Z"),
@@ -269,6 +271,13 @@ async def publish(spec: PublishSpec) -> float:
     return elapsed
 
 
+def _quiet(watch: CanonicalWatch, seconds: float = 2.0) -> bool:
+    """True once no new record arrived for ``seconds`` (checked by sampling the count)."""
+    before = len(watch.latencies)
+    time.sleep(seconds)
+    return len(watch.latencies) == before
+
+
 def _wait_until(condition: Callable[[], bool], timeout_s: float) -> float:
     """Seconds until ``condition`` held (polled every 5 ms), or raises when it never did."""
     started = time.perf_counter()
@@ -357,6 +366,108 @@ async def _mqtt_rates(settings: Settings, count: int) -> tuple[float, float]:
     return door_rate, echo_rate
 
 
+# ---------------------------------------------------------------------------- to canonical.observation
+class CanonicalWatch:
+    """Reads canonical.observation from its current end and keeps, for the records derived from one raw
+    topic, the delay from the door's receipt (``ingest_time``) to the record's Kafka timestamp."""
+
+    def __init__(self, raw_topic: str) -> None:
+        from confluent_kafka import TopicPartition
+
+        from affluent.kafka import make_consumer
+        from schemas.registry import Registry
+
+        settings = load_settings()
+        self.raw_topic = raw_topic
+        self.registry = Registry(settings.registry)
+        self.consumer = make_consumer(settings.kafka, group_id=f"bench-{uuid.uuid4().hex[:8]}")
+        topic = "canonical.observation"
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        start = []
+        for p in partitions:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            start.append(TopicPartition(topic, p, high))
+        self.consumer.assign(start)
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-canonical-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from schemas.registry import decode
+
+        while not self._stop.is_set():
+            msg = self.consumer.poll(0.2)
+            value = msg.value() if msg is not None and not msg.error() else None
+            if msg is None or value is None:
+                continue
+            record = decode(self.registry, value)
+            if record["envelope"]["lineage"]["topic"] != self.raw_topic:
+                continue
+            written = msg.timestamp()[1] / 1000
+            self.latencies.append(written - record["envelope"]["ingest_time"].timestamp())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.consumer.close()
+
+
+def link_bench_sensors(sensors: list[str]) -> None:
+    from affluent.topics import CONTROL_DEVICES
+    from connectors.devices.registry import Link, add_link, encode_links
+
+    producer = make_producer(load_settings().kafka)
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    for n, sensor in enumerate(sensors):
+        links = add_link([], Link(f"{999000 + n:08d}", "1.2.250.1.71.4.2.7.99", since))
+        producer.produce(CONTROL_DEVICES, encode_links(sensor, links), sensor.encode())
+    if producer.flush(30):
+        raise RuntimeError("the bench sensors could not be linked")
+
+
+async def _paced_to_canonical(
+    settings: Settings, devices: DeviceSettings, posters: LoadProcess[LoadSpec, LoadResult], duration: float
+) -> tuple[LoadResult, list[float]]:
+    """The paced run through its own door and raw topic, with a real normalize worker reading that topic:
+    (what the posters saw, sorted delays from the door's receipt to canonical.observation)."""
+    from connectors.devices.service import DeviceService
+    from tests.support.devices import normalize_worker
+
+    topic = f"bench.device.paced.{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings.kafka, [TopicSpec(topic, partitions=3)])
+    run = uuid.uuid4().hex[:6].upper()
+    sensors = [f"BENCH{run}{k}" for k in range(8)]
+    await asyncio.to_thread(link_bench_sensors, sensors)
+    payloads = bodies(64, PACED_BATCH, seed=1, sensors=sensors)
+    service = DeviceService(
+        settings.model_copy(update={"devices": devices}), CollectorRegistry(), raw_topic=topic
+    )
+    port = await service.start(with_telemetry=False)
+    url = f"http://127.0.0.1:{port}/devices/gateway-batch"
+    rate = PACED_RATE / PACED_BATCH
+    try:
+        with normalize_worker(topic):
+            watch = CanonicalWatch(topic)
+            try:
+                # Until the worker has joined its group and maps, the delays would measure its start-up.
+                await asyncio.to_thread(
+                    posters.run, LoadSpec(url, 4, 0.0, 2.0, payloads, PACED_BATCH, rate=rate)
+                )
+                await asyncio.to_thread(_wait_until, lambda: len(watch.latencies) > 0, 180)
+                await asyncio.to_thread(_wait_until, lambda: _quiet(watch), 120)
+                watch.latencies.clear()
+                paced = await asyncio.to_thread(
+                    posters.run, LoadSpec(url, 4, 0.0, duration, payloads, PACED_BATCH, rate=rate)
+                )
+                await asyncio.to_thread(_wait_until, lambda: _quiet(watch), 60)
+                return paced, sorted(watch.latencies)
+            finally:
+                watch.close()
+    finally:
+        await service.stop()
+
+
 # ---------------------------------------------------------------------------- the suite
 async def _measure(options: Options) -> SuiteResult:
     from connectors.devices.intake import token_hash
@@ -372,7 +483,6 @@ async def _measure(options: Options) -> SuiteResult:
         settings.model_copy(update={"devices": devices}), CollectorRegistry(), raw_topic=topic
     )
     payloads = bodies(16, BATCH)
-    paced_payloads = bodies(64, PACED_BATCH, seed=1)
     duration = options.seconds(10, 3)
     warmup = options.seconds(2, 1)
     posters: LoadProcess[LoadSpec, LoadResult] = LoadProcess(drive, "bench-device-posters")
@@ -395,17 +505,14 @@ async def _measure(options: Options) -> SuiteResult:
                 BATCH,
             ),
         )
-        paced = await asyncio.to_thread(
-            posters.run,
-            LoadSpec(
-                door_spec.url, 4, warmup, duration, paced_payloads, PACED_BATCH, rate=PACED_RATE / PACED_BATCH
-            ),
-        )
     finally:
-        posters.close()
         with contextlib.suppress(Exception):
             await echo.stop()
         await service.stop()
+    try:
+        paced, to_canonical = await _paced_to_canonical(settings, devices, posters, duration)
+    finally:
+        posters.close()
     mqtt_rate, mqtt_echo_rate = await _mqtt_rates(settings, int(options.seconds(3000, 600)))
     seconds = options.seconds(3, 1)
     template_rate = await asyncio.to_thread(template_only, payloads, seconds)
@@ -467,6 +574,16 @@ async def _measure(options: Options) -> SuiteResult:
             fmt_ms(p99_paced),
         ],
     ]
+    p99_canonical = percentile(to_canonical, 99)
+    canonical_rows = [
+        [
+            f"door receipt → canonical.observation, {PACED_RATE:,} readings/s, normalize worker (faust)",
+            f"{len(to_canonical):,}",
+            fmt_ms(percentile(to_canonical, 50)),
+            fmt_ms(p99_canonical),
+            fmt_ms(to_canonical[-1] if to_canonical else float("nan")),
+        ]
+    ]
     statuses = {k: v for k, v in door.statuses.items() if k != 202}
     return SuiteResult(
         name="devices",
@@ -476,7 +593,13 @@ async def _measure(options: Options) -> SuiteResult:
                 ["what", "readings/s", "door ÷ this", "p50 ack", "p99 ack"],
                 rows,
                 align=["l", "r", "r", "r", "r"],
-            )
+            ),
+            Table(
+                ["what", "observations", "p50", "p99", "max"],
+                canonical_rows,
+                title="Latency to the canonical topic",
+                align=["l", "r", "r", "r", "r"],
+            ),
         ],
         how_measured=(
             f"{POSTERS} concurrent posters in a spawned process post `gateway-batch` bodies of {BATCH} "
@@ -484,7 +607,10 @@ async def _measure(options: Options) -> SuiteResult:
             "request got a 202 (the raw record is in Kafka, acks=all). The echo door, the template loop, the "
             "bare producer and the normalize loop run in the same run on the same machine. MQTT: one "
             f"publisher sends {MQTT_BATCH}-reading QoS 1 messages to a Mosquitto started for the run; the "
-            "rate runs from the first publish to the last reading stored in Kafka."
+            "rate runs from the first publish to the last reading stored in Kafka. Latency to the canonical "
+            "topic: a paced run through its own door and raw topic, read by a real normalize worker (faust, "
+            "own group); delay = the canonical record's Kafka timestamp minus the raw record's receipt time "
+            "(`ingest_time`), both on this machine's clock."
         ),
         targets=[
             Target(
@@ -498,6 +624,12 @@ async def _measure(options: Options) -> SuiteResult:
                 f"≥ {TARGET:,}",
                 fmt_rate(mqtt_rate),
                 mqtt_rate >= TARGET,
+            ),
+            Target(
+                f"p99 door receipt → canonical.observation at {PACED_RATE:,} readings/s",
+                "≤ 1 s",
+                fmt_ms(p99_canonical),
+                bool(to_canonical) and p99_canonical <= 1.0,
             ),
         ],
         notes=[f"non-202 answers in the flat-out run: {statuses}"] if statuses else [],

@@ -89,8 +89,8 @@ def build_worker(
     return app, telemetry
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, raw_topics: tuple[str, ...] = RAW_TOPICS) -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM (faust handles the signals and drains)."""
-    app, _ = build_worker(settings)
+    app, _ = build_worker(settings, raw_topics=raw_topics)
     worker = faust.Worker(app, loglevel="WARN", quiet=True)
     worker.execute_from_commandline()

@@ -8,13 +8,8 @@ records are picked by the raw ids this test produced. Devices have unique synthe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -32,7 +27,7 @@ from connectors.devices.service import DeviceService
 from schemas.catalog import DLQ_NORMALIZE
 from schemas.registry import Registry, decode
 from streams.normalize.device import FLAG_SYSTEM
-from tests.support.mosquitto import free_port
+from tests.support.devices import normalize_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,35 +46,6 @@ def ends(kafka: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
         return out
     finally:
         consumer.close()
-
-
-@contextmanager
-def normalize_worker(raw_topic: str) -> Iterator[subprocess.Popen[bytes]]:
-    code = (
-        "import sys, faust\n"
-        "from affluent.settings import load_settings\n"
-        "from streams.normalize.worker import build_worker\n"
-        f"app, _ = build_worker(load_settings(), raw_topics=({raw_topic!r},))\n"
-        "sys.argv = [sys.argv[0]]\n"
-        "faust.Worker(app, loglevel='WARN', quiet=True).execute_from_commandline()\n"
-    )
-    env = {
-        **os.environ,
-        "AFFLUENT_STREAMS__NORMALIZE_GROUP": f"test-devices-{uuid.uuid4().hex[:8]}",
-        "AFFLUENT_STREAMS__METRICS_PORT": str(free_port()),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def collect(

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,3 +74,38 @@ def normalize_raw(
             record = decode(registry, out.value)
             (observations if out.topic == "canonical.observation" else dead).append(record)
     return observations, dead
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def normalize_worker(raw_topic: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real normalize worker (faust) in its own process, its own consumer group, reading one raw topic."""
+    code = (
+        "import sys\n"
+        "from affluent.settings import load_settings\n"
+        "from streams.normalize.worker import run\n"
+        "sys.argv = [sys.argv[0]]\n"
+        f"run(load_settings(), ({raw_topic!r},))\n"
+    )
+    env = {
+        **os.environ,
+        "AFFLUENT_STREAMS__NORMALIZE_GROUP": f"test-devices-{uuid.uuid4().hex[:8]}",
+        "AFFLUENT_STREAMS__METRICS_PORT": str(_free_port()),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
