@@ -316,7 +316,19 @@ def documents(body: Any) -> list[tuple[str, Any]]:
     return [("$", body)]
 
 
-def _time(template: Template, value: Any, location: str) -> ClinicalTime:
+def _time(template: Template, value: Any, location: str, seen: dict[Any, ClinicalTime]) -> ClinicalTime:
+    """The reading's time; ``seen`` caches the texts already parsed in this payload (a gateway's batch
+    repeats one time for every value measured together)."""
+    known = seen.get(value) if isinstance(value, str | int | float) else None
+    if known is not None:
+        return known
+    parsed = _parse_time(template, value, location)
+    if isinstance(value, str | int | float):
+        seen[value] = parsed
+    return parsed
+
+
+def _parse_time(template: Template, value: Any, location: str) -> ClinicalTime:
     if value is MISSING or value is None:
         raise PayloadError("missing_timestamp", "the reading has no timestamp", location)
     try:
@@ -387,11 +399,13 @@ def _measure(spec: ObservationSpec, document: Any, reading: Any, location: str) 
     return Measurement(spec, q.as_record())
 
 
-def _reading(template: Template, document: Any, reading: Any, location: str) -> Reading:
+def _reading(
+    template: Template, document: Any, reading: Any, location: str, seen: dict[Any, ClinicalTime]
+) -> Reading:
     device_id = _scalar_text(template.device_id.get(document, reading))
     if device_id is None:
         raise PayloadError("missing_device", f"no device id at {template.device_id.text}", location)
-    when = _time(template, template.time.get(document, reading), location)
+    when = _time(template, template.time.get(document, reading), location, seen)
     ipp = None
     if template.patient_ipp is not None:
         ipp = _scalar_text(template.patient_ipp.get(document, reading))
@@ -427,12 +441,13 @@ def extract(template: Template, document: Any, location: str = "$") -> list[Read
     """Every reading of one document, all or nothing: the first unreadable reading raises PayloadError."""
     if not isinstance(document, dict):
         raise PayloadError("wrong_type", "a document must be a JSON object", location)
+    seen: dict[Any, ClinicalTime] = {}
     if template.readings is None:
-        return [_reading(template, document, document, location)]
+        return [_reading(template, document, document, location, seen)]
     found = template.readings.all(document)
     if not found:
         raise PayloadError("no_reading", f"nothing at {template.readings.text}", location)
-    return [_reading(template, document, item, f"{location}{where[1:]}") for where, item in found]
+    return [_reading(template, document, item, f"{location}{where[1:]}", seen) for where, item in found]
 
 
 def read_payload(template: Template, payload: bytes) -> list[Reading]:
