@@ -176,12 +176,16 @@ class DeviceSettings(BaseModel):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    # Mutual TLS: when set, a client certificate signed by this CA is required (bearer tokens still are).
+    tls_client_ca: Path | None = None
     mqtt: DeviceMqttSettings = DeviceMqttSettings()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> DeviceSettings:
         if (self.tls_certificate is None) != (self.tls_key is None):
             raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_key (HTTPS)")
         return self
 
 

@@ -60,6 +60,9 @@ class DeviceHttpServer:
         if self.settings.tls_certificate and self.settings.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(self.settings.tls_certificate), str(self.settings.tls_key))
+            if self.settings.tls_client_ca is not None:
+                context.load_verify_locations(cafile=str(self.settings.tls_client_ca))
+                context.verify_mode = ssl.CERT_REQUIRED
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=context)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []

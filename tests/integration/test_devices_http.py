@@ -170,3 +170,46 @@ async def test_kafka_down_is_503_with_retry_after(settings: Settings, registry: 
         await server.stop()
         producer.close(timeout_s=0.5)
     assert status == 503 and headers["Retry-After"] == "7" and body["error"] == "unavailable"
+
+
+async def test_https_with_client_certificates(
+    settings: Settings, registry: Registry, new_topic, tmp_path
+) -> None:
+    import ssl
+
+    from tests.support.certs import TestPki
+
+    pki = TestPki(tmp_path / "pki")
+    server = pki.issue("affluent-devices.test", server=True)
+    devices = DeviceSettings(
+        port=0,
+        metrics_port=None,
+        tokens=TOKENS,
+        tls_certificate=server.cert,
+        tls_key=server.key,
+        tls_client_ca=pki.ca.cert,
+    )
+    service = DeviceService(
+        settings.model_copy(update={"devices": devices}),
+        CollectorRegistry(),
+        raw_topic=new_topic("test.device.raw"),
+    )
+    port = await service.start(with_telemetry=False)
+    url = f"https://127.0.0.1:{port}/devices/bp-single"
+    try:
+        with_cert = ssl.create_default_context(cafile=str(pki.ca.cert))
+        gateway = pki.issue("gw-0042.test")
+        with_cert.load_cert_chain(str(gateway.cert), str(gateway.key))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                url, data=sample("bp-single"), headers=auth(GATEWAY_TOKEN), ssl=with_cert
+            ) as resp:
+                assert resp.status == 202
+            without_cert = ssl.create_default_context(cafile=str(pki.ca.cert))
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(
+                    url, data=sample("bp-single"), headers=auth(GATEWAY_TOKEN), ssl=without_cert
+                ):
+                    pass
+    finally:
+        await service.stop()
