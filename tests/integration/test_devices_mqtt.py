@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from affluent.settings import DeviceMqttSettings, DeviceSettings, KafkaSettings, Settings
 from connectors.deadletter import DeadLetterWriter
@@ -27,7 +28,7 @@ from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
 from schemas.registry import AvroCodec, Registry, decode, load_schema
 from tests.support.devices import normalize_raw, sample
-from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.mosquitto import BrokerTls, Mosquitto, free_port
 
 pytestmark = [pytest.mark.integration]
 
@@ -93,7 +94,7 @@ def eventually(condition: Callable[[], bool], timeout_s: float) -> None:
 class Publisher:
     """A device gateway: QoS 1, persistent session, re-sends what the broker did not acknowledge."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: BrokerTls | None = None) -> None:
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"gw-{uuid.uuid4().hex[:8]}",
@@ -101,6 +102,9 @@ class Publisher:
             protocol=mqtt.MQTTv311,
         )
         self.client.reconnect_delay_set(1, 2)
+        if tls is not None:
+            self.client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.certificate), keyfile=str(tls.key))
+            self.client.username_pw_set(tls.username, tls.password)
         self.client.connect(host="127.0.0.1", port=port)
         self.client.loop_start()
         self.infos: list[mqtt.MQTTMessageInfo] = []
@@ -241,3 +245,49 @@ async def test_no_puback_while_kafka_is_down_so_the_broker_redelivers(
     finally:
         await service.stop()
     assert decode(registry, record[1])["payload"] == sample("bp-single")
+
+
+async def test_tls_with_client_certificate_and_password(
+    settings: Settings, registry: Registry, reader, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    from tests.support.certs import TestPki
+
+    pki = TestPki(tmp_path / "pki")
+    server = pki.issue("mqtt.test", server=True)
+    broker = Mosquitto(
+        tmp_path / "tls-broker",
+        BrokerTls(
+            pki.ca.cert, server.cert, server.key, username="affluent", password="test-password-not-secret"
+        ),
+    )
+    broker.start()
+    door_cert, gateway_cert = pki.issue("affluent-door.test"), pki.issue("gw-0042.test")
+    prefix = f"tele/{uuid.uuid4().hex[:8]}"
+    raw_topic, dlq_topic = new_topic("test.device.raw"), new_topic("test.dlq")
+    mqtt_settings = door_settings(broker, {f"{prefix}/bp": "bp-single"}).model_copy(
+        update={
+            "tls_ca": pki.ca.cert,
+            "tls_certificate": door_cert.cert,
+            "tls_key": door_cert.key,
+            "username": "affluent",
+            "password": SecretStr("test-password-not-secret"),
+        }
+    )
+    try:
+        service = await start_door(settings, mqtt_settings, raw_topic, dlq_topic)
+        gateway = Publisher(
+            broker.port,
+            BrokerTls(
+                pki.ca.cert, gateway_cert.cert, gateway_cert.key, "affluent", "test-password-not-secret"
+            ),
+        )
+        try:
+            gateway.publish(f"{prefix}/bp", sample("bp-single"))
+            await asyncio.to_thread(gateway.wait_all)
+            (record,) = await asyncio.to_thread(reader, raw_topic, 1)
+        finally:
+            gateway.close()
+            await service.stop()
+    finally:
+        broker.stop()
+    assert decode(registry, record[1])["connector"] == "devices_mqtt"
