@@ -183,6 +183,10 @@ class DeviceMqttDoor:
             except PayloadError as exc:
                 rejected.append((item, name, exc))
                 continue
+            except Exception as exc:  # a bug must not stop the door: the message becomes a dead letter
+                bug = PayloadError("mapping_failed", f"unexpected {type(exc).__name__} reading the payload")
+                rejected.append((item, name, bug))
+                continue
             raws.append(raw_message(CONNECTOR, item.topic, template, item.payload, len(readings)))
             counts.append((template.name, len(readings)))
         delay = 0.5

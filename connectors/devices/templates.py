@@ -305,6 +305,8 @@ def parse_json(payload: bytes) -> Any:
         return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise PayloadError("not_json", "the payload is not UTF-8 JSON") from None
+    except RecursionError:
+        raise PayloadError("not_json", "the payload nests deeper than the parser allows") from None
 
 
 def documents(body: Any) -> list[tuple[str, Any]]:

@@ -121,6 +121,7 @@ def _bp(**changes: Any) -> bytes:
         (_bp(measuredAt=None), "missing_timestamp", "$"),
         (_bp(deviceId=None), "missing_device", "$"),
         (b"{not json", "not_json", ""),
+        (b"[" * 100_000 + b"]" * 100_000, "not_json", ""),
         (b"[]", "no_reading", "$"),
         (b"[1]", "wrong_type", "$[0]"),
         (
