@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,84 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, out=print)
 
 
+def cmd_devices_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.devices.service import serve_forever
+
+    if args.port is not None:
+        devices = settings.devices.model_copy(update={"port": args.port})
+        settings = settings.model_copy(update={"devices": devices})
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
+def cmd_devices_test_mapping(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from connectors.devices.cli import dumps, test_mapping
+    from streams.normalize.result import MappingError
+
+    try:
+        records = test_mapping(settings, args.template, Path(args.payload))
+    except MappingError as exc:
+        where = f" at {exc.location}" if exc.location else ""
+        print(f"refused ({exc.code}){where}: {exc.reason}", file=sys.stderr)
+        return 1
+    print(dumps(records))
+    return 0
+
+
+def _instant(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
+    from connectors.devices.cli import link
+    from connectors.devices.registry import Link
+
+    new = Link(
+        ipp=args.ipp,
+        authority=args.authority,
+        valid_from=_instant(args.valid_from) or datetime.now(UTC),
+        valid_to=_instant(args.valid_to),
+        ins=args.ins,
+        ins_oid=args.ins_oid,
+        ins_qualified=args.ins_qualified,
+    )
+    n = link(settings, args.device, new)
+    print(f"device linked ({n} period(s) on record)")
+    return 0
+
+
+def cmd_devices_unlink(settings: Settings, args: argparse.Namespace) -> int:
+    from connectors.devices.cli import unlink
+
+    unlink(settings, args.device, _instant(args.at) or datetime.now(UTC))
+    print("device unlinked")
+    return 0
+
+
+def cmd_devices_list(settings: Settings, args: argparse.Namespace) -> int:
+    from connectors.devices.cli import listing
+
+    for line in listing(settings):
+        print(line)
+    return 0
+
+
+def cmd_devices_token(settings: Settings, args: argparse.Namespace) -> int:
+    from connectors.devices.cli import new_token
+
+    token, digest = new_token()
+    print(f"token (give to the device, shown once): {token}")
+    print(f"settings entry: {{sha256: {digest}, sender: {args.sender}}}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {}
 
 
@@ -312,6 +391,36 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--reset", action="store_true", help="forget checkpoints: the next pass resyncs")
     pull.add_argument("--type", action="append", help="with --reset: only this resource type (repeatable)")
     pull.set_defaults(func=cmd_pull)
+
+    devices = sub.add_parser("devices", help="telemonitoring devices: HTTPS/MQTT door, templates, registry")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True)
+    p = devices_sub.add_parser("serve", help="run the HTTPS JSON (and MQTT, if enabled) door")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: settings, 8082)")
+    p.set_defaults(func=cmd_devices_serve)
+    p = devices_sub.add_parser("test-mapping", help="print the Observations a payload yields")
+    p.add_argument("template", help="template name, or a .yaml file")
+    p.add_argument("payload", help="JSON payload file")
+    p.set_defaults(func=cmd_devices_test_mapping)
+    p = devices_sub.add_parser("link", help="link a device to a patient from a time (control.devices)")
+    p.add_argument("device")
+    p.add_argument("--ipp", required=True, help="local patient id")
+    p.add_argument("--authority", required=True, help="the IPP's assigning authority (OID or namespace)")
+    p.add_argument("--from", dest="valid_from", help="ISO time the link starts (default: now)")
+    p.add_argument("--to", dest="valid_to", help="ISO time the link ends (default: open)")
+    p.add_argument("--ins", help="INS matricule")
+    p.add_argument("--ins-oid", help="INS OID (1.2.250.1.213.1.4.8, .10 for test NIRs)")
+    p.add_argument("--ins-qualified", action="store_true", help="the identity is qualified (QUAL)")
+    p.set_defaults(func=cmd_devices_link)
+    p = devices_sub.add_parser("unlink", help="end the device's open link")
+    p.add_argument("device")
+    p.add_argument("--at", help="ISO time the link ends (default: now)")
+    p.set_defaults(func=cmd_devices_unlink)
+    devices_sub.add_parser("list", help="devices and link periods (no patient ids)").set_defaults(
+        func=cmd_devices_list
+    )
+    p = devices_sub.add_parser("token", help="make a bearer token and its settings hash")
+    p.add_argument("--sender", default="<gateway id>", help="gateway or device id the token is for")
+    p.set_defaults(func=cmd_devices_token)
 
     sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
     return parser

@@ -198,6 +198,74 @@ class FhirPollSettings(BaseModel):
     metrics_port: int | None = Field(default=9469, ge=0, le=65535)
 
 
+class DeviceToken(BaseModel):
+    """A bearer token of one device or gateway, stored only as its SHA-256 (hex), never in clear."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Gateway or device id: the raw record's source facility (one Kafka key, so one sender's order).
+    sender: str = Field(min_length=1)
+    # Mapping templates this token may post to; empty = any.
+    mappings: list[str] = []
+
+
+class DeviceMqttSettings(BaseModel):
+    """The MQTT door: subscriptions on a broker (QoS 1), PUBACK only after Kafka holds the reading."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    # A fixed client id with a persistent session: the broker keeps unacknowledged readings for us.
+    client_id: str = "affluent-devices"
+    # Topic filter -> mapping template name, e.g. {"telemonitoring/+/bp": "bp-single"}.
+    topics: dict[str, str] = {}
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DeviceMqttSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        if self.enabled and not self.topics:
+            raise ValueError("the MQTT door needs at least one topic (topic filter -> template)")
+        return self
+
+
+class DeviceSettings(BaseModel):
+    """The telemonitoring door (HTTPS JSON + MQTT) and the device mapping in the normalize stage."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8082, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9468, ge=0, le=65535)
+    # Folder of mapping templates (*.yaml); None = the templates shipped in connectors/devices/mappings.
+    templates_dir: Path | None = None
+    tokens: list[DeviceToken] = []
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(default=5, ge=1)
+    # Readings later than their arrival by more than this are flagged (interpretation future-time).
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    # Mutual TLS: when set, a client certificate signed by this CA is required (bearer tokens still are).
+    tls_client_ca: Path | None = None
+    mqtt: DeviceMqttSettings = DeviceMqttSettings()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> DeviceSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_key (HTTPS)")
+        return self
+
+
 class StackSettings(BaseModel):
     """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
 
@@ -246,6 +314,7 @@ class Settings(BaseSettings):
     fhir_poll: FhirPollSettings = FhirPollSettings()
     stack: StackSettings = StackSettings()
     opposition: OppositionSettings = OppositionSettings()
+    devices: DeviceSettings = DeviceSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -12,6 +12,7 @@ INGEST_FHIR_RAW = "ingest.fhir.raw"
 INGEST_DEVICE_RAW = "ingest.device.raw"
 CONTROL_ACK = "control.ack"
 CONTROL_OPPOSITION = "control.opposition"
+CONTROL_DEVICES = "control.devices"  # device registry: device id -> link history (compacted)
 DLQ_INGEST = "dlq.ingest"
 # FHIR REST door: raw_id (or If-None-Exist digest) -> the answer given, so a resend stores nothing new.
 CONTROL_FHIR_SEEN = "control.fhir.seen"
@@ -36,6 +37,7 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(CONTROL_FHIR_SEEN, config=ACK_CACHE_CONFIG),
     # The FHIR puller's position per (source, resource type): only the latest value matters.
     TopicSpec(CONTROL_FHIR_POLL_CHECKPOINTS, config=COMPACTED_CONFIG),
+    TopicSpec(CONTROL_DEVICES, config=COMPACTED_CONFIG),
 )
 
 

@@ -44,6 +44,7 @@ SUITE_MODULES: dict[str, str] = {
     "stages": "bench.stages",
     "fhir_rest": "bench.fhir_rest",
     "fhir_pull": "bench.fhir_pull",
+    "devices": "bench.devices",
 }
 
 

@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from typing import Any, cast
 
 import aiohttp
@@ -40,8 +39,9 @@ from affluent.kafka import TopicSpec, ensure_topics, make_producer
 from affluent.settings import FhirRestSettings, Settings, load_settings
 from affluent.topics import ACK_CACHE_CONFIG
 from bench import Options, register
+from bench.loadproc import LoadProcess
 from bench.machine import process_cpu
-from bench.mllp import SenderProcess, _sender_main, delete_topics, sender_process
+from bench.mllp import delete_topics
 from bench.report import (
     SuiteResult,
     Table,
@@ -119,11 +119,6 @@ async def drive(spec: LoadSpec) -> LoadResult:
     out.latencies.sort()
     out.cpu_s = time.process_time() - cpu0
     return out
-
-
-def client_process_main(conn: Connection) -> None:
-    """The spawned clients' entry point: the MLLP suite's spec loop, driving HTTP clients."""
-    _sender_main(conn, drive)
 
 
 # ---------------------------------------------------------------------------- payloads and ceilings
@@ -228,10 +223,9 @@ class Run:
         return percentile(self.load.latencies, q)
 
 
-async def _measure(label: str, clients: SenderProcess, spec: LoadSpec) -> Run:
+async def _measure(label: str, clients: LoadProcess[Any, Any], spec: LoadSpec) -> Run:
     cpu0, t0 = process_cpu_self(), time.perf_counter()
-    # The MLLP suite's process runs any picklable spec; its signature names the MLLP types.
-    load = cast(LoadResult, await asyncio.to_thread(clients.run, cast(Any, spec)))
+    load = cast(LoadResult, await asyncio.to_thread(clients.run, spec))
     cpu_s = process_cpu_self() - cpu0
     return Run(label, load, spec.resources_per_request, cpu_s / (time.perf_counter() - t0), cpu_s)
 
@@ -255,7 +249,7 @@ async def _collect(options: Options) -> tuple[list[Run], float, float]:
     )
     runs: list[Run] = []
     try:
-        with sender_process(client_process_main, "bench-fhir-clients") as clients:
+        with contextlib.closing(LoadProcess(drive, "bench-fhir-clients")) as clients:
             async with echo_server() as echo_port:
                 for label, templates, per in (
                     ("HTTP echo, single Observation", single_templates(), 1),

@@ -20,15 +20,13 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import multiprocessing
 import os
 import pstats
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -38,6 +36,7 @@ from affluent.settings import KafkaSettings, MllpSettings, Settings, load_settin
 from affluent.topics import ACK_CACHE_CONFIG
 from bench import Options, register
 from bench.corpus import load_corpus
+from bench.loadproc import LoadProcess
 from bench.machine import CpuWindow, thread_cpu
 from bench.report import (
     SuiteResult,
@@ -230,47 +229,11 @@ async def drive(spec: LoadSpec) -> LoadResult:
     return result
 
 
-def _sender_main(conn: Connection, drive: Callable[[Any], Coroutine[Any, Any, Any]] = drive) -> None:
-    """Entry point of the sender process: run the load specs it is sent, until it is sent None.
+class SenderProcess(LoadProcess[LoadSpec, LoadResult]):
+    """The MLLP senders, in a spawned process so that they never share the server's GIL."""
 
-    ``drive`` is the load of one spec; other suites (bench.fhir_rest) pass their own.
-    """
-    while True:
-        spec = conn.recv()
-        if spec is None:
-            break
-        try:
-            conn.send(asyncio.run(drive(spec)))
-        except Exception as exc:  # reported to the parent, which raises it
-            conn.send(RuntimeError(f"sender process failed: {type(exc).__name__}: {exc}"))
-
-
-class SenderProcess:
-    """The load generator, in a spawned process so that it never shares the server's GIL."""
-
-    def __init__(
-        self, main: Callable[[Connection], None] = _sender_main, name: str = "bench-mllp-senders"
-    ) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=main, args=(child,), name=name, daemon=True)
-        self._process.start()
-        child.close()
-
-    def run(self, spec: LoadSpec) -> LoadResult:
-        self._conn.send(spec)
-        answer = self._conn.recv()
-        if isinstance(answer, BaseException):
-            raise answer
-        return cast(LoadResult, answer)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
+    def __init__(self) -> None:
+        super().__init__(drive, "bench-mllp-senders")
 
 
 # ---------------------------------------------------------------------------- server side

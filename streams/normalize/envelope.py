@@ -8,7 +8,8 @@ twice, yields the same ids, so consumers and idempotent sinks collapse duplicate
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,8 @@ class RawContext:
     topic: str = ""
     partition: int = 0
     offset: int = 0
+    # The raw record's attributes (e.g. a device payload's mapping template name).
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_raw(
@@ -47,6 +50,7 @@ class RawContext:
             topic=topic,
             partition=partition,
             offset=offset,
+            attributes=raw.get("attributes") or {},
         )
 
 

@@ -130,3 +130,8 @@ def quantity(value: float, unit: str, conversions: Mapping[str, str] = DEFAULT_C
     if target is not None and (ucum, target) in _CONVERSIONS:
         return Quantity(round(_CONVERSIONS[(ucum, target)](value), 6), target, UCUM_SYSTEM, original)
     return Quantity(value, ucum, UCUM_SYSTEM, original)
+
+
+def can_convert(source: str, target: str) -> bool:
+    """Whether :func:`quantity` can convert between two UCUM codes (templates check it at load)."""
+    return source == target or (source, target) in _CONVERSIONS

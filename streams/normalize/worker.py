@@ -9,15 +9,23 @@ the replayed outputs identical — but never skips one.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import faust
 from prometheus_client import CollectorRegistry
 
+from affluent.compacted import CompactedView
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
 from affluent.telemetry import TelemetryServer, dependencies
-from affluent.topics import INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW
+from affluent.topics import (
+    COMPACTED_CONFIG,
+    CONTROL_DEVICES,
+    INGEST_DEVICE_RAW,
+    INGEST_FHIR_RAW,
+    INGEST_HL7V2_RAW,
+)
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.registry import Registry
 from streams.app import install_stage, make_app
@@ -29,11 +37,28 @@ log = logging.getLogger(__name__)
 RAW_TOPICS = (INGEST_HL7V2_RAW, INGEST_FHIR_RAW, INGEST_DEVICE_RAW)
 
 
-def default_mappers() -> dict[str, Mapper]:
+def default_mappers(device: Mapper | None = None) -> dict[str, Mapper]:
     from streams.normalize.fhir import map_fhir
     from streams.normalize.hl7 import map_hl7
 
-    return {"hl7v2": map_hl7, "fhir": map_fhir}
+    mappers: dict[str, Mapper] = {"hl7v2": map_hl7, "fhir": map_fhir}
+    if device is not None:
+        mappers["device"] = device
+    return mappers
+
+
+def device_mapper(settings: Settings) -> Mapper:
+    """The device mapper over the templates and the device registry (read to its end before starting)."""
+    from connectors.devices.registry import DeviceRegistry
+    from connectors.devices.templates import load_templates
+    from streams.normalize.device import DeviceMapper
+
+    templates = load_templates(settings.devices.templates_dir)
+    ensure_topics(settings.kafka, [TopicSpec(CONTROL_DEVICES, config=COMPACTED_CONFIG)])
+    view = CompactedView(settings.kafka, CONTROL_DEVICES, name="device-registry")
+    view.start()
+    skew = timedelta(seconds=settings.devices.max_future_skew_s)
+    return DeviceMapper(templates, DeviceRegistry(view.get), skew)
 
 
 def build_worker(
@@ -49,7 +74,7 @@ def build_worker(
         Registry(s.registry),
         MappingOptions(timezone=ZoneInfo(s.streams.timezone)),
         NormalizeMetrics(metrics_registry),
-        default_mappers(),
+        default_mappers(device_mapper(s)),
     )
     app = make_app(s.streams.normalize_group, s.kafka)
     telemetry = install_stage(
@@ -65,8 +90,8 @@ def build_worker(
     return app, telemetry
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, raw_topics: tuple[str, ...] = RAW_TOPICS) -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM (faust handles the signals and drains)."""
-    app, _ = build_worker(settings)
+    app, _ = build_worker(settings, raw_topics=raw_topics)
     worker = faust.Worker(app, loglevel="WARN", quiet=True)
     worker.execute_from_commandline()

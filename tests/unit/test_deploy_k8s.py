@@ -18,6 +18,7 @@ from affluent.topics import (
     ACK_CACHE_CONFIG,
     COMPACTED_CONFIG,
     CONTROL_ACK,
+    CONTROL_DEVICES,
     CONTROL_OPPOSITION,
     CORE_TOPICS,
     DLQ_INGEST,
@@ -148,9 +149,9 @@ NEEDS = {
         "Describe": {spec.name for spec in CORE_TOPICS},
     },
     "affluent-normalize": {
-        "Read": set(RAW_TOPICS),
+        "Read": {*RAW_TOPICS, CONTROL_DEVICES},
         "Write": {*CANONICAL_TOPICS, DLQ_NORMALIZE},
-        "Describe": {*RAW_TOPICS, *CANONICAL_TOPICS, DLQ_NORMALIZE},
+        "Describe": {*RAW_TOPICS, *CANONICAL_TOPICS, DLQ_NORMALIZE, CONTROL_DEVICES},
     },
     "affluent-pseudonymize": {
         "Read": {*CANONICAL_TOPICS, CONTROL_OPPOSITION},
