@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
+DEMO_DURATION ?= 60
 
 .PHONY: help setup up down status demo schemas test test-unit lint format bench clean
 
@@ -29,7 +30,7 @@ status: setup ## what runs in the local stack
 	$(AFFLUENT) stack status
 
 demo: up ## the main job: show the platform working end to end
-	$(AFFLUENT) demo
+	$(AFFLUENT) demo --duration $(DEMO_DURATION)
 
 schemas: up ## check every schema against the registry, then register them
 	$(AFFLUENT) schemas check

@@ -13,14 +13,18 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 ReadyCheck = Callable[[], Awaitable[bool]]
+HealthReport = Callable[[], dict[str, object]]
 
 
 class TelemetryServer:
     """``/metrics`` (Prometheus text), ``/health`` (process alive) and ``/ready`` (dependencies usable)."""
 
-    def __init__(self, registry: CollectorRegistry, ready: ReadyCheck | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, ready: ReadyCheck | None = None, health: HealthReport | None = None
+    ) -> None:
         self.registry = registry
         self._ready = ready
+        self._health_report = health
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -48,7 +52,8 @@ class TelemetryServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "up"})
+        extra = self._health_report() if self._health_report is not None else {}
+        return web.json_response({"status": "up", **extra})
 
     async def _ready_handler(self, request: web.Request) -> web.Response:
         ok = True if self._ready is None else await self._ready()
