@@ -120,11 +120,13 @@ def _outbound(lane: int, payload: bytes, label: str) -> Outbound:
     return Outbound("mllp", lane, payload, raw_id, label)
 
 
-def traffic(plan: Plan, people: list[SyntheticPatient], seed: int) -> list[Outbound]:
-    """The whole run's messages, in sending order (pure: same plan and seed, same bytes)."""
+def traffic(
+    plan: Plan, people: list[SyntheticPatient], seed: int, start: datetime | None = None
+) -> list[Outbound]:
+    """The whole run's messages, in sending order (pure given `start`: same plan and seed, same bytes)."""
     rng = random.Random(seed)
     hospital = Hospital(rng, people, f"{rng.randrange(16**6):06x}")
-    when = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    when = start or datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     step = timedelta(seconds=1 / plan.rate)
     out = []
     for _ in range(plan.count):
