@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
 DEMO_DURATION ?= 60
+SOAK_MINUTES ?= 10
 
-.PHONY: help setup up down status demo schemas test test-unit lint format bench clean
+.PHONY: help setup up down status demo schemas test test-unit lint format bench soak clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +54,9 @@ format: setup
 
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench
+
+soak: up ## memory of every affluent run process under steady HL7 traffic ($(SOAK_MINUTES) min)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean: down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

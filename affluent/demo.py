@@ -184,7 +184,7 @@ def _forward(stream: IO[str], out: Out) -> None:
         out(f"  [run] {line.rstrip()}")
 
 
-def _health(port: int) -> dict[str, Any] | None:
+def run_health(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
             body: dict[str, Any] = json.loads(response.read())
@@ -198,7 +198,7 @@ def wait_ready(process: subprocess.Popen[str], port: int, timeout_s: float) -> d
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AffluentError(f"affluent run ended early (exit code {process.returncode})")
-        health = _health(port)
+        health = run_health(port)
         if health is not None and health.get("ready"):
             return health
         time.sleep(0.5)

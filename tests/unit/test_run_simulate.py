@@ -103,3 +103,14 @@ def test_accounting_lines_show_missing_counts():
 def test_tail_lines_are_json_with_bytes_and_times():
     line = json_line({"payload": b"\x00\xff", "at": datetime(2026, 1, 2, tzinfo=UTC), "name": "Zoé"})
     assert line == '{"payload": "AP8=", "at": "2026-01-02T00:00:00+00:00", "name": "Zoé"}'
+
+
+def test_soak_verdict_ignores_the_warm_up_and_catches_steady_growth():
+    from bench.soak import growth, is_flat
+
+    warm_then_flat = [100, 150, 200, 200, 201, 199, 200, 202, 200, 201]
+    leaking = [100, 110, 120, 130, 140, 150, 160, 170, 180, 190]
+    assert is_flat(warm_then_flat, 0.10)
+    assert not is_flat(leaking, 0.10)
+    assert growth(leaking) > 0.3
+    assert not is_flat([100, 100], 0.10)  # too few samples to tell
