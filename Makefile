@@ -55,7 +55,7 @@ format: setup
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench
 
-soak: up ## memory of every affluent run process under steady HL7 traffic ($(SOAK_MINUTES) min)
+soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean: down
