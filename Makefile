@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
+DEMO_DURATION ?= 60
+SOAK_MINUTES ?= 10
 
-.PHONY: help setup up down status demo schemas test test-unit lint format bench clean dashboards
+.PHONY: help setup up down status demo schemas test test-unit lint format bench soak clean dashboards chaos
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +31,7 @@ status: setup ## what runs in the local stack
 	$(AFFLUENT) stack status
 
 demo: up ## the main job: show the platform working end to end
-	$(AFFLUENT) demo
+	$(AFFLUENT) demo --duration $(DEMO_DURATION)
 
 schemas: up ## check every schema against the registry, then register them
 	$(AFFLUENT) schemas check
@@ -56,6 +58,12 @@ format: setup
 
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench
+
+chaos: up ## the fault suite on a three-broker cluster, with its accounting table
+	$(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
+
+soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean: down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -7,14 +7,17 @@ tests and the fault suite all ask this question the same way.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from affluent.errors import AffluentError
 from affluent.kafka import make_consumer
 from affluent.settings import KafkaSettings
 from schemas.registry import Registry, decode
@@ -78,3 +81,180 @@ def collect(
     finally:
         consumer.close()
     return found
+
+
+def end_offsets(consumer: Consumer, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of `topics` at its current end: where a run's own records will start."""
+    positions: list[TopicPartition] = []
+    for topic in topics:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            continue
+        for partition in md.partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            positions.append(TopicPartition(topic, partition, high))
+    return positions
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one run's messages became so far (counts only: no content, safe to print)."""
+
+    sent: int = 0
+    acknowledged: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # sender-side answer codes other than AA/CA
+    canonical: Counter[str] = field(default_factory=Counter)  # topic -> events
+    dead: Counter[str] = field(default_factory=Counter)  # "<dlq topic> <reason_code>" -> dead letters
+    national: Counter[str] = field(default_factory=Counter)  # topic -> records of this run
+    drops: Counter[str] = field(default_factory=Counter)  # destination -> opposition drops
+    expected_national: int = 0
+    missing_messages: int = 0  # acknowledged, found neither canonical nor dead-lettered
+    missing_national: int = 0  # national records due (not dropped) that did not arrive
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(self.dead.values())
+
+    @property
+    def national_records(self) -> int:
+        return sum(self.national.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.missing_messages == 0 and self.missing_national == 0
+
+
+NationalOf = Callable[[str, dict[str, Any]], list[tuple[str, str, bool]]]
+"""(canonical kind, canonical record) -> [(destination, national event id, dropped by opposition)]."""
+
+
+class Ledger:
+    """Follows one run through the pipeline while it happens, from the topics' ends at its start.
+
+    Messages are registered by raw id before they are sent; canonical events and dead letters are
+    matched to them by lineage raw id; the national records each canonical event must yield (or the
+    opposition drops it must count) are computed with the destinations' own policies and keys by
+    `national_of`, and matched by national event id, since national records carry no lineage.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        registry: Registry,
+        canonical_topics: Iterable[str],
+        dlq_topics: Iterable[str],
+        national_topics: Iterable[str],
+        national_of: NationalOf,
+    ) -> None:
+        self._registry = registry
+        self._canonical = set(canonical_topics)
+        self._dlq = set(dlq_topics)
+        self._national = set(national_topics)
+        self._national_of = national_of
+        self._consumer = make_consumer(kafka, group_id=f"affluent-ledger-{uuid.uuid4().hex[:8]}")
+        self._consumer.assign(end_offsets(self._consumer, [*self._canonical, *self._dlq, *self._national]))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="affluent-ledger", daemon=True)
+        self._sent: set[str] = set()
+        self._acked: set[str] = set()
+        self._reached: set[str] = set()
+        self._expected: set[str] = set()
+        self._seen: set[tuple[str, str]] = set()  # duplicates (replays, other pipelines) count once
+        self._arrived: dict[str, str] = {}  # national event id -> topic, whoever's it is
+        self._tally = Tally()
+        self.last_change = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def sent(self, raw_id: str | None) -> None:
+        with self._lock:
+            self._tally.sent += 1
+            if raw_id is not None:
+                self._sent.add(raw_id)
+
+    def answered(self, raw_id: str | None, code: str, acknowledged: bool) -> None:
+        with self._lock:
+            if acknowledged and raw_id is not None:
+                self._acked.add(raw_id)
+                self._tally.acknowledged += 1
+            elif not acknowledged:
+                self._tally.refused[code] += 1
+
+    def tally(self) -> Tally:
+        with self._lock:
+            t = self._tally
+            arrived = [self._arrived[e] for e in self._expected if e in self._arrived]
+            return Tally(
+                t.sent,
+                t.acknowledged,
+                Counter(t.refused),
+                Counter(t.canonical),
+                Counter(t.dead),
+                Counter(arrived),
+                Counter(t.drops),
+                len(self._expected),
+                len(self._acked - self._reached),
+                len(self._expected) - len(arrived),
+            )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error() is not None or msg.value() is None:
+                continue
+            try:
+                record = decode(self._registry, msg.value() or b"")
+            except AffluentError:
+                continue  # not a registered record: nobody's accounting
+            with self._lock:
+                if self._take(msg.topic() or "", record):
+                    self.last_change = time.monotonic()
+
+    def _take(self, topic: str, record: dict[str, Any]) -> bool:
+        if topic in self._national:
+            event_id = str(record["envelope"]["event_id"])
+            self._arrived[event_id] = topic
+            return event_id in self._expected
+        raw_id = raw_id_of(record)
+        if raw_id is None or raw_id not in self._sent:
+            return False
+        identity = (
+            f"{raw_id} {record['reason_code']}" if topic in self._dlq else str(record["envelope"]["event_id"])
+        )
+        if (topic, identity) in self._seen:
+            return False
+        self._seen.add((topic, identity))
+        self._reached.add(raw_id)
+        if topic in self._dlq:
+            self._tally.dead[f"{topic} {record['reason_code']}"] += 1
+            return True
+        self._tally.canonical[topic] += 1
+        for destination, event_id, dropped in self._national_of(topic.removeprefix("canonical."), record):
+            if dropped:
+                self._tally.drops[destination] += 1
+                continue
+            self._expected.add(event_id)
+        return True
+
+
+def start_group_at_end(kafka: KafkaSettings, group: str, topics: Iterable[str]) -> int:
+    """Commit the current end of `topics` for a consumer group that has no position there yet, so that
+    a new group starts with the records that come next instead of the topics' whole history.
+    Partitions the group already has a position on keep it. Returns the partitions set."""
+    consumer = make_consumer(kafka, group_id=group)
+    try:
+        ends = end_offsets(consumer, topics)
+        committed = consumer.committed(ends, timeout=10)
+        fresh = [end for end, known in zip(ends, committed, strict=True) if known.offset < 0]
+        if fresh:
+            consumer.commit(offsets=fresh, asynchronous=False)
+        return len(fresh)
+    finally:
+        consumer.close()

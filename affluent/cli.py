@@ -214,7 +214,53 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.demo import run_demo
 
-    return run_demo(settings, out=print)
+    return run_demo(
+        settings, out=lambda line: print(line, flush=True), duration_s=args.duration, rate=args.rate
+    )
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from affluent.components import COMPONENTS, select
+    from affluent.run import supervise
+
+    if args.list:
+        for c in COMPONENTS:
+            when = "default" if c.default else "on demand"
+            print(f"{c.name:<14} {c.role:<7} {when:<10} affluent {' '.join(c.argv)}")
+        return 0
+    return asyncio.run(supervise(settings, select(args.only), out=lambda line: print(line, flush=True)))
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from affluent.simulate import Plan, simulate_cli
+
+    plan = Plan(
+        patients=args.patients,
+        rate=args.rate,
+        duration_s=args.duration,
+        senders=args.senders,
+        host=args.host,
+        port=args.port or settings.mllp.port,
+        seed=args.seed,
+    )
+    return asyncio.run(simulate_cli(settings, plan, out=lambda line: print(line, flush=True)))
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.tail import tail
+
+    tail(
+        settings,
+        args.topic,
+        from_beginning=args.from_beginning,
+        limit=args.max,
+        out=lambda line: print(line, flush=True),
+    )
+    return 0
 
 
 def cmd_devices_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -296,6 +342,10 @@ def cmd_devices_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {}
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,7 +472,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sender", default="<gateway id>", help="gateway or device id the token is for")
     p.set_defaults(func=cmd_devices_token)
 
-    sub.add_parser("demo", help="show the platform working end to end").set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", help="show the platform working end to end")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds of hospital traffic (default 60)")
+    demo.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the doors and stream workers as one supervised process group")
+    run.add_argument("--only", type=_names, help="comma-separated components (default: every default one)")
+    run.add_argument("--list", action="store_true", help="list the components and exit")
+    run.set_defaults(func=cmd_run)
+    simulate = sub.add_parser(
+        "simulate", help="a synthetic hospital sending HL7 v2 over MLLP, with accounting"
+    )
+    simulate.add_argument("--patients", type=int, default=200, help="synthetic patients (default 200)")
+    simulate.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
+    simulate.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    simulate.add_argument("--senders", type=int, default=4, help="MLLP connections (default 4)")
+    simulate.add_argument("--host", default="127.0.0.1", help="the MLLP door's host")
+    simulate.add_argument("--port", type=int, default=None, help="the MLLP door's port (default: settings)")
+    simulate.add_argument("--seed", type=int, default=None, help="for a reproducible cohort")
+    simulate.set_defaults(func=cmd_simulate)
+    tail_ = sub.add_parser("tail", help="print a topic's records decoded through the registry, as JSON lines")
+    tail_.add_argument("topic")
+    tail_.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    tail_.add_argument("--max", type=int, default=None, help="stop after this many records")
+    tail_.set_defaults(func=cmd_tail)
     return parser
 
 

@@ -1,10 +1,12 @@
 """``affluent demo``: the main job, shown end to end on the local stack with synthetic patients.
 
 1. Foundation: a registered Avro record is written with ``acks=all`` and read back through the registry.
-2. Pipeline: a synthetic hospital sends HL7 v2 ADT and ORU messages over MLLP to the door; a normalize
-   worker (a real ``affluent normalize`` process) turns the raw records into canonical events.
-3. Accounting: every message the hospital saw acknowledged is found downstream — as canonical events or
-   as a dead letter with its reason. The demo fails (exit 1) if one is missing.
+2. Pipeline: ``affluent run`` (a real child process: the MLLP door, the normalize and pseudonymize
+   workers) on free ports, and ``affluent simulate``'s synthetic hospital sending ADT and ORU traffic
+   over MLLP for ``duration_s`` seconds with a live progress view.
+3. Accounting: every message the hospital saw acknowledged is found downstream — in a national topic,
+   as a counted opposition drop, or as a dead letter with its reason. Then ``affluent run`` is stopped
+   cleanly. The demo fails (exit 1) if anything is missing or the stop was not clean.
 """
 
 from __future__ import annotations
@@ -15,27 +17,26 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
-from prometheus_client import CollectorRegistry
 
-from affluent.accounting import collect
 from affluent.errors import AffluentError
 from affluent.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from affluent.settings import Settings
-from affluent.synthetic import HOSPITAL_OID, cohort, messages
 from affluent.topics import CORE_TOPICS, INGEST_HL7V2_RAW, value_subject
-from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, NATIONAL_TOPICS, register_all
+from schemas.catalog import CANONICAL_TOPICS, register_all
 from schemas.registry import AvroCodec, Registry, load_schema
 
 Out = Callable[[str], None]
@@ -67,7 +68,7 @@ def demo_record() -> dict[str, Any]:
     }
 
 
-def run_demo(settings: Settings, out: Out, count: int = 200, senders: int = 4) -> int:
+def run_demo(settings: Settings, out: Out, duration_s: float = 60.0, rate: float = 50.0) -> int:
     brokers = wait_for_kafka(settings.kafka, timeout_s=10)
     out(f"Kafka: {brokers} broker(s) at {settings.kafka.bootstrap_servers}")
     ensure_topics(settings.kafka, CORE_TOPICS)
@@ -76,7 +77,7 @@ def run_demo(settings: Settings, out: Out, count: int = 200, senders: int = 4) -
     out(f"Registry: {len(registered)} subjects registered with their compatibility rules ({registry.url})")
     if not round_trip(settings, registry, out):
         return 1
-    return asyncio.run(pipeline(settings, registry, out, count, senders))
+    return pipeline(settings, out, duration_s, rate)
 
 
 def round_trip(settings: Settings, registry: Registry, out: Out) -> bool:
@@ -139,173 +140,124 @@ def demo_keys(settings: Settings) -> Path:
     return path
 
 
-def _worker(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "affluent.cli", command],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+DEMO_GROUPS = {
+    # Stable groups of the demo's own: a worker of another checkout on a shared broker (default groups)
+    # must not take half of the demo's partitions, and the committed offsets skip older demos' records.
+    "AFFLUENT_STREAMS__NORMALIZE_GROUP": "affluent-demo-normalize",
+    "AFFLUENT_PSEUDONYMIZE_GROUP": "affluent-demo-pseudonymize",
+}
 
 
-async def pipeline(settings: Settings, registry: Registry, out: Out, count: int, senders: int) -> int:
-    from connectors.mllp.client import send_all
-    from connectors.mllp.intake import Accepted, IntakePolicy, assess
-    from connectors.mllp.service import MllpService
-    from streams.pseudonymize.cli import opposition_add, opposition_entries
-    from streams.pseudonymize.keys import file_provider
+def prepare_groups(settings: Settings, env: dict[str, str]) -> None:
+    """The demo's workers start with the traffic that comes next, not with the topics' history (which,
+    on a shared broker, may be large); faust's leader topics exist (topic creation is off)."""
+    from affluent.accounting import start_group_at_end
+    from affluent.kafka import TopicSpec
+    from streams.normalize.worker import RAW_TOPICS
+
+    normalize = env["AFFLUENT_STREAMS__NORMALIZE_GROUP"]
+    pseudonymize = env["AFFLUENT_PSEUDONYMIZE_GROUP"]
+    leaders = [TopicSpec(f"{g}-__assignor-__leader", partitions=1) for g in (normalize, pseudonymize)]
+    ensure_topics(settings.kafka, leaders)
+    start_group_at_end(settings.kafka, normalize, RAW_TOPICS)
+    start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS)
+
+
+def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str], int, int]:
+    """Environment of the demo's ``affluent run``: free ports for every listener, the demo keys and
+    groups. Returns it with the MLLP port and the supervisor's port."""
+    mllp, supervisor = _free_port(), _free_port()
+    env = {
+        "AFFLUENT_PSEUDO_KEY_FILE": str(key_file),
+        "AFFLUENT_MLLP__PORT": str(mllp),
+        "AFFLUENT_MLLP__METRICS_PORT": str(_free_port()),
+        "AFFLUENT_STREAMS__METRICS_PORT": str(_free_port()),
+        "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(_free_port()),
+        "AFFLUENT_RUN__METRICS_PORT": str(supervisor),
+        **{name: os.environ.get(name, group) for name, group in DEMO_GROUPS.items()},
+    }
+    return env, mllp, supervisor
+
+
+def _forward(stream: IO[str], out: Out) -> None:
+    for line in stream:
+        out(f"  [run] {line.rstrip()}")
+
+
+def run_health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+    except (OSError, ValueError):
+        return None
+
+
+def wait_ready(process: subprocess.Popen[str], port: int, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AffluentError(f"affluent run ended early (exit code {process.returncode})")
+        health = run_health(port)
+        if health is not None and health.get("ready"):
+            return health
+        time.sleep(0.5)
+    raise AffluentError(f"affluent run was not ready within {timeout_s:.0f} s (see .state/run/*.log)")
+
+
+def stop_run(process: subprocess.Popen[str], timeout_s: float) -> int:
+    """SIGTERM and wait (the supervisor stops doors, then workers); SIGKILL past the timeout."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return -signal.SIGKILL
+
+
+def pipeline(settings: Settings, out: Out, duration_s: float, rate: float) -> int:
+    from affluent.simulate import Plan, accounting_lines, live_progress, simulate
 
     key_file = demo_keys(settings)
-    keys = file_provider(key_file)
-    seed = int(time.time())
-    objecting = cohort(seed, 50)[:2]
-    opposed: set[str] = set()
-    for person in objecting:
-        opposition_add(settings, ipp=person.ipp, authority=HOSPITAL_OID, keys=keys)
-        opposed.update(opposition_entries(keys, ipp=person.ipp, authority=HOSPITAL_OID))
-    out(f"Opposition: {len(objecting)} synthetic patients objected before their first event (hashes stored)")
-
-    normalize_port, national_port = _free_port(), _free_port()
-    workers = [
-        _worker("normalize", {"AFFLUENT_STREAMS__METRICS_PORT": str(normalize_port)}),
-        _worker(
-            "pseudonymize",
-            {
-                "AFFLUENT_PSEUDO_KEY_FILE": str(key_file),
-                "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(national_port),
-            },
-        ),
-    ]
-    door_settings = settings.model_copy(
-        update={"mllp": settings.mllp.model_copy(update={"port": 0, "metrics_port": None})}
+    os.environ.setdefault("AFFLUENT_PSEUDO_KEY_FILE", str(key_file))
+    env, mllp_port, run_port = run_environment(settings, Path(os.environ["AFFLUENT_PSEUDO_KEY_FILE"]))
+    prepare_groups(settings, env)
+    process = subprocess.Popen(
+        # The simulator speaks HL7 v2 over MLLP: the doors it does not use are left out.
+        [sys.executable, "-m", "affluent.cli", "run", "--only", "mllp,normalize,pseudonymize"],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    door = MllpService(door_settings, CollectorRegistry())
+    threading.Thread(target=_forward, args=(process.stdout, out), daemon=True).start()
+    stopped: int | None = None
     try:
-        port = await door.start(with_telemetry=False)
-        out(
-            f"MLLP door on 127.0.0.1:{port}; normalize worker (metrics :{normalize_port}); "
-            f"pseudonymize worker (metrics :{national_port})"
-        )
-        batch = messages(count, seed=seed)
-        started = time.perf_counter()
-        codes = await send_all("127.0.0.1", port, batch, senders)
-        elapsed = time.perf_counter() - started
-        acked = [m for m, c in zip(batch, codes, strict=True) if c in ("AA", "CA")]
-        out(
-            f"Hospital sent {len(batch)} HL7 messages over {senders} MLLP connections in {elapsed:.1f} s: "
-            f"{Counter(codes).most_common()}"
-        )
-        raw_ids = set()
-        for payload in acked:
-            outcome = assess(payload, IntakePolicy())
-            if isinstance(outcome, Accepted):
-                raw_ids.add(outcome.raw_id)
-
-        def progress(accounted: int, records: int) -> None:
-            if records % 200 == 0:
-                out(f"  … {accounted}/{len(raw_ids)} acknowledged messages found downstream ({records} rec.)")
-
-        found = await asyncio.to_thread(
-            collect,
-            settings.kafka,
-            registry,
-            [*CANONICAL_TOPICS, DLQ_NORMALIZE],
-            raw_ids,
-            120.0,
-            None,
-            3.0,
-            progress,
-        )
-        expected, drops = expected_national(found, keys, opposed)
-        out(f"  … waiting for {len(expected)} national records")
-        national = await asyncio.to_thread(
-            collect,
-            settings.kafka,
-            registry,
-            sorted(NATIONAL_TOPICS),
-            set(expected),
-            120.0,
-            len(expected),
-            3.0,
-            None,
-            lambda record: str(record["envelope"]["event_id"]),
-        )
+        health = wait_ready(process, run_port, 180)
+        out(f"affluent run: {', '.join(health['children'])} ready (supervisor :{run_port})")
+        plan = Plan(rate=rate, duration_s=duration_s, port=mllp_port, patients=max(50, int(rate * 4)))
+        tty = sys.stdout.isatty()
+        tally = asyncio.run(simulate(settings, plan, out, live_progress(out, tty)))
+        if tty:
+            out("")
+        out("")
+        for line in accounting_lines(tally):
+            out(line)
+        out("")
+        out("Where to look (while `affluent run` runs):")
+        out(f"  supervisor    http://127.0.0.1:{run_port}/health  and /metrics (children, restarts)")
+        for name, child in health["children"].items():
+            out(f"  {name:<13} {child['metrics']}")
+        out("  decoded national records:  affluent tail national.hdh.observation.v1 --from-beginning --max 5")
+        out("  what each destination receives: docs/pseudonymization.md; logs: .state/run/*.log")
     finally:
-        await door.stop()
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-    return report(found, raw_ids, national, expected, drops, out)
-
-
-def expected_national(
-    found: dict[str, list[dict[str, Any]]], keys: Any, opposed: set[str]
-) -> tuple[dict[str, str], Counter[str]]:
-    """What the national feed must produce for these canonical events (national event id -> topic),
-    and the opposition drops per destination, computed with the same policies and keys."""
-    from streams.pseudonymize.policy import load_policy
-    from streams.pseudonymize.pseudonym import is_opposed
-    from streams.pseudonymize.transform import Feed
-
-    feeds = [Feed(load_policy(name), keys) for name in ("hdh", "inca")]
-    expected: dict[str, str] = {}
-    drops: Counter[str] = Counter()
-    for topic, records in found.items():
-        if not topic.startswith("canonical."):
-            continue
-        kind = topic.removeprefix("canonical.")
-        for record in records:
-            objecting = is_opposed(opposed, record["patient"], keys)
-            for feed in feeds:
-                national = feed.apply(kind, record)
-                if national is None:
-                    continue
-                if objecting:
-                    drops[feed.destination] += 1
-                else:
-                    expected[str(national.record["envelope"]["event_id"])] = national.topic
-    return expected, drops
-
-
-def report(
-    found: dict[str, list[dict[str, Any]]],
-    raw_ids: set[str],
-    national: dict[str, list[dict[str, Any]]],
-    expected: dict[str, str],
-    drops: Counter[str],
-    out: Out,
-) -> int:
-    from affluent.accounting import raw_id_of
-
-    out("")
-    out("Accounting")
-    out(f"  {'acknowledged by the door':<44}{len(raw_ids):>8}")
-    reached: set[str] = set()
-    for topic in sorted(found):
-        if topic.startswith("canonical."):
-            out(f"  {topic:<44}{len(found[topic]):>8} events")
-            reached |= {raw_id_of(r) or "" for r in found[topic]}
-    dead = found.get(DLQ_NORMALIZE, [])
-    reasons = Counter(str(r["reason_code"]) for r in dead)
-    out(f"  {DLQ_NORMALIZE:<44}{len(dead):>8} dead letters {dict(reasons) if reasons else ''}")
-    reached |= {raw_id_of(r) or "" for r in dead}
-    missing = raw_ids - reached
-    out(f"  {'acknowledged but found nowhere':<44}{len(missing):>8}")
-    for topic in sorted(national):
-        out(f"  {topic:<44}{len(national[topic]):>8} records")
-    for destination, n in sorted(drops.items()):
-        out(f"  {'opposition drops, ' + destination:<44}{n:>8} (counted, not sent)")
-    arrived = {str(r["envelope"]["event_id"]) for records in national.values() for r in records}
-    national_missing = set(expected) - arrived
-    out(f"  {'national records expected but missing':<44}{len(national_missing):>8}")
-    out("")
-    out("National topics hold pseudonymized Avro records (key = pseudonym), registered FULL_TRANSITIVE at")
-    out("http://127.0.0.1:8081/apis/ccompat/v7; what each destination receives: docs/pseudonymization.md.")
-    return 0 if not missing and not national_missing else 1
+        out("Stopping affluent run (doors first, then workers)…")
+        stopped = stop_run(process, settings.run.stop_timeout_s * 2 + 10)
+    if stopped != 0:
+        out(f"affluent run did not stop cleanly (exit code {stopped})")
+    return 0 if tally.complete and stopped == 0 else 1
 
 
 def _free_port() -> int:

@@ -266,6 +266,21 @@ class DeviceSettings(BaseModel):
         return self
 
 
+class RunSettings(BaseModel):
+    """``affluent run``: the supervisor of the doors and workers of one box."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9460, ge=0, le=65535)
+    # Children's output goes to <log_dir>/<component>.log; default: <state_dir>/run.
+    log_dir: Path | None = None
+    # On shutdown each child gets SIGTERM, then SIGKILL after this many seconds.
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    # A crashed child is restarted after 0.5 s, 1 s, 2 s … up to this many seconds between tries.
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    # A child that stayed up this long is healthy again: its next crash restarts it at once.
+    stable_after_s: float = Field(default=30.0, gt=0)
+
+
 class StackSettings(BaseModel):
     """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
 
@@ -315,6 +330,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     opposition: OppositionSettings = OppositionSettings()
     devices: DeviceSettings = DeviceSettings()
+    run: RunSettings = RunSettings()
 
     @classmethod
     def settings_customise_sources(

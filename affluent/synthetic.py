@@ -40,14 +40,14 @@ class SyntheticPatient:
     qualified: bool
 
 
-def patient(rng: random.Random, index: int) -> SyntheticPatient:
+def patient(rng: random.Random, index: int, ipp_base: int = 900000) -> SyntheticPatient:
     sex = rng.choice("MF")
     birth = datetime(1940, 1, 1) + timedelta(days=rng.randrange(0, 80 * 365))
     department = rng.choice(["75", "69", "13", "2A"])
     serial = f"{rng.randrange(1, 999):03d}{rng.randrange(1, 999):03d}"
     body = f"{1 if sex == 'M' else 2}{birth:%y%m}{department}{serial}"
     return SyntheticPatient(
-        ipp=f"{900000 + index:08d}",
+        ipp=f"{ipp_base + index:08d}",
         nir=f"{body}{ins_key(body):02d}",
         family=rng.choice(FAMILY),
         given=rng.choice(GIVEN_M if sex == "M" else GIVEN_F),
@@ -99,13 +99,45 @@ def _pv1(visit: str, admitted: datetime | None) -> str:
 
 
 def adt_a01(p: SyntheticPatient, control_id: str, when: datetime, visit: str) -> bytes:
-    segments = [
-        _msh(control_id, when, "ADT^A01^ADT_A01"),
-        f"EVN||{when:%Y%m%d%H%M%S}",
-        _pid(p),
-        _pv1(visit, when),
-        f"ZBE|MVT{control_id}^CHU-SYNTH|{when:%Y%m%d%H%M%S}||INSERT|N",
-    ]
+    return adt(p, "A01", control_id, when, visit)
+
+
+# IHE PAM France: the message structure of each trigger (A02, A03, A08 share ADT_A01's or their own).
+_ADT_STRUCTURE = {"A01": "ADT_A01", "A02": "ADT_A02", "A03": "ADT_A03", "A08": "ADT_A01", "A40": "ADT_A39"}
+
+
+def adt(
+    p: SyntheticPatient, trigger: str, control_id: str, when: datetime, visit: str, retired_ipp: str = ""
+) -> bytes:
+    """An ADT message: admission (A01), transfer (A02), discharge (A03), update (A08) or, with
+    `retired_ipp`, the merge (A40) of a duplicate record into this patient's."""
+    stamp = f"{when:%Y%m%d%H%M%S}"
+    segments = [_msh(control_id, when, f"ADT^{trigger}^{_ADT_STRUCTURE[trigger]}"), f"EVN||{stamp}", _pid(p)]
+    if trigger == "A40":
+        segments.append(f"MRG|{retired_ipp}^^^CHU-SYNTH&{HOSPITAL_OID}&ISO^PI")
+    else:
+        segments.append(_pv1(visit, when if trigger == "A01" else None))
+        action = "INSERT" if trigger != "A08" else "UPDATE"
+        segments.append(f"ZBE|MVT{control_id}^CHU-SYNTH|{stamp}||{action}|N")
+    return ("\r".join(segments) + "\r").encode("iso8859-15")
+
+
+MALFORMED = ("no_patient", "bad_time", "unsupported_type")
+
+
+def malformed(kind: str, p: SyntheticPatient, control_id: str, when: datetime, visit: str) -> bytes:
+    """Messages real interfaces get wrong. The door stores the first two (they are well-formed HL7)
+    and normalization dead-letters them; it refuses the third at once (AR), so it is never acknowledged."""
+    good = adt(p, "A02", control_id, when, visit).decode("iso8859-15")
+    segments = good.rstrip("\r").split("\r")
+    if kind == "no_patient":
+        segments = [s for s in segments if not s.startswith("PID|")]
+    elif kind == "bad_time":
+        segments[1] = "EVN||2026-13-45 25:61"
+    elif kind == "unsupported_type":
+        segments[0] = segments[0].replace("ADT^A02^ADT_A02", "SIU^S12^SIU_S12")
+    else:
+        raise ValueError(f"unknown malformation {kind!r}; known: {', '.join(MALFORMED)}")
     return ("\r".join(segments) + "\r").encode("iso8859-15")
 
 
@@ -139,10 +171,10 @@ def oru_r01(rng: random.Random, p: SyntheticPatient, control_id: str, when: date
     return ("\r".join(segments) + "\r").encode("iso8859-15")
 
 
-def cohort(seed: int, patients: int) -> list[SyntheticPatient]:
+def cohort(seed: int, patients: int, ipp_base: int = 900000) -> list[SyntheticPatient]:
     """The patients `messages(…, seed, patients)` talks about (same seed, same people)."""
     rng = random.Random(seed)
-    return [patient(rng, i) for i in range(patients)]
+    return [patient(rng, i, ipp_base) for i in range(patients)]
 
 
 def messages(count: int, seed: int = 7, patients: int = 50, start: datetime | None = None) -> list[bytes]:

@@ -77,12 +77,18 @@ def dependencies(kafka: KafkaSettings, registry: RegistrySettings) -> Readiness:
     return Readiness({"kafka": kafka_check(kafka), "registry": registry_check(registry)})
 
 
+HealthReport = Callable[[], dict[str, object]]
+
+
 class TelemetryServer:
     """``/metrics`` (Prometheus text), ``/health`` (process alive) and ``/ready`` (dependencies usable)."""
 
-    def __init__(self, registry: CollectorRegistry, ready: ReadyCheck | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, ready: ReadyCheck | None = None, health: HealthReport | None = None
+    ) -> None:
         self.registry = registry
         self._ready = ready
+        self._health_report = health
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -110,7 +116,8 @@ class TelemetryServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "up"})
+        extra = self._health_report() if self._health_report is not None else {}
+        return web.json_response({"status": "up", **extra})
 
     async def _ready_handler(self, request: web.Request) -> web.Response:
         return await ready_response(self._ready)

@@ -45,6 +45,7 @@ SUITE_MODULES: dict[str, str] = {
     "fhir_rest": "bench.fhir_rest",
     "fhir_pull": "bench.fhir_pull",
     "devices": "bench.devices",
+    "e2e": "bench.e2e",
 }
 
 

@@ -1,4 +1,4 @@
-"""`make demo` stays true: the main job runs end to end and its accounting balances."""
+"""`make demo` stays true: `affluent run` + the simulated hospital, and the accounting balances."""
 
 from __future__ import annotations
 
@@ -12,23 +12,31 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     result = subprocess.run(
-        [sys.executable, "-m", "affluent.cli", "demo"],
+        [sys.executable, "-m", "affluent.cli", "demo", "--duration", "12", "--rate", "30"],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    sent = next(line for line in lines if line.startswith("Hospital sent"))
-    assert "('AA', 200)" in sent
+    sent = next(line for line in lines if line.strip().startswith("sent "))
     acknowledged = next(line for line in lines if "acknowledged by the door" in line)
-    assert acknowledged.split()[-1] == "200"
+    refused = next(line for line in lines if "refused by the door" in line)
+    # Every message got an answer: acknowledged, or refused at once (the malformed share).
+    assert (
+        int(acknowledged.split()[-1]) + int(refused.split(")")[1].split()[0]) == int(sent.split()[-1]) == 360
+    )
+    assert int(acknowledged.split()[-1]) > 300
+    assert any(" s  sent " in line for line in lines)  # the progress view
     nowhere = next(line for line in lines if "acknowledged but found nowhere" in line)
     assert nowhere.split()[-1] == "0"
     assert any(line.strip().startswith("canonical.observation") for line in lines)
     assert any(line.strip().startswith("national.hdh.observation.v1") for line in lines)
+    assert any(line.strip().startswith("dlq.normalize") for line in lines)
     assert any(line.strip().startswith("opposition drops, hdh") for line in lines)
     national_missing = next(line for line in lines if "national records expected but missing" in line)
     assert national_missing.split()[-1] == "0"
+    assert any("affluent tail national.hdh.observation.v1" in line for line in lines)
+    assert any("stopped mllp (0), normalize (0), pseudonymize (0)" in line for line in lines)
     assert "Traceback" not in result.stderr

@@ -18,6 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from affluent import synthetic
 from affluent.metrics import MAX_SENDERS, NIR_LIKE, SenderActivity, consumer_lag, rebalances, sender_label
+from affluent.run import RunMetrics
+from connectors.devices.metrics import DeviceMetrics
+from connectors.fhir_poll.puller import PullMetrics
+from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.mllp.metrics import MllpMetrics
 from streams.normalize.stage import NormalizeMetrics
 from streams.opposition.service import OppositionMetrics
@@ -47,11 +51,31 @@ def opposition(registry: CollectorRegistry) -> None:
     OppositionMetrics(registry)
 
 
+def fhir(registry: CollectorRegistry) -> None:
+    FhirRestMetrics(registry)
+
+
+def pull(registry: CollectorRegistry) -> None:
+    PullMetrics(registry)
+
+
+def devices(registry: CollectorRegistry) -> None:
+    DeviceMetrics(registry)
+
+
+def run(registry: CollectorRegistry) -> None:
+    RunMetrics.create(registry)
+
+
 PROCESSES: dict[str, Callable[[CollectorRegistry], None]] = {
     "mllp": mllp,
     "normalize": normalize,
     "pseudonymize": pseudonymize,
     "opposition": opposition,
+    "fhir": fhir,
+    "pull": pull,
+    "devices": devices,
+    "run": run,
 }
 
 

@@ -1,0 +1,61 @@
+"""What ``affluent run`` can start: one row per door or stream worker.
+
+A component is an ``affluent`` sub-command run as its own process (faust workers must be separate
+processes anyway, and one process per component is also how a region scales out: run more of the
+same row elsewhere). The table is declarative so that a new door is one line here; its settings
+(ports, topics, keys) still come from the environment and settings files every process reads.
+
+``role`` orders the shutdown: doors stop first (stop accepting, drain, flush), so that nothing is
+acknowledged to a sender after the workers that carry it further have gone; workers stop last and
+commit what they have finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from affluent.errors import ConfigError
+from affluent.settings import Settings
+
+Role = Literal["door", "worker"]
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    name: str
+    argv: tuple[str, ...]  # after ``affluent``
+    role: Role
+    # The port of the child's /metrics /health /ready server (None: no probe, alive = ready).
+    metrics_port: Callable[[Settings], int | None]
+    default: bool = True
+
+
+def _pseudonymize_port(_: Settings) -> int | None:
+    from streams.pseudonymize.worker import metrics_port
+
+    return metrics_port()
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("mllp", ("mllp",), "door", lambda s: s.mllp.metrics_port),
+    Component("normalize", ("normalize",), "worker", lambda s: s.streams.metrics_port),
+    Component("pseudonymize", ("pseudonymize",), "worker", _pseudonymize_port),
+    Component("fhir", ("fhir",), "door", lambda s: s.fhir_rest.metrics_port),
+    Component("devices", ("devices", "serve"), "door", lambda s: s.devices.metrics_port),
+    # Needs bearer tokens configured (AFFLUENT_OPPOSITION__TOKENS): started only when asked for.
+    Component("opposition", ("opposition", "serve"), "door", lambda s: s.opposition.port, default=False),
+)
+# The FHIR puller needs the name of its source: run ``affluent pull <source> --follow`` per source.
+
+
+def select(only: Sequence[str] | None, table: Sequence[Component] = COMPONENTS) -> list[Component]:
+    """The components to run: the named ones (any, enabled by default or not) or the default ones."""
+    if not only:
+        return [c for c in table if c.default]
+    known = {c.name: c for c in table}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [c for c in table if c.name in set(only)]

@@ -1,0 +1,288 @@
+"""``affluent run``: the doors and stream workers of one box as one supervised process group.
+
+Each component (see :mod:`affluent.components`) runs as its own child process, in its own session so
+that a Ctrl-C at the terminal reaches only the supervisor, which then stops the children in order:
+doors first (stop accepting, drain, flush), workers last (faust commits what it finished), each with
+SIGTERM and, past ``run.stop_timeout_s``, SIGKILL. A child that dies on its own is restarted with an
+exponential back-off, and counted (``affluent_run_restarts_total``); the supervisor's /health lists
+every child's pid, state and restarts, which is what a fault test needs to SIGKILL one and watch it
+come back. Should the supervisor itself be killed, Linux sends its children SIGTERM (PDEATHSIG), so
+no orphan keeps a port or a consumer group.
+
+Children's output goes to ``<log_dir>/<name>.log``; they log at WARNING by default, and affluent's log
+texts carry no message content (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from affluent.components import Component
+from affluent.settings import RunSettings, Settings
+from affluent.telemetry import TelemetryServer
+
+log = logging.getLogger(__name__)
+
+Out = Callable[[str], None]
+PROBE_INTERVAL_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def backoff(failures: int, cap_s: float, base_s: float = 0.5) -> float:
+    """Seconds to wait before restarting a child that failed `failures` times in a row (≥ 1)."""
+    return float(min(cap_s, base_s * 2 ** max(0, failures - 1)))
+
+
+def child_argv(component: Component) -> list[str]:
+    return [sys.executable, "-m", "affluent.cli", *component.argv]
+
+
+def log_dir(settings: Settings) -> Path:
+    return settings.run.log_dir or settings.stack.state_dir / "run"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass(slots=True)
+class RunMetrics:
+    restarts: Counter
+    up: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RunMetrics:
+        return cls(
+            Counter(
+                "affluent_run_restarts",
+                "Children restarted by the supervisor after they stopped on their own",
+                ["component"],
+                registry=registry,
+            ),
+            Gauge(
+                "affluent_run_child_up",
+                "1 when the child answers its readiness probe",
+                ["component"],
+                registry=registry,
+            ),
+        )
+
+
+class Child:
+    """One component's process, restarted whenever it ends while the supervisor is not stopping."""
+
+    def __init__(self, component: Component, settings: Settings, metrics: RunMetrics, logs: Path) -> None:
+        self.component = component
+        self.name = component.name
+        self.run_settings: RunSettings = settings.run
+        self.port = component.metrics_port(settings)
+        self.metrics = metrics
+        self.log_path = logs / f"{component.name}.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.ready = False
+        self.stopping = False
+        self._log: IO[bytes] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        metrics.restarts.labels(self.name)
+        metrics.up.labels(self.name).set(0)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.returncode is None else None
+
+    async def start(self) -> None:
+        self.process = await self._spawn()
+        self._watch = asyncio.create_task(self._keep_running(self.process), name=f"run-{self.name}")
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        if self._log is None:
+            self._log = self.log_path.open("ab")
+        self._log.write(
+            f"--- affluent run: starting {self.name} at {time.strftime('%FT%TZ', time.gmtime())}\n".encode()
+        )
+        self._log.flush()
+        return await asyncio.create_subprocess_exec(
+            *child_argv(self.component),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    async def _keep_running(self, first: asyncio.subprocess.Process) -> None:
+        failures = 0
+        process = first
+        while True:
+            started = time.monotonic()
+            code = await process.wait()
+            self.ready = False
+            self.metrics.up.labels(self.name).set(0)
+            if self.stopping:
+                return
+            failures = 1 if time.monotonic() - started >= self.run_settings.stable_after_s else failures + 1
+            delay = backoff(failures, self.run_settings.restart_backoff_max_s)
+            log.warning("%s ended with code %s; restarting in %.1f s", self.name, code, delay)
+            self.restarts += 1
+            self.metrics.restarts.labels(self.name).inc()
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            process = self.process = await self._spawn()
+
+    async def probe(self, session: aiohttp.ClientSession) -> bool:
+        if self.pid is None:
+            ok = False
+        elif self.port is None:
+            ok = True
+        else:
+            try:
+                async with session.get(f"http://127.0.0.1:{self.port}/ready") as response:
+                    ok = response.status == 200
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ok = False
+        self.ready = ok
+        self.metrics.up.labels(self.name).set(1 if ok else 0)
+        return ok
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after the timeout; returns the exit code (None if it never ran)."""
+        self.stopping = True
+        process = self.process
+        code: int | None = None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                code = await asyncio.wait_for(process.wait(), self.run_settings.stop_timeout_s)
+            except TimeoutError:
+                log.warning("%s did not stop in %.0f s: killed", self.name, self.run_settings.stop_timeout_s)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                code = await process.wait()
+        elif process is not None:
+            code = process.returncode
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        self.metrics.up.labels(self.name).set(0)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def status(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "ready": self.ready,
+            "restarts": self.restarts,
+            "role": self.component.role,
+            "metrics": f"http://127.0.0.1:{self.port}/metrics" if self.port is not None else None,
+            "log": str(self.log_path),
+        }
+
+
+class Supervisor:
+    def __init__(
+        self, settings: Settings, components: Sequence[Component], registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = RunMetrics.create(self.registry)
+        logs = log_dir(settings)
+        logs.mkdir(parents=True, exist_ok=True)
+        self.children = [Child(c, settings, self.metrics, logs) for c in components]
+        self.telemetry = TelemetryServer(self.registry, ready=self._all_ready, health=self.health)
+        self._prober: asyncio.Task[None] | None = None
+
+    async def _all_ready(self) -> bool:
+        return all(child.ready for child in self.children)
+
+    def health(self) -> dict[str, object]:
+        return {
+            "ready": all(child.ready for child in self.children),
+            "children": {child.name: child.status() for child in self.children},
+        }
+
+    async def start(self) -> int | None:
+        """Start every child and the supervisor's own telemetry; returns its port (None when off)."""
+        port: int | None = None
+        if self.settings.run.metrics_port is not None:
+            port = await self.telemetry.start(self.settings.run.metrics_host, self.settings.run.metrics_port)
+        for child in self.children:
+            await child.start()
+        self._prober = asyncio.create_task(self._probe_forever(), name="run-probe")
+        return port
+
+    async def _probe_forever(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.gather(*(child.probe(session) for child in self.children))
+                await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(child.ready for child in self.children):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def stop(self) -> dict[str, int | None]:
+        """Doors first, then workers, each group stopped together; then the supervisor's telemetry."""
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        codes: dict[str, int | None] = {}
+        for role in ("door", "worker"):
+            group = [c for c in self.children if c.component.role == role]
+            for child, code in zip(group, await asyncio.gather(*(c.stop() for c in group)), strict=True):
+                codes[child.name] = code
+        await self.telemetry.stop()
+        return codes
+
+
+async def supervise(settings: Settings, components: Sequence[Component], out: Out) -> int:
+    """Run until SIGINT/SIGTERM, then stop cleanly; 0 when every child stopped on its own terms."""
+    supervisor = Supervisor(settings, components)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    port = await supervisor.start()
+    for child in supervisor.children:
+        out(f"affluent run: {child.name:<13} pid {child.pid or '-':<8} log {child.log_path}")
+    if port is not None:
+        out(f"affluent run: supervisor http://{settings.run.metrics_host}:{port}/health and /metrics")
+    ready = asyncio.create_task(supervisor.wait_ready(3600 * 24))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.result():
+        out(f"affluent run: {len(supervisor.children)} component(s) ready")
+        await stopping
+    ready.cancel()
+    out("affluent run: stopping (doors first, then workers)")
+    codes = await supervisor.stop()
+    out("affluent run: stopped " + ", ".join(f"{name} ({code})" for name, code in codes.items()))
+    # A child ends with 0 on a clean stop; faust workers may exit with -15 (SIGTERM) when idle.
+    return 0 if all(code in (0, None, -signal.SIGTERM) for code in codes.values()) else 1

@@ -1,0 +1,83 @@
+"""``affluent tail <topic>``: a topic's records decoded through the schema registry, one JSON object a line.
+
+For looking at what a destination receives (``affluent tail national.hdh.observation.v1``). It reads with
+a throw-away consumer group and commits nothing, so it never moves a real consumer's position. Bytes
+(raw payloads) are shown in base64 and times in ISO 8601, so that every line is valid JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+from affluent.errors import AffluentError, ConfigError
+from affluent.kafka import make_consumer
+from affluent.settings import Settings
+from schemas.registry import Registry, decode
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot show a {type(value).__name__} as JSON")
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=_json_default, ensure_ascii=False, sort_keys=False)
+
+
+def tail(
+    settings: Settings,
+    topic: str,
+    from_beginning: bool = False,
+    limit: int | None = None,
+    out: Callable[[str], None] = print,
+    idle_timeout_s: float | None = None,
+) -> int:
+    """Print records until `limit` were shown (or, with `idle_timeout_s`, nothing came for that long;
+    otherwise until interrupted). Returns how many were printed."""
+    registry = Registry(settings.registry)
+    consumer = make_consumer(settings.kafka, group_id=f"affluent-tail-{uuid.uuid4().hex[:8]}")
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise ConfigError(f"topic {topic} does not exist")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in md.partitions])
+        shown = 0
+        idle = 0.0
+        while limit is None or shown < limit:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                idle += 0.5
+                if idle_timeout_s is not None and idle >= idle_timeout_s:
+                    break
+                continue
+            idle = 0.0
+            value = msg.value()
+            if value is None:
+                out(json.dumps({"tombstone": True, "partition": msg.partition(), "offset": msg.offset()}))
+            else:
+                try:
+                    out(json_line(decode(registry, value)))
+                except AffluentError as exc:
+                    out(
+                        json.dumps(
+                            {"undecodable": str(exc), "partition": msg.partition(), "offset": msg.offset()}
+                        )
+                    )
+            shown += 1
+        return shown
+    finally:
+        consumer.close()
