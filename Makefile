@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo schemas test test-unit lint format bench clean
+.PHONY: help setup up down status demo schemas test test-unit test-network3 lint format bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lint: setup ## ruff + mypy, as CI runs them
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+test-network3: setup ## three-level network test (2 hospitals -> region -> national, own clusters; minutes)
+	AFFLUENT_NETWORK_THREE_LEVELS=1 $(BIN)/pytest tests/integration/test_network.py -k three_levels $(PYTEST_ARGS)
 
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench

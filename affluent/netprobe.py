@@ -8,21 +8,61 @@ carry no personal data and are easy to tell apart by their ``event_id``.
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from affluent.errors import KafkaUnavailable
+from affluent.errors import AffluentError, KafkaUnavailable
 from affluent.kafka import make_consumer, make_producer
-from affluent.settings import KafkaSettings
+from affluent.network import Network, plan_topology
+from affluent.settings import KafkaSettings, NetworkSettings, StackSettings
 from schemas.catalog import entry_for, schema_text
 from schemas.registry import AvroCodec, Registry, decode
 
 PROBE_TOPIC = "national.hdh.retraction.v1"
+
+
+def free_port_block(size: int) -> int:
+    """A base port whose `size` following ports are all free now (random start: parallel runs differ)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - size, 10)
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AffluentError("no free block of loopback ports for a private network")
+
+
+def private_network(
+    stack: StackSettings, net: NetworkSettings, state: Path, levels: list[str], hospitals: int = 1
+) -> Network:
+    """A network of its own (free ports, own state folder) for a test or a benchmark; stopped on failure."""
+    topology = plan_topology(levels, hospitals)
+    settings = net.model_copy(
+        update={"state_dir": state, "base_port": free_port_block(10 * len(topology.clusters))}
+    )
+    network = Network(stack, settings, topology)
+    try:
+        network.up()
+    except BaseException:
+        network.down(wipe=True)
+        raise
+    return network
 
 
 def probe_event(event_id: str, now_us: int) -> dict[str, Any]:

@@ -42,6 +42,7 @@ SUITE_MODULES: dict[str, str] = {
     "tokenizer": "bench.tokenizer",
     "mllp": "bench.mllp",
     "stages": "bench.stages",
+    "network": "bench.network",
 }
 
 

@@ -11,8 +11,6 @@ AFFLUENT_NETWORK_THREE_LEVELS=1 (``make test-network3``).
 from __future__ import annotations
 
 import os
-import random
-import socket
 import threading
 import time
 import urllib.request
@@ -24,8 +22,15 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from affluent.kafka import TopicSpec, ensure_topics, make_producer
-from affluent.netprobe import PROBE_TOPIC, collect_events, new_event_ids, probe_codec, produce_events
-from affluent.network import Network, foreign_topics, plan_topology
+from affluent.netprobe import (
+    PROBE_TOPIC,
+    collect_events,
+    new_event_ids,
+    private_network,
+    probe_codec,
+    produce_events,
+)
+from affluent.network import Network, foreign_topics
 from affluent.settings import Settings
 from affluent.topics import CORE_TOPICS, INGEST_HL7V2_RAW
 from schemas.catalog import CANONICAL_OBSERVATION, CANONICAL_TOPICS
@@ -36,37 +41,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 CANARY = b"MSH|^~\\&|CANARY|NETWORK|||20260101000000||ADT^A01|CANARY-1|P|2.5\r"
 
 
-def free_port_block(size: int) -> int:
-    """A base port whose `size` following ports are all free now (random start: parallel runs differ)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - size, 10)
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", port))
-                sockets.append(sock)
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free block of ports")
-
-
 def start_network(settings: Settings, state: Path, levels: list[str], hospitals: int) -> Network:
-    topology = plan_topology(levels, hospitals)
-    net = settings.network.model_copy(
-        update={"state_dir": state, "base_port": free_port_block(10 * len(topology.clusters))}
-    )
-    network = Network(settings.stack, net, topology)
-    try:
-        network.up()
-    except BaseException:
-        network.down(wipe=True)
-        raise
-    return network
+    return private_network(settings.stack, settings.network, state, levels, hospitals)
 
 
 def topics_of(network: Network, alias: str) -> list[str]:
