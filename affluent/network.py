@@ -36,6 +36,7 @@ from affluent.stack import (
     _spawn,
     _stop,
     _tail,
+    fetch_pom,
     find_java,
 )
 from schemas.catalog import NATIONAL_PREFIX, NATIONAL_TOPICS, register_all
@@ -280,24 +281,13 @@ class Network:
         """Kafka and the registry (LocalStack), then MirrorMaker 2 and the Prometheus JMX agent."""
         first = self.stacks[self.topology.clusters[0]]
         first.fetch()
-        marker = self.mirror_home / ".complete"
-        if not marker.exists():
-            libs = self.mirror_home / "libs"
-            libs.mkdir(parents=True, exist_ok=True)
-            _run_maven(
-                [
-                    "-f",
-                    str(self.net.deploy_dir / "mirror-pom.xml"),
-                    f"-Dkafka.version={self.kafka_version}",
-                    "dependency:copy-dependencies",
-                    f"-DoutputDirectory={libs}",
-                    "-DincludeScope=runtime",
-                ],
-                what=f"MirrorMaker 2 {self.kafka_version}",
-            )
-            if not any(libs.glob("connect-mirror-*.jar")):
-                raise StackError(f"Maven finished but no connect-mirror jar is in {libs}")
-            marker.touch()
+        fetch_pom(
+            self.net.deploy_dir / "mirror-pom.xml",
+            self.kafka_version,
+            self.mirror_home,
+            "connect-mirror-*.jar",
+            what=f"MirrorMaker 2 {self.kafka_version}",
+        )
         if not self.agent_jar.exists():
             _run_maven(
                 [

@@ -42,8 +42,15 @@ def _upstream_count(network: Network, topic: str) -> int:
 
 def _wait_count(network: Network, topic: str, target: int, timeout_s: float) -> float:
     """Seconds until the national copy of `topic` holds `target` records (polled every 0.2 s)."""
+    from confluent_kafka import KafkaException
+
     started = time.perf_counter()
-    while _upstream_count(network, topic) < target:
+    while True:
+        try:
+            if _upstream_count(network, topic) >= target:
+                break
+        except KafkaException:
+            pass  # a broker that just came back may not lead its partitions yet
         if time.perf_counter() - started > timeout_s:
             raise TimeoutError(f"{topic} did not reach {target} records upstream in {timeout_s:.0f} s")
         time.sleep(0.2)
