@@ -150,6 +150,8 @@ def allowed_upper_topics(topology: Topology, cluster: str) -> set[str]:
     allowed = {HEARTBEATS_TOPIC, "__consumer_offsets", *REGISTRY_TOPICS}
     for source in topology.sources_of(cluster):
         allowed.update(name.format(source=source) for name in MIRROR_INTERNAL_TOPICS)
+        # A source's own heartbeats travel up too; even the identity policy prefixes them with the alias.
+        allowed.add(f"{source}.{HEARTBEATS_TOPIC}")
     return allowed
 
 
