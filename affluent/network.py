@@ -319,8 +319,9 @@ class Network:
             self.wait_mirror(target, timeout_s)
 
     def register_schemas(self) -> None:
-        """The catalog at every level, lowest first, then the id check of every flow."""
-        for alias in self.topology.clusters:
+        """The catalog at every level, national first (an upper level knows an id before a lower one can
+        write it), then the id check of every flow."""
+        for alias in reversed(self.topology.clusters):
             register_all(self.registry(alias))
         for flow in self.topology.flows:
             problems = schema_parity(
