@@ -63,9 +63,15 @@ def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _network(settings: Settings, args: argparse.Namespace) -> Network:
-    from affluent.network import Network, plan_topology
+    from affluent.network import NETWORK_FILE, Network, plan_topology
 
     clusters = getattr(args, "clusters", None)
+    if (
+        clusters is None
+        and args.network_command == "up"
+        and not (settings.network.state_dir / NETWORK_FILE).exists()
+    ):
+        clusters = "hospital,region,national"  # a first start; later ones reuse the recorded network
     topology = plan_topology(clusters.split(","), args.hospitals) if clusters else None
     return Network(settings.stack, settings.network, topology)
 
@@ -74,7 +80,7 @@ def cmd_network_up(settings: Settings, args: argparse.Namespace) -> int:
     network = _network(settings, args)
     network.up()
     for flow in network.topology.flows:
-        print(f"{flow.source} -> {flow.target}: MirrorMaker 2 replicates national.* ")
+        print(f"{flow.source} -> {flow.target}: MirrorMaker 2 replicates national.*")
     for alias, stack in network.stacks.items():
         print(f"{alias:<10} Kafka {stack.bootstrap_servers:<17} registry {stack.registry_url}")
     for target in network.topology.targets:
@@ -221,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = network_sub.add_parser(name, help=helptext)
         if name == "up":
-            p.add_argument("--clusters", default="hospital,region,national", help="levels, lowest first")
+            p.add_argument(
+                "--clusters", default=None, help="levels, lowest first (default: hospital,region,national)"
+            )
             p.add_argument(
                 "--hospitals", type=int, default=1, help="hospital clusters feeding the next level"
             )
