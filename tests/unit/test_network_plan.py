@@ -105,13 +105,6 @@ def test_only_national_and_infrastructure_topics_are_allowed_upstream() -> None:
         "ingest.hl7v2.raw",
         "mm2-offsets.region.internal",
     ]
-    national_topics = [
-        "heartbeats",
-        "region.heartbeats",
-        "hospital1.heartbeats",
-        "mm2-status.region.internal",
-    ]
-    assert foreign_topics(topology, "national", national_topics) == ["hospital1.heartbeats"]
     assert foreign_topics(topology, "region", region_topics) == [
         "ingest.hl7v2.raw",
         "mm2-offsets.region.internal",
