@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def write_canaries(network: Network, alias: str) -> None:
     assert producer.flush(15) == 0
 
 
+def wait_for_topic_refresh(network: Network, source: str, target: str) -> None:
+    """Create a national topic after the canaries and wait for it upstream.
+
+    Once it is there, MirrorMaker has listed the source's topics since the canaries were written, so
+    their absence upstream is a decision, not a matter of not having looked yet.
+    """
+    marker = f"national.test.refresh{uuid.uuid4().hex[:8]}.v1"
+    ensure_topics(network.kafka(source), [TopicSpec(marker)])
+    deadline = time.monotonic() + 60
+    while marker not in topics_of(network, target):
+        assert time.monotonic() < deadline, "MirrorMaker did not pick a new national topic up within 60 s"
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def two_levels(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     network = start_network(settings, tmp_path_factory.mktemp("network2"), ["hospital", "national"], 1)
@@ -82,6 +97,7 @@ def test_only_national_topics_reach_national_with_decodable_schemas(two_levels: 
     # names the very schema the hospital wrote with.
     assert parse_schema(upstream_registry.client.get_schema(codec.schema_id).schema_str or "") == codec.schema
 
+    wait_for_topic_refresh(network, "hospital1", "national")
     national_topics = topics_of(network, "national")
     assert PROBE_TOPIC in national_topics
     assert foreign_topics(network.topology, "national", national_topics) == []
@@ -153,6 +169,8 @@ def test_three_levels_two_hospitals(settings: Settings, tmp_path_factory: pytest
         writer.join()
         network.start_cluster("region")
         expected |= set(late)
+        wait_for_topic_refresh(network, "hospital1", "region")
+        wait_for_topic_refresh(network, "region", "national")
 
         seen = collect_events(
             network.kafka("national"), network.registry("national"), expected, timeout_s=180
