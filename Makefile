@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DEMO_DURATION ?= 60
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup up down status demo schemas test test-unit lint format bench soak clean dashboards chaos
+.PHONY: help setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ dashboards: setup ## regenerate deploy/grafana/dashboards/*.json and deploy/prom
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+test-network3: setup ## three-level network test (2 hospitals -> region -> national, own clusters; minutes)
+	AFFLUENT_NETWORK_THREE_LEVELS=1 $(BIN)/pytest tests/integration/test_network.py -k three_levels $(PYTEST_ARGS)
 
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench

@@ -13,12 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affluent import __version__
 from affluent.errors import AffluentError
 from affluent.settings import Settings, load_settings
 from affluent.stack import LocalStack
+
+if TYPE_CHECKING:
+    from affluent.network import Network
 
 
 def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
@@ -58,6 +61,47 @@ def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
     for row in rows:
         state = f"running (pid {row.pid})" if row.running else "stopped"
         print(f"{row.name:<16} {state:<22} {row.address:<42} log: {row.log}")
+    return 0 if all(r.running for r in rows) else 3
+
+
+def _network(settings: Settings, args: argparse.Namespace) -> Network:
+    from affluent.network import NETWORK_FILE, Network, plan_topology
+
+    clusters = getattr(args, "clusters", None)
+    if (
+        clusters is None
+        and args.network_command == "up"
+        and not (settings.network.state_dir / NETWORK_FILE).exists()
+    ):
+        clusters = "hospital,region,national"  # a first start; later ones reuse the recorded network
+    topology = plan_topology(clusters.split(","), args.hospitals) if clusters else None
+    return Network(settings.stack, settings.network, topology)
+
+
+def cmd_network_up(settings: Settings, args: argparse.Namespace) -> int:
+    network = _network(settings, args)
+    network.up()
+    for flow in network.topology.flows:
+        print(f"{flow.source} -> {flow.target}: MirrorMaker 2 replicates national.*")
+    for alias, stack in network.stacks.items():
+        print(f"{alias:<10} Kafka {stack.bootstrap_servers:<17} registry {stack.registry_url}")
+    for target in network.topology.targets:
+        print(f"{target:<10} replication metrics {network.metrics_url(target)}")
+    print(f"Data and logs: {network.state}")
+    return 0
+
+
+def cmd_network_down(settings: Settings, args: argparse.Namespace) -> int:
+    _network(settings, args).down(wipe=args.wipe)
+    print("network stopped" + (" and its data wiped" if args.wipe else ""))
+    return 0
+
+
+def cmd_network_status(settings: Settings, args: argparse.Namespace) -> int:
+    rows = _network(settings, args).status()
+    for row in rows:
+        state = f"running (pid {row.pid})" if row.running else "stopped"
+        print(f"{row.name:<28} {state:<22} {row.address}")
     return 0 if all(r.running for r in rows) else 3
 
 
@@ -368,6 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--brokers", type=int, choices=(1, 3), default=1, help="KRaft nodes (3 for faults)")
         if name == "up":
             p.add_argument("--no-registry", action="store_true", help="start Kafka only")
+        if name == "down":
+            p.add_argument("--wipe", action="store_true", help="also delete data and logs")
+        p.set_defaults(func=func)
+
+    network = sub.add_parser(
+        "network", help="the local hospital -> region -> national network (MirrorMaker 2)"
+    )
+    network_sub = network.add_subparsers(dest="network_command", required=True)
+    for name, func, helptext in (
+        ("up", cmd_network_up, "start one cluster per level and the MirrorMakers between them"),
+        ("down", cmd_network_down, "stop them"),
+        ("status", cmd_network_status, "tell what runs"),
+    ):
+        p = network_sub.add_parser(name, help=helptext)
+        if name == "up":
+            p.add_argument(
+                "--clusters", default=None, help="levels, lowest first (default: hospital,region,national)"
+            )
+            p.add_argument(
+                "--hospitals", type=int, default=1, help="hospital clusters feeding the next level"
+            )
         if name == "down":
             p.add_argument("--wipe", action="store_true", help="also delete data and logs")
         p.set_defaults(func=func)

@@ -311,6 +311,23 @@ class OppositionSettings(BaseModel):
     tokens: dict[str, str] = {}
 
 
+class NetworkSettings(BaseModel):
+    """The local three-level network (hospital -> region -> national): independent clusters + MirrorMaker 2.
+
+    Cluster k of the network listens on ``base_port + 10*k`` (Kafka), ``+1`` (KRaft controller), ``+2``
+    (registry), ``+3`` (registry management) and ``+4`` (the MirrorMaker metrics of the flows into it), so
+    the network never collides with the single-cluster stack (9092/9093/8081/9001).
+    """
+
+    state_dir: Path = REPO_ROOT / ".state" / "network"
+    deploy_dir: Path = REPO_ROOT / "deploy" / "mirror"
+    base_port: int = Field(default=19100, ge=1024, le=65000)
+    broker_heap: str = "384m"
+    registry_heap: str = "384m"
+    mirror_heap: str = "384m"
+    jmx_agent_version: str = "1.0.1"
+
+
 class Settings(BaseSettings):
     """Everything a process needs, validated once at start so mistakes surface before traffic flows."""
 
@@ -331,6 +348,7 @@ class Settings(BaseSettings):
     opposition: OppositionSettings = OppositionSettings()
     devices: DeviceSettings = DeviceSettings()
     run: RunSettings = RunSettings()
+    network: NetworkSettings = NetworkSettings()
 
     @classmethod
     def settings_customise_sources(

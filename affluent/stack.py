@@ -125,26 +125,13 @@ class LocalStack:
         self._fetch_registry()
 
     def _fetch_kafka(self) -> None:
-        marker = self.kafka_home / ".complete"
-        if marker.exists():
-            return
-        libs = self.kafka_home / "libs"
-        shutil.rmtree(self.kafka_home, ignore_errors=True)
-        libs.mkdir(parents=True)
-        _run_maven(
-            [
-                "-f",
-                str(self.s.deploy_dir / "kafka-pom.xml"),
-                f"-Dkafka.version={self.s.kafka_version}",
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={libs}",
-                "-DincludeScope=runtime",
-            ],
+        fetch_pom(
+            self.s.deploy_dir / "kafka-pom.xml",
+            self.s.kafka_version,
+            self.kafka_home,
+            "kafka_2.13-*.jar",
             what=f"Apache Kafka {self.s.kafka_version}",
         )
-        if not any(libs.glob("kafka_2.13-*.jar")):
-            raise StackError(f"Maven finished but no kafka_2.13 jar is in {libs}")
-        marker.touch()
 
     def _fetch_registry(self) -> None:
         marker = self.registry_home / ".complete"
@@ -513,6 +500,30 @@ def _require_free_port(host: str, port: int, env_name: str) -> None:
                 f"port {port} on {host} is already in use by another program; stop it or choose "
                 f"another port ({env_name})"
             )
+
+
+def fetch_pom(pom: Path, kafka_version: str, home: Path, jar_glob: str, what: str) -> None:
+    """Resolve a pom's run-time dependencies into ``home/libs`` once; a marker makes later calls free."""
+    marker = home / ".complete"
+    if marker.exists():
+        return
+    libs = home / "libs"
+    shutil.rmtree(home, ignore_errors=True)
+    libs.mkdir(parents=True)
+    _run_maven(
+        [
+            "-f",
+            str(pom),
+            f"-Dkafka.version={kafka_version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ],
+        what=what,
+    )
+    if not any(libs.glob(jar_glob)):
+        raise StackError(f"Maven finished but no {jar_glob} is in {libs}")
+    marker.touch()
 
 
 def _run_maven(args: list[str], what: str) -> None:
