@@ -356,7 +356,82 @@ NATIONAL = Board(
 )
 
 # Doors that export their own metrics get their board here (FHIR REST, FHIR puller, devices): none yet.
-DOOR_BOARDS: tuple[Board, ...] = (MLLP,)
+FHIR = Board(
+    "affluent-fhir",
+    "affluent / FHIR REST door",
+    "FHIR R4 over REST: requests and status codes, resources stored or refused, answer latency.",
+    (
+        (
+            "Requests",
+            (
+                Panel(
+                    "Requests by route and status",
+                    (Query(rate("affluent_fhir_rest_requests_total", "route, code"), "{{route}} {{code}}"),),
+                    "reqps",
+                ),
+                Panel(
+                    "Resources by type and outcome",
+                    (
+                        Query(
+                            rate("affluent_fhir_rest_records_total", "resource_type, outcome"),
+                            "{{resource_type}} {{outcome}}",
+                        ),
+                    ),
+                    "reqps",
+                    "stored, duplicate (a resend answered from the index), refused, kafka_unavailable.",
+                ),
+                Panel(
+                    "Answer latency p50 / p99",
+                    (
+                        Query(quantile(0.5, "affluent_fhir_rest_latency_seconds", "route"), "p50 {{route}}"),
+                        Query(quantile(0.99, "affluent_fhir_rest_latency_seconds", "route"), "p99 {{route}}"),
+                    ),
+                    "s",
+                    "Complete request body to answer, including validation and Kafka's acks=all.",
+                ),
+            ),
+        ),
+    ),
+)
+
+DEVICES = Board(
+    "affluent-devices",
+    "affluent / device doors",
+    "Telemonitoring over HTTPS JSON and MQTT: payloads by outcome, readings stored, acknowledgement latency.",
+    (
+        (
+            "Readings",
+            (
+                Panel(
+                    "Payloads by door and outcome",
+                    (Query(rate("affluent_device_payloads_total", "door, outcome"), "{{door}} {{outcome}}"),),
+                    "reqps",
+                ),
+                Panel(
+                    "Readings stored by template",
+                    (
+                        Query(
+                            rate("affluent_device_readings_accepted_total", "door, template"),
+                            "{{door}} {{template}}",
+                        ),
+                    ),
+                    "reqps",
+                ),
+                Panel(
+                    "Acknowledgement latency p50 / p99",
+                    (
+                        Query(quantile(0.5, "affluent_device_ack_latency_seconds", "door"), "p50 {{door}}"),
+                        Query(quantile(0.99, "affluent_device_ack_latency_seconds", "door"), "p99 {{door}}"),
+                    ),
+                    "s",
+                    "Payload received to 202 / PUBACK, including Kafka's acks=all.",
+                ),
+            ),
+        ),
+    ),
+)
+
+DOOR_BOARDS: tuple[Board, ...] = (MLLP, FHIR, DEVICES)
 BOARDS: tuple[Board, ...] = (OVERVIEW, *DOOR_BOARDS, STREAMS, NATIONAL)
 
 

@@ -85,6 +85,7 @@ def build_worker(
         s.streams,
         metrics_registry,
         s.streams.metrics_port,
+        s.kafka,
         ready=dependencies(s.kafka, s.registry),
     )
     return app, telemetry

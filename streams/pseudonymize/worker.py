@@ -130,6 +130,7 @@ def build_worker(
         s.streams,
         metrics_registry,
         port,
+        s.kafka,
         ready=dependencies(s.kafka, s.registry),
     )
     return app, telemetry, opposition

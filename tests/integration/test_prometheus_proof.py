@@ -29,6 +29,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from affluent import synthetic
 from affluent.auth import StaticTokens, new_token
 from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import MllpSettings
+from affluent.settings import DeviceSettings, DeviceToken, FhirRestSettings, MllpSettings
 from affluent.telemetry import dependencies
 from affluent.topics import (
     COMPACTED_CONFIG,
@@ -49,6 +50,10 @@ from affluent.topics import (
     INGEST_FHIR_RAW,
     INGEST_HL7V2_RAW,
 )
+from connectors.devices.intake import token_hash
+from connectors.devices.service import DeviceService
+from connectors.fhir_rest.auth import token_digest
+from connectors.fhir_rest.service import FhirRestService
 from connectors.mllp.client import send_all
 from connectors.mllp.framing import encode_frame
 from connectors.mllp.service import MllpService
@@ -58,6 +63,7 @@ from streams.opposition.http import OppositionEndpoint
 from streams.pseudonymize.cli import opposition_remove
 from streams.pseudonymize.worker import KEY_FILE_ENV, load_keys
 from tests.integration.test_pseudonymize_e2e import canaries, leaks, run_messages
+from tests.support.devices import sample as device_sample
 from tests.support.observability import (
     ROOT,
     metric_names,
@@ -155,6 +161,47 @@ def firing(base: str) -> list[dict[str, str]]:
     return [a["labels"] for a in api(base, "alerts")["alerts"] if a["state"] == "firing"]
 
 
+FHIR_TOKEN, DEVICE_TOKEN = "proof-fhir-token", "proof-device-token"
+
+
+async def start_fhir_door(settings: Any, metrics_port: int) -> tuple[int, FhirRestService]:
+    fhir = FhirRestSettings(
+        port=0, metrics_port=metrics_port, token_sha256={token_digest(FHIR_TOKEN): "PROOF-EDS|EDS"}
+    )
+    service = FhirRestService(settings.model_copy(update={"fhir_rest": fhir}), CollectorRegistry())
+    return await service.start(), service
+
+
+async def start_devices_door(settings: Any, metrics_port: int) -> tuple[int, DeviceService]:
+    devices = DeviceSettings(
+        port=0,
+        metrics_port=metrics_port,
+        tokens=[DeviceToken(sha256=token_hash(DEVICE_TOKEN), sender="PROOF-GW", mappings=["bp-single"])],
+    )
+    service = DeviceService(settings.model_copy(update={"devices": devices}), CollectorRegistry())
+    return await service.start(), service
+
+
+async def send_fhir_and_devices(fhir_port: int, devices_port: int, patient: Any, run: str) -> None:
+    """Traffic for the FHIR and device boards: stored resources and readings, and one refusal each."""
+    when = datetime.now(UTC)
+    async with httpx.AsyncClient(timeout=30) as client:
+        fhir = f"http://127.0.0.1:{fhir_port}/fhir/Observation"
+        auth = {"Authorization": f"Bearer {FHIR_TOKEN}", "Content-Type": "application/fhir+json"}
+        for i in range(2):  # two rounds: the first sample of a counter is its baseline for rate()
+            for n in range(3):
+                resource = synthetic.fhir_observation(random.Random(n), patient, f"proof-{run}-{i}-{n}", when)
+                answer = await client.post(fhir, content=json.dumps(resource), headers=auth)
+                assert answer.status_code == 201, answer.text
+            assert (await client.post(fhir, content=b"{}", headers=auth)).status_code == 400
+            reading = f"http://127.0.0.1:{devices_port}/devices/bp-single"
+            device_auth = {"Authorization": f"Bearer {DEVICE_TOKEN}", "Content-Type": "application/json"}
+            answer = await client.post(reading, content=device_sample("bp-single"), headers=device_auth)
+            assert answer.status_code == 202, answer.text
+            assert (await client.post(reading, content=b"[", headers=device_auth)).status_code == 400
+            await asyncio.sleep(2.5)
+
+
 async def test_dashboards_and_alerts_against_a_real_prometheus(
     settings, live_kafka, registry, tmp_path, monkeypatch, request
 ):
@@ -181,6 +228,8 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
         "normalize": free_port(),
         "pseudonymize": free_port(),
         "opposition": free_port(),
+        "fhir": free_port(),
+        "devices": free_port(),
     }
     opposition_registry = CollectorRegistry()
     opposition = build_service(settings, keys, opposition_registry)
@@ -250,6 +299,9 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
         ),
     ):
         mllp_port = await door.start()
+        fhir_port, fhir_door = await start_fhir_door(settings, ports["fhir"])
+        devices_port, devices_door = await start_devices_door(settings, ports["devices"])
+        await send_fhir_and_devices(fhir_port, devices_port, patients[1], run)
         keep_sending = asyncio.Event()
 
         async def steady_sender() -> None:
@@ -328,7 +380,11 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             assert f"silent:{steady}" not in alerts, "a sender that keeps sending is reported silent"
             assert "AffluentProcessDown" not in alerts
             dlq = [a for a in firing(base) if a["alertname"] == "AffluentDeadLettersHigh"]
-            assert {(a["stage"], a["reason"]) for a in dlq} == {("ingest", "unsupported_type")}
+            # The MLLP refusals; the device reading of an unregistered device may be dead-lettered by
+            # normalize too (its device is not linked in this test), nothing else.
+            reasons = {(a["stage"], a["reason"]) for a in dlq}
+            assert ("ingest", "unsupported_type") in reasons
+            assert reasons <= {("ingest", "unsupported_type"), ("normalize", "unknown_device")}, reasons
 
             for component, port in ports.items():
                 pages[component] = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
@@ -338,6 +394,8 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             keep_sending.set()
             await background
             await door.stop()
+            await fhir_door.stop()
+            await devices_door.stop()
             await endpoint.stop()
 
         # A worker stopped: Prometheus fails to scrape it and the process-down alert names it.

@@ -30,7 +30,14 @@ def test_committed_rules_equal_the_generated_ones() -> None:
 
 def test_the_required_dashboards_and_panels_exist() -> None:
     titles = {p.stem: json.loads(p.read_text())["title"] for p in DASHBOARDS_DIR.glob("*.json")}
-    assert set(titles) == {"affluent-overview", "affluent-mllp", "affluent-streams", "affluent-national"}
+    assert set(titles) == {
+        "affluent-overview",
+        "affluent-mllp",
+        "affluent-fhir",
+        "affluent-devices",
+        "affluent-streams",
+        "affluent-national",
+    }
     queries = " ".join(q for _, _, q in panel_queries())
     for needed in (
         "affluent_end_to_end_latency_seconds_bucket",
@@ -38,6 +45,8 @@ def test_the_required_dashboards_and_panels_exist() -> None:
         "affluent_consumer_lag_records",
         "affluent_mllp_acks_total",
         "affluent_mllp_frame_errors_total",
+        "affluent_fhir_rest_records_total",
+        "affluent_device_readings_accepted_total",
         "affluent_mllp_connections_open",
         "affluent_consumer_rebalances_total",
         "affluent_opposition_drops_total",
