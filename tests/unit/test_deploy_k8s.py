@@ -13,15 +13,24 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from affluent.settings import MllpSettings, OppositionSettings, StreamsSettings
+from affluent.settings import (
+    DeviceSettings,
+    FhirRestSettings,
+    MllpSettings,
+    OppositionSettings,
+    StreamsSettings,
+)
 from affluent.topics import (
     ACK_CACHE_CONFIG,
     COMPACTED_CONFIG,
     CONTROL_ACK,
     CONTROL_DEVICES,
+    CONTROL_FHIR_SEEN,
     CONTROL_OPPOSITION,
     CORE_TOPICS,
     DLQ_INGEST,
+    INGEST_DEVICE_RAW,
+    INGEST_FHIR_RAW,
     INGEST_HL7V2_RAW,
 )
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
@@ -40,6 +49,10 @@ PORTS["pseudonymize"] = PSEUDONYMIZE_PORT
 PORTS["opposition"] = OppositionSettings().port
 COMMANDS = {"mllp": ["mllp"], "normalize": ["normalize"], "pseudonymize": ["pseudonymize"]}
 COMMANDS["opposition"] = ["opposition", "serve"]
+PORTS["fhir"] = FhirRestSettings().metrics_port
+PORTS["devices"] = DeviceSettings().metrics_port
+COMMANDS["fhir"] = ["fhir"]
+COMMANDS["devices"] = ["devices", "serve"]
 RETRACTION_TOPICS = {t for t in NATIONAL_TOPICS if t.endswith(".retraction.v1")}
 
 
@@ -158,6 +171,15 @@ NEEDS = {
         "Write": {*NATIONAL_TOPICS, DLQ_PSEUDONYMIZE},
         "Describe": {spec.name for spec in worker_topics(PSEUDONYMIZE_GROUP)},
     },
+    "affluent-fhir": {
+        "Write": {INGEST_FHIR_RAW, CONTROL_FHIR_SEEN},
+        "Read": {CONTROL_FHIR_SEEN},
+        "Describe": {spec.name for spec in CORE_TOPICS},
+    },
+    "affluent-devices": {
+        "Write": {INGEST_DEVICE_RAW, DLQ_INGEST},
+        "Describe": {spec.name for spec in CORE_TOPICS},
+    },
     "affluent-opposition": {
         "Read": {CONTROL_OPPOSITION},
         "Write": {CONTROL_OPPOSITION, *RETRACTION_TOPICS},
@@ -175,9 +197,12 @@ def test_acls_allow_what_each_component_does_and_no_more(user: str) -> None:
         "affluent-mllp": "affluent-ack-x",
         "affluent-normalize": NORMALIZE_GROUP,
         "affluent-opposition": "affluent-opposition-service-x",
+        "affluent-fhir": "affluent-fhir-seen-x",
     }
-    group = groups.get(user, PSEUDONYMIZE_GROUP)
-    assert allowed(user, "Read", "group", group)
+    if user == "affluent-devices":  # reads no topic: no consumer group at all
+        assert not any(allowed(user, "Read", "group", g) for g in (*groups.values(), PSEUDONYMIZE_GROUP))
+    else:
+        assert allowed(user, "Read", "group", groups.get(user, PSEUDONYMIZE_GROUP))
     everything = set(topics())
     for operation in ("Read", "Write"):
         extra = {n for n in everything if allowed(user, operation, "topic", n)} - NEEDS[user].get(
