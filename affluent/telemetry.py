@@ -12,6 +12,7 @@ own short timeout, never the probe's.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -97,13 +98,7 @@ class TelemetryServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready_handler)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await serve_app(app, host, port)
         return self.port
 
     async def stop(self) -> None:
@@ -121,6 +116,19 @@ class TelemetryServer:
 
     async def _ready_handler(self, request: web.Request) -> web.Response:
         return await ready_response(self._ready)
+
+
+async def serve_app(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` (no access log: URLs and peers are not for logs) and return its runner and the port
+    really bound — the one the OS chose when ``port`` is 0, as tests ask."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    return runner, int(sockets[0].getsockname()[1]) if sockets else port
 
 
 async def ready_response(ready: ReadyCheck | None) -> web.Response:

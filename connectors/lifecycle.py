@@ -64,16 +64,21 @@ async def shut_down(
         await asyncio.to_thread(view.stop)
 
 
-async def run_until_signalled(door: Door, banner: Callable[[int], str]) -> None:
-    """Start ``door``, print ``banner(port)``, and stop it cleanly on SIGINT or SIGTERM."""
-    port = await door.start()
-    print(banner(port), flush=True)  # noqa: T201
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM (what every long-running affluent server waits for)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_until_signalled(door: Door, banner: Callable[[int], str]) -> None:
+    """Start ``door``, print ``banner(port)``, and stop it cleanly on SIGINT or SIGTERM."""
+    port = await door.start()
+    print(banner(port), flush=True)  # noqa: T201
     try:
-        await stop.wait()
+        await wait_for_signal()
     finally:
         await door.stop()

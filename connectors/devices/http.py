@@ -18,6 +18,7 @@ from aiohttp import web
 
 from affluent.errors import KafkaUnavailable
 from affluent.settings import DeviceSettings
+from affluent.telemetry import serve_app
 from connectors.devices.intake import authenticate, bearer, may_post, raw_message
 from connectors.devices.metrics import DeviceMetrics
 from connectors.devices.templates import PayloadError, Template, read_payload
@@ -54,8 +55,6 @@ class DeviceHttpServer:
         return app
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
         context = None
         if self.settings.tls_certificate and self.settings.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -63,10 +62,7 @@ class DeviceHttpServer:
             if self.settings.tls_client_ca is not None:
                 context.load_verify_locations(cafile=str(self.settings.tls_client_ca))
                 context.verify_mode = ssl.CERT_REQUIRED
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=context)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        self._runner, self.port = await serve_app(self.app(), self.settings.host, self.settings.port, context)
         return self.port
 
     async def stop(self) -> None:

@@ -6,11 +6,11 @@ reading and the normalize stage cannot tell them apart except by ``connector``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Sequence
 from typing import Final
 
+from affluent.auth import token_digest
 from affluent.settings import DeviceToken
 from connectors.devices.templates import Template
 from connectors.raw import RawMessage
@@ -20,9 +20,8 @@ PROTOCOL: Final = "device"
 CONTENT_TYPE: Final = "application/json"
 
 
-def token_hash(token: str) -> str:
-    """What settings store for a token (``affluent devices token`` prints it for a new token)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+# What settings store for a token (``affluent devices token`` prints it for a new one).
+token_hash = token_digest
 
 
 def authenticate(tokens: Sequence[DeviceToken], presented: str | None) -> DeviceToken | None:
@@ -33,7 +32,7 @@ def authenticate(tokens: Sequence[DeviceToken], presented: str | None) -> Device
     """
     if not presented:
         return None
-    digest = token_hash(presented).encode()
+    digest = token_digest(presented).encode()
     found: DeviceToken | None = None
     for entry in tokens:
         if hmac.compare_digest(digest, entry.sha256.encode()):

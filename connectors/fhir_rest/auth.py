@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import jwt
 
+from affluent.auth import token_digest as token_digest  # what goes in token_sha256
 from affluent.settings import FhirRestSettings
 from connectors.fhir_common import Issue
 from connectors.fhir_rest.intake import Refusal
@@ -131,8 +132,3 @@ def _jwks_of(settings: FhirRestSettings) -> jwt.PyJWKSet | jwt.PyJWKClient | Non
     if settings.jwt_jwks_url is not None:
         return jwt.PyJWKClient(settings.jwt_jwks_url, cache_jwk_set=True, lifespan=300)
     return None
-
-
-def token_digest(token: str) -> str:
-    """What goes in ``token_sha256``: the hex SHA-256 of the token's UTF-8 bytes."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()

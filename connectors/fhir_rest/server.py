@@ -25,6 +25,7 @@ from aiohttp import web
 
 from affluent.errors import KafkaUnavailable
 from affluent.settings import FhirRestSettings
+from affluent.telemetry import serve_app
 from connectors.fhir_common import (
     RESPONSE_CONTENT_TYPE,
     Issue,
@@ -109,14 +110,9 @@ class FhirRestServer:
         self._session = aiohttp.ClientSession()
         if self.settings.validation_processes:
             self._pool = await start_validation_pool(self.settings.validation_processes)
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, ssl_context=tls_context(self.settings)
+        self._runner, self.port = await serve_app(
+            self.app(), self.settings.host, self.settings.port, tls_context(self.settings)
         )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         return self.port
 
     async def stop(self) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
-import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,6 +20,7 @@ from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
 from affluent.telemetry import dependencies
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from connectors.lifecycle import wait_for_signal
 from streams.opposition.http import OppositionEndpoint
 from streams.opposition.objection import Objection
 from streams.opposition.service import OppositionMetrics, OppositionService, Registered
@@ -103,13 +102,8 @@ def serve(settings: Settings, keys: KeyProvider | None = None) -> None:
         endpoint = OppositionEndpoint(service, tokens, metrics_registry, ready)
         port = await endpoint.start(settings.opposition.host, settings.opposition.port)
         log.warning("opposition endpoint listening on %s:%d", settings.opposition.host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await wait_for_signal()
         finally:
             await endpoint.stop()
             await service.stop()

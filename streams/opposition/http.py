@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from affluent.auth import StaticTokens
 from affluent.errors import KafkaUnavailable
-from affluent.telemetry import ReadyCheck, ready_response
+from affluent.telemetry import ReadyCheck, ready_response, serve_app
 from streams.opposition.objection import InvalidObjection, Objection
 from streams.opposition.service import OppositionService
 
@@ -61,12 +61,7 @@ class OppositionEndpoint:
         return app
 
     async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        self._runner, self.port = await serve_app(self.app(), host, port)
         return self.port
 
     async def stop(self) -> None:

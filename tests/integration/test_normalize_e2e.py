@@ -28,7 +28,7 @@ from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.registry import Registry, decode
 from streams.normalize.worker import RAW_TOPICS
 from tests.support.mllp_client import CORPUS, MllpClient, control_id_of_ack, with_control_id
-from tests.support.pipeline import ends, start_group_at
+from tests.support.pipeline import ends, start_group_at, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,12 +55,7 @@ def normalize_worker(group: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 def collect(

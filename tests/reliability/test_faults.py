@@ -46,7 +46,7 @@ from affluent.topics import (
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from streams.pseudonymize.worker import KEY_FILE_ENV, build_feeds, load_keys
-from tests.support.pipeline import KEY_FILE, free_port
+from tests.support.pipeline import KEY_FILE, free_port, stop
 from tests.support.resilient import SenderLog, send_lane
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
@@ -115,12 +115,7 @@ class Process:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop(self.proc)
 
 
 async def wait_port(port: int, timeout_s: float = 60) -> None:

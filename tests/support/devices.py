@@ -23,6 +23,7 @@ from streams.normalize.device import DeviceMapper
 from streams.normalize.envelope import RawContext
 from streams.normalize.options import MappingOptions
 from streams.normalize.stage import NormalizeMetrics, Normalizer
+from tests.support.pipeline import stop
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "devices"
 SHAPES = ("bp-single", "scale-nested", "gateway-batch")
@@ -103,9 +104,4 @@ def normalize_worker(raw_topic: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)

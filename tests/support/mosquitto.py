@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.pipeline import stop
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -92,12 +94,7 @@ class Mosquitto:
     def stop(self) -> None:
         """SIGTERM: mosquitto writes its persistence file (queued messages, sessions) before exiting."""
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop(self.proc, grace_s=10)
             self.proc = None
 
     def restart(self) -> None:
