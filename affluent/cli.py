@@ -162,7 +162,6 @@ def cmd_fhir(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
     from streams.normalize.worker import run
 
-    sys.argv = [sys.argv[0]]  # faust's Worker reads its own command line; ours is consumed
     run(settings)
     return 0
 

@@ -1,7 +1,7 @@
 """What ``affluent run`` can start: one row per door or stream worker.
 
-A component is an ``affluent`` sub-command run as its own process (faust workers must be separate
-processes anyway, and one process per component is also how a region scales out: run more of the
+A component is an ``affluent`` sub-command run as its own process (a stream worker is a blocking
+consume loop, and one process per component is also how a region scales out: run more of the
 same row elsewhere). The table is declarative so that a new door is one line here; its settings
 (ports, topics, keys) still come from the environment and settings files every process reads.
 

@@ -150,15 +150,12 @@ DEMO_GROUPS = {
 
 def prepare_groups(settings: Settings, env: dict[str, str]) -> None:
     """The demo's workers start with the traffic that comes next, not with the topics' history (which,
-    on a shared broker, may be large); faust's leader topics exist (topic creation is off)."""
+    on a shared broker, may be large)."""
     from affluent.accounting import start_group_at_end
-    from affluent.kafka import TopicSpec
     from streams.normalize.worker import RAW_TOPICS
 
     normalize = env["AFFLUENT_STREAMS__NORMALIZE_GROUP"]
     pseudonymize = env["AFFLUENT_PSEUDONYMIZE_GROUP"]
-    leaders = [TopicSpec(f"{g}-__assignor-__leader", partitions=1) for g in (normalize, pseudonymize)]
-    ensure_topics(settings.kafka, leaders)
     start_group_at_end(settings.kafka, normalize, RAW_TOPICS)
     start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS)
 

@@ -2,8 +2,8 @@
 
 Each component (see :mod:`affluent.components`) runs as its own child process, in its own session so
 that a Ctrl-C at the terminal reaches only the supervisor, which then stops the children in order:
-doors first (stop accepting, drain, flush), workers last (faust commits what it finished), each with
-SIGTERM and, past ``run.stop_timeout_s``, SIGKILL. A child that dies on its own is restarted with an
+doors first (stop accepting, drain, flush), workers last (each finishes and commits its batch in hand),
+each with SIGTERM and, past ``run.stop_timeout_s``, SIGKILL. A child that dies on its own is restarted with an
 exponential back-off, and counted (``affluent_run_restarts_total``); the supervisor's /health lists
 every child's pid, state and restarts, which is what a fault test needs to SIGKILL one and watch it
 come back. Should the supervisor itself be killed, Linux sends its children SIGTERM (PDEATHSIG), so
@@ -284,5 +284,5 @@ async def supervise(settings: Settings, components: Sequence[Component], out: Ou
     out("affluent run: stopping (doors first, then workers)")
     codes = await supervisor.stop()
     out("affluent run: stopped " + ", ".join(f"{name} ({code})" for name, code in codes.items()))
-    # A child ends with 0 on a clean stop; faust workers may exit with -15 (SIGTERM) when idle.
+    # A child ends with 0 on a clean stop, or -15 when SIGTERM came before its own handler was set.
     return 0 if all(code in (0, None, -signal.SIGTERM) for code in codes.values()) else 1

@@ -163,7 +163,7 @@ class FhirRestSettings(BaseModel):
 
 
 class StreamsSettings(BaseModel):
-    """The faust-streaming workers (normalize, pseudonymize)."""
+    """The stream workers (normalize, pseudonymize): the stage shell of streams/app.py."""
 
     # Consumer groups: every worker of one stage shares its group, so partitions spread over workers.
     normalize_group: str = "affluent-normalize"

@@ -577,7 +577,7 @@ async def _measure(options: Options) -> SuiteResult:
     p99_canonical = percentile(to_canonical, 99)
     canonical_rows = [
         [
-            f"door receipt → canonical.observation, {PACED_RATE:,} readings/s, normalize worker (faust)",
+            f"door receipt → canonical.observation, {PACED_RATE:,} readings/s, normalize worker",
             f"{len(to_canonical):,}",
             fmt_ms(percentile(to_canonical, 50)),
             fmt_ms(p99_canonical),
@@ -608,7 +608,7 @@ async def _measure(options: Options) -> SuiteResult:
             "bare producer and the normalize loop run in the same run on the same machine. MQTT: one "
             f"publisher sends {MQTT_BATCH}-reading QoS 1 messages to a Mosquitto started for the run; the "
             "rate runs from the first publish to the last reading stored in Kafka. Latency to the canonical "
-            "topic: a paced run through its own door and raw topic, read by a real normalize worker (faust, "
+            "topic: a paced run through its own door and raw topic, read by a real normalize worker ("
             "own group); delay = the canonical record's Kafka timestamp minus the raw record's receipt time "
             "(`ingest_time`), both on this machine's clock."
         ),

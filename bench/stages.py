@@ -1,7 +1,7 @@
 """Stream stages on one core, without Kafka: normalization (HL7 v2, FHIR R4) and pseudonymization.
 
 A worker's ceiling is what its pure work costs: bytes of a raw record in, encoded records out. Kafka and
-faust add their own overhead on top (measured by the end-to-end figures); these rows say how far the
+the stage shell add their own overhead on top (measured by the end-to-end figures); these rows say how far the
 mapping code itself is from the bare tokenize+encode ceiling measured beside it.
 """
 

@@ -1,9 +1,26 @@
-"""The faust-streaming application factory shared by the stream stages.
+"""The stage shell shared by the stream workers: consume a batch, process it, confirm its outputs, then
+mark its inputs done.
 
-Values and keys are raw bytes on purpose: affluent encodes Avro itself (Confluent wire format through
-the registry), so faust only moves bytes and never guesses a codec. Processing is at-least-once —
-faust-streaming's exactly_once has open duplicate bugs — and correctness comes from deterministic
-event ids. Topics are created by affluent (``auto.create.topics.enable`` is off on our brokers).
+Every stage (normalize, pseudonymize) is a pure-ish ``process`` function — a record's value and position
+in, outputs (``topic``, ``key``, ``value``) out, never raising — wrapped by this one loop, so the rule
+"a batch's outputs are confirmed by Kafka before its inputs count as processed" lives here once.
+
+The loop is synchronous over librdkafka (confluent-kafka), in the style of quix-streams: the consumer
+prefetches in librdkafka's threads while the loop maps and encodes, and a batch's outputs are handed to
+one idempotent ``acks=all`` producer and waited for with a single ``flush``. An earlier version ran the
+stages as faust-streaming agents; on this box faust's per-event machinery (aiokafka's Python fetcher,
+events, acks, one future per output) cost more CPU than the mapping itself — see BENCHMARKS.md and
+docs/architecture.md. Processing is at-least-once and correctness comes from deterministic event ids:
+
+* an input's offset is *stored* only after every output of its batch is confirmed; librdkafka commits
+  stored offsets in the background, on a rebalance (before giving a partition away) and on close;
+* outputs Kafka does not confirm are resent whole (6 attempts, backing off); if that fails the process
+  exits with 75 without storing the batch's offsets (crash-only: ``affluent run`` or Kubernetes restarts
+  it and the batch is read again);
+* SIGTERM/SIGINT end the loop between batches: the current batch finishes, its offsets are stored,
+  the consumer commits and leaves the group (its partitions move at once, no session timeout).
+
+Topics are created by affluent (``auto.create.topics.enable`` is off on our brokers).
 """
 
 from __future__ import annotations
@@ -11,17 +28,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import faust
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from affluent.errors import AffluentError
+from affluent.kafka import consumer_config, producer_config
 from affluent.metrics import consumer_lag, rebalances
 from affluent.settings import KafkaSettings, StreamsSettings
 from affluent.telemetry import ReadyCheck, TelemetryServer
-from connectors.producer import DurableProducer
 
 log = logging.getLogger(__name__)
 
@@ -29,176 +50,251 @@ log = logging.getLogger(__name__)
 DELIVERY_ATTEMPTS = 6
 EXIT_UNDELIVERED = 75  # EX_TEMPFAIL: restart me
 OUTPUT_LINGER_MS = 5
+LAG_EVERY_S = 5.0
 
 
 class StageDeliveryFailed(AffluentError):
     """Kafka did not confirm a batch's outputs after every attempt."""
 
 
-def broker_url(kafka: KafkaSettings) -> str:
-    return ";".join(f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(","))
+class Output(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
-def broker_credentials(kafka: KafkaSettings) -> Any:
-    """faust/aiokafka credentials from the same settings the confluent clients use."""
-    import ssl
-
-    context: ssl.SSLContext | None = None
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None
-        )
-        if kafka.ssl_certificate_location and kafka.ssl_key_location:
-            context.load_cert_chain(
-                str(kafka.ssl_certificate_location),
-                str(kafka.ssl_key_location),
-                kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
-            )
-    if kafka.security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            mechanism=kafka.sasl_mechanism,
-            ssl_context=context,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
+Process = Callable[[bytes | None, str, int, int], Sequence[Output]]
 
 
-def make_app(name: str, kafka: KafkaSettings, **conf: Any) -> faust.App:
-    return faust.App(
-        name,
-        broker=broker_url(kafka),
-        broker_credentials=broker_credentials(kafka),
-        store="memory://",
-        key_serializer="raw",
-        value_serializer="raw",
-        web_enabled=False,
-        processing_guarantee="at_least_once",
-        producer_acks=-1,
-        topic_allow_declare=False,
-        topic_partitions=kafka.default_partitions,
-        topic_replication_factor=kafka.replication_factor,
-        consumer_auto_offset_reset="earliest",
-        **conf,
-    )
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """What makes one stage: its consumer group, what it reads, and the function it applies."""
+
+    group: str
+    sources: tuple[str, ...]
+    process: Process
 
 
-def install_stage(
-    app: faust.App,
-    source_topics: Sequence[str],
-    process: Callable[[bytes | None, str, int, int], Sequence[Any]],
-    group: str,
-    streams: StreamsSettings,
-    metrics_registry: CollectorRegistry,
-    metrics_port: int | None,
-    kafka: KafkaSettings,
-    ready: ReadyCheck | None = None,
-) -> TelemetryServer:
-    """Wire one stage into a faust app: the batch agent, lag and rebalance metrics, the telemetry server.
+class BatchProducer:
+    """Sends a batch of outputs and returns once Kafka confirmed every one (``acks=all``, idempotent).
 
-    Every stage has the same shell, so the rule "a batch's outputs are confirmed by Kafka before its
-    inputs are acknowledged" lives here once. ``process`` is the stage's pure-ish function: a record's
-    value and position in, outputs (``topic``, ``key``, ``value``) out; it must never raise.
+    One delivery callback for the whole producer and one ``flush`` per batch: no future, timer or
+    closure per record — those cost more than librdkafka itself.
     """
-    lag = consumer_lag(metrics_registry)
-    assignments = rebalances(metrics_registry).labels(group)
-    sources = app.topic(*source_topics)
-    positions: dict[tuple[str, int], int] = {}
-    # Created on first use, inside the worker's event loop (its futures belong to that loop).
-    producers: list[DurableProducer] = []
 
-    def producer() -> DurableProducer:
-        if not producers:
-            # Batches are sent whole and waited for once: a short linger packs them into few requests.
-            producers.append(DurableProducer(kafka, **{"linger.ms": OUTPUT_LINGER_MS}))
-        return producers[0]
+    def __init__(self, kafka: KafkaSettings, group: str) -> None:
+        self._producer = Producer(producer_config(kafka, **{"linger.ms": OUTPUT_LINGER_MS}))
+        self._timeout_s = kafka.delivery_timeout_ms / 1000 + 5
+        self._group = group
+        self._failed: list[KafkaError] = []
 
-    # Never closed explicitly: every batch waits for its own delivery reports, so at shutdown nothing
-    # is left in the producer's queue; its polling thread is a daemon.
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._failed.append(err)
 
-    async def deliver(outputs: list[Any]) -> None:
-        """Send a batch's outputs and wait until Kafka confirmed every one; resend them all after a
-        failure (their ids are deterministic, so a resent copy collapses downstream).
+    def _send_once(self, outputs: Sequence[Output]) -> None:
+        self._failed = []
+        produce, callback = self._producer.produce, self._on_delivery
+        for out in outputs:
+            while True:
+                try:
+                    produce(out.topic, out.value, out.key, on_delivery=callback)
+                    break
+                except BufferError:  # librdkafka's local queue is full: let it drain
+                    self._producer.poll(0.05)
+        left = self._producer.flush(self._timeout_s)
+        if left or self._failed:
+            reason = self._failed[0].name() if self._failed else f"{left} records without a report"
+            raise StageDeliveryFailed(f"{self._group}: Kafka did not confirm a batch's outputs ({reason})")
 
-        Outputs go through librdkafka (:class:`DurableProducer`, ``acks=all``, idempotent), not through
-        faust's own producer: faust's per-record ``send`` costs about a millisecond of Python per
-        record, librdkafka a few microseconds, and the delivery reports are what this shell waits on
-        anyway. faust still consumes, tracks acknowledgements and commits.
-        """
+    def deliver(self, outputs: Sequence[Output], sleep: Callable[[float], None] = time.sleep) -> None:
+        """Send ``outputs`` until Kafka confirmed all of them; resend them all after a failure (their ids
+        are deterministic, so a resent copy collapses downstream). Raises after the last attempt."""
         if not outputs:
             return
         for attempt in range(DELIVERY_ATTEMPTS):
             try:
-                await producer().send_all([(o.topic, o.value, o.key) for o in outputs])
+                self._send_once(outputs)
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except (StageDeliveryFailed, KafkaException) as exc:
                 log.warning(
                     "%s: outputs of a batch not confirmed by Kafka (%s), attempt %d of %d",
-                    group,
+                    self._group,
                     type(exc).__name__,
                     attempt + 1,
                     DELIVERY_ATTEMPTS,
                 )
-                await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
-        raise StageDeliveryFailed(f"{group}: outputs not confirmed after {DELIVERY_ATTEMPTS} attempts")
+                if attempt + 1 < DELIVERY_ATTEMPTS:
+                    sleep(min(10.0, 0.5 * 2**attempt))
+        raise StageDeliveryFailed(f"{self._group}: outputs not confirmed after {DELIVERY_ATTEMPTS} attempts")
 
-    async def stage(stream: Any) -> None:
-        async for batch in stream.take_events(streams.batch_size, within=streams.batch_window_s):
+    def close(self) -> None:
+        self._producer.flush(10)
+
+
+def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
+    """The offsets to store after a batch: one past the last message of each partition."""
+    last: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        last[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in last.items()]
+
+
+class StageWorker:
+    """One stage's consume → process → deliver → store loop, with its metrics and telemetry server."""
+
+    def __init__(
+        self,
+        spec: StageSpec,
+        kafka: KafkaSettings,
+        streams: StreamsSettings,
+        metrics_registry: CollectorRegistry,
+        metrics_port: int | None,
+        ready: ReadyCheck | None = None,
+    ) -> None:
+        self.spec = spec
+        self.kafka = kafka
+        self.streams = streams
+        self.metrics_port = metrics_port
+        self.telemetry = TelemetryServer(metrics_registry, ready=ready)
+        self._lag = consumer_lag(metrics_registry)
+        self._rebalances = rebalances(metrics_registry).labels(spec.group)
+        self._stop = threading.Event()
+        self._telemetry_loop: asyncio.AbstractEventLoop | None = None
+        self.consumer = Consumer(
+            consumer_config(
+                kafka,
+                spec.group,
+                **{
+                    # Offsets are stored by this loop after delivery; librdkafka commits what is stored
+                    # (every second, before a partition is given away in a rebalance, and on close).
+                    "enable.auto.commit": True,
+                    "enable.auto.offset.store": False,
+                    "auto.commit.interval.ms": 1000,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "queued.max.messages.kbytes": 16384,
+                },
+            )
+        )
+        self.producer = BatchProducer(kafka, spec.group)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the batch in hand (signal-safe: only sets an event)."""
+        self._stop.set()
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalances.inc()
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._lag.labels(self.spec.group, tp.topic, str(tp.partition)).set(0)
+
+    def measure_lag(self) -> None:
+        """Records behind the high watermark per assigned partition (from the last fetch: no request)."""
+        try:
+            assigned = self.consumer.assignment()
+            positions = self.consumer.position(assigned) if assigned else []
+        except KafkaException:
+            return
+        for tp in positions:
             try:
-                outputs: list[Any] = []
-                for event in batch:
-                    msg = event.message
-                    outputs.extend(process(event.value, msg.topic, msg.partition, msg.offset))
-                # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
-                await deliver(outputs)
-            except BaseException as exc:
-                # faust acknowledges a batch's events when its generator is closed, *whatever*
-                # happened in the body: an exception escaping here would let the consumer commit
-                # offsets whose outputs Kafka never confirmed. Marking the messages as acknowledged
-                # keeps their offsets out of the consumer's acked set, so nothing at or past them is
-                # committed and they are processed again after a restart.
-                for event in batch:
-                    event.message.acked = True
-                if isinstance(exc, asyncio.CancelledError):  # shutting down: restart reprocesses
-                    raise
-                log.critical(
-                    "%s: stopping the worker; its inputs will be processed again (%s)",
-                    group,
-                    type(exc).__name__,
-                )
-                os._exit(EXIT_UNDELIVERED)  # crash-only: the supervisor restarts the worker
-            for event in batch:
-                msg = event.message
-                positions[(msg.topic, msg.partition)] = msg.offset + 1
-
-    app.agent(sources, name=f"{group}-stage")(stage)
-
-    async def measure_lag() -> None:
-        for tp in app.consumer.assignment():
-            high = app.consumer.highwater(tp)
-            if high is None:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
                 continue
-            done = positions.get((tp.topic, tp.partition))
-            if done is None:
-                committed = await app.consumer.committed(tp) if hasattr(app.consumer, "committed") else None
-                done = committed or 0
-            lag.labels(group, tp.topic, str(tp.partition)).set(max(0, high - done))
+            if high < 0:
+                continue
+            done = tp.offset if tp.offset >= 0 else high
+            self._lag.labels(self.spec.group, tp.topic, str(tp.partition)).set(max(0, high - done))
 
-    app.timer(5.0)(measure_lag)
+    def run_batch(self, messages: list[Message]) -> int:
+        """Process one consumed batch; returns how many records it read. Raises StageDeliveryFailed."""
+        outputs: list[Output] = []
+        done: list[Message] = []
+        process = self.spec.process
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("%s: consumer error %s", self.spec.group, err.name())
+                continue
+            outputs.extend(process(msg.value(), msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+            done.append(msg)
+        # Outputs durable before the inputs count as processed (at-least-once, nothing skipped).
+        self.producer.deliver(outputs)
+        if done:
+            self.consumer.store_offsets(offsets=next_offsets(done))
+        return len(done)
 
-    @app.on_partitions_assigned.connect
-    async def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        assignments.inc()
+    def run(self) -> int:
+        """Consume until stopped; returns the process exit code."""
+        self._start_telemetry()
+        self.consumer.subscribe(list(self.spec.sources), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        next_lag = time.monotonic() + LAG_EVERY_S
+        try:
+            while not self._stop.is_set():
+                batch = self.consumer.consume(self.streams.batch_size, self.streams.batch_window_s)
+                if batch:
+                    try:
+                        self.run_batch(batch)
+                    except (StageDeliveryFailed, KafkaException) as exc:
+                        # Nothing of this batch is stored: it is read again after the restart.
+                        log.critical(
+                            "%s: stopping the worker; its inputs will be processed again (%s)",
+                            self.spec.group,
+                            type(exc).__name__,
+                        )
+                        os._exit(EXIT_UNDELIVERED)  # crash-only: the supervisor restarts the worker
+                if time.monotonic() >= next_lag:
+                    self.measure_lag()
+                    next_lag = time.monotonic() + LAG_EVERY_S
+        finally:
+            self._shutdown()
+        return 0
 
-    telemetry = TelemetryServer(metrics_registry, ready=ready)
+    def _shutdown(self) -> None:
+        self.producer.close()
+        try:
+            self.consumer.close()  # commits the stored offsets and leaves the group
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: consumer did not close cleanly (%s)", self.spec.group, type(exc).__name__)
+        loop = self._telemetry_loop
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.telemetry.stop(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
 
-    async def serve_metrics() -> None:
-        if metrics_port is not None:
-            await telemetry.start(streams.metrics_host, metrics_port)
+    def _start_telemetry(self) -> None:
+        """/metrics, /health and /ready on their own thread and event loop, beside the blocking loop."""
+        if self.metrics_port is None:
+            return
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
 
-    app.task(serve_metrics)
-    return telemetry
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.telemetry.start(self.streams.metrics_host, self.metrics_port or 0))
+            started.set()
+            loop.run_forever()
+
+        threading.Thread(target=serve, name=f"{self.spec.group}-telemetry", daemon=True).start()
+        started.wait(10)
+        self._telemetry_loop = loop
+
+
+def run_until_signalled(worker: StageWorker, on_stop: Sequence[Callable[[], Any]] = ()) -> None:
+    """Run ``worker`` in the foreground until SIGINT/SIGTERM, then stop cleanly (finish the batch in hand,
+    store and commit its offsets, leave the group)."""
+
+    def ask_stop(_signum: int, _frame: Any) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, ask_stop)
+    signal.signal(signal.SIGINT, ask_stop)
+    try:
+        worker.run()
+    finally:
+        for hook in on_stop:
+            hook()

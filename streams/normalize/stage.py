@@ -2,7 +2,7 @@
 
 This is the *transform* state between the raw topics and ``canonical.*``: decode the RawMessage (Avro,
 registry), decode the payload's character set, call the pure mapper for its protocol, and encode what
-comes back. The faust agent around it only moves bytes. Every input yields at least one output, so
+comes back. The stage shell around it only moves bytes. Every input yields at least one output, so
 nothing is lost silently: canonical events, or a dead letter in ``dlq.normalize`` with a precise reason.
 """
 

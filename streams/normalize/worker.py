@@ -1,9 +1,9 @@
-"""The normalize worker: a faust agent over the raw topics, a thin shell around :class:`Normalizer`.
+"""The normalize worker: the stage shell (streams/app.py) over the raw topics around :class:`Normalizer`.
 
 Batches are processed in order per partition; the canonical outputs of a batch are confirmed by Kafka
-(``acks=all``) before the batch's inputs are acknowledged to faust, which commits offsets only after
-flushing its producer. A crash anywhere therefore replays inputs — and the deterministic event ids make
-the replayed outputs identical — but never skips one.
+(``acks=all``) before the batch's input offsets are stored for commit. A crash anywhere therefore
+replays inputs — and the deterministic event ids make the replayed outputs identical — but never skips
+one.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import logging
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-import faust
 from prometheus_client import CollectorRegistry
 
 from affluent.compacted import CompactedView
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer, dependencies
+from affluent.telemetry import dependencies
 from affluent.topics import (
     COMPACTED_CONFIG,
     CONTROL_DEVICES,
@@ -28,7 +27,7 @@ from affluent.topics import (
 )
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.registry import Registry
-from streams.app import install_stage, make_app
+from streams.app import StageSpec, StageWorker, run_until_signalled
 from streams.normalize.options import MappingOptions
 from streams.normalize.stage import Mapper, NormalizeMetrics, Normalizer
 
@@ -65,7 +64,7 @@ def build_worker(
     settings: Settings,
     metrics_registry: CollectorRegistry | None = None,
     raw_topics: tuple[str, ...] = RAW_TOPICS,
-) -> tuple[faust.App, TelemetryServer]:
+) -> StageWorker:
     s = settings
     wait_for_kafka(s.kafka, 30)
     ensure_topics(s.kafka, [TopicSpec(t) for t in (*raw_topics, *CANONICAL_TOPICS, DLQ_NORMALIZE)])
@@ -76,23 +75,16 @@ def build_worker(
         NormalizeMetrics(metrics_registry),
         default_mappers(device_mapper(s)),
     )
-    app = make_app(s.streams.normalize_group, s.kafka)
-    telemetry = install_stage(
-        app,
-        raw_topics,
-        normalizer.process,
-        s.streams.normalize_group,
+    return StageWorker(
+        StageSpec(s.streams.normalize_group, raw_topics, normalizer.process),
+        s.kafka,
         s.streams,
         metrics_registry,
         s.streams.metrics_port,
-        s.kafka,
         ready=dependencies(s.kafka, s.registry),
     )
-    return app, telemetry
 
 
 def run(settings: Settings, raw_topics: tuple[str, ...] = RAW_TOPICS) -> None:
-    """Run the worker in the foreground until SIGINT/SIGTERM (faust handles the signals and drains)."""
-    app, _ = build_worker(settings, raw_topics=raw_topics)
-    worker = faust.Worker(app, loglevel="WARN", quiet=True)
-    worker.execute_from_commandline()
+    """Run the worker in the foreground until SIGINT/SIGTERM (the batch in hand finishes, then commit)."""
+    run_until_signalled(build_worker(settings, raw_topics=raw_topics))

@@ -1,6 +1,6 @@
 """The national feed's pure core: keys, keyed pseudonyms, declarative policies and the transform (DESIGN §6).
 
-No Kafka here. The faust agent builds one :class:`Feed` per destination at start-up (which fails if the
+No Kafka here. The worker builds one :class:`Feed` per destination at start-up (which fails if the
 destination has no key), drops events of objecting patients with :func:`is_opposed`, and produces what
 :meth:`Feed.apply` returns, encoded with the national schema of its topic. See docs/pseudonymization.md.
 """

@@ -1,6 +1,6 @@
 """Command-line entry points of the pseudonymize stage, for ``affluent/cli.py`` to wire in.
 
-- ``run_worker(settings)``: the faust worker (``affluent pseudonymize``);
+- ``run_worker(settings)``: the stage worker (``affluent pseudonymize``);
 - ``opposition_add`` / ``opposition_remove`` / ``opposition_list``: kept for callers of this module; they
   go through the opposition service (streams/opposition), like ``affluent opposition …``.
 
@@ -40,7 +40,6 @@ from streams.pseudonymize.risk import (
 def run_worker(settings: Settings) -> None:
     from streams.pseudonymize.worker import run
 
-    sys.argv = [sys.argv[0]]  # faust's Worker reads its own command line; ours is consumed
     run(settings)
 
 

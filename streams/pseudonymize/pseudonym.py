@@ -208,7 +208,7 @@ def is_opposed(
 
     Checked under every opposition key still kept, because entries written before a rotation cannot be
     re-keyed (the registry holds no identity to re-hash). ``table_lookup`` is anything answering ``in``
-    (a faust Table, a set) or a callable returning a truthy value for a registered entry.
+    (a set, the compacted registry view) or a callable returning a truthy value for a registered entry.
     """
     forms = identity_forms(patient_ref)
     contains: Callable[[str], object]

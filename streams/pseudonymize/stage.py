@@ -4,7 +4,7 @@ This is the step between ``canonical.<kind>`` and ``national.<destination>.<kind
 decode the canonical record (registry), drop it when the patient objected (an OPPOSITION retraction
 still passes: it tells the platforms to delete), and for each destination that takes the kind, apply
 the destination's policy and frame the Avro body with the id of the national schema registered at
-start. The faust agent around it only moves bytes.
+start. The stage shell around it (streams/app.py) only moves bytes.
 
 Nothing here logs or reports content: dead-letter reasons are the content-free texts of
 :class:`TransformError`, metrics carry destinations, kinds and key ids only.

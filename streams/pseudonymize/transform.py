@@ -1,6 +1,6 @@
 """One canonical record in, one national record (or nothing) out: the pure core of the national feed.
 
-The faust agent around it decodes ``canonical.<kind>`` values, filters objecting patients
+The stage worker around it decodes ``canonical.<kind>`` values, filters objecting patients
 (:func:`streams.pseudonymize.pseudonym.is_opposed`), calls :meth:`Feed.apply` and encodes the result with
 the national schema of ``NationalRecord.topic``, keyed by ``NationalRecord.key``. Everything here is
 deterministic — same record, same key → same bytes — so at-least-once redelivery collapses on the

@@ -1,7 +1,7 @@
-"""The pseudonymize worker: a faust agent over ``canonical.*``, a thin shell around :class:`Pseudonymizer`.
+"""The pseudonymize worker: the stage shell (streams/app.py) over ``canonical.*``, for :class:`Pseudonymizer`.
 
 Same delivery discipline as the normalize worker: batches in order per partition, the national outputs
-of a batch confirmed by Kafka (``acks=all``) before the batch's inputs are acknowledged to faust. A
+of a batch confirmed by Kafka (``acks=all``) before the batch's input offsets are stored for commit. A
 crash replays inputs; national event ids are deterministic per key, so replays collapse downstream.
 
 Keys come from ``AFFLUENT_PSEUDO_KEY__<RING>`` variables, over the file named by
@@ -15,18 +15,17 @@ from __future__ import annotations
 import logging
 import os
 
-import faust
 from prometheus_client import CollectorRegistry
 
 from affluent.compacted import CompactedView
 from affluent.errors import ConfigError
 from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer, dependencies
+from affluent.telemetry import dependencies
 from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.registry import Registry
-from streams.app import install_stage, make_app
+from streams.app import StageSpec, StageWorker, run_until_signalled
 from streams.pseudonymize.keys import (
     FirstOf,
     KeyConfigError,
@@ -98,8 +97,6 @@ def worker_topics(group: str) -> list[TopicSpec]:
     return [
         *(TopicSpec(t) for t in (*CANONICAL_TOPICS, *NATIONAL_TOPICS, DLQ_PSEUDONYMIZE)),
         TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
-        # faust's leader topic: declared by faust only when topic creation is allowed, which it is not.
-        TopicSpec(f"{group}-__assignor-__leader", partitions=1),
     ]
 
 
@@ -107,10 +104,9 @@ def build_worker(
     settings: Settings,
     metrics_registry: CollectorRegistry | None = None,
     keys: KeyProvider | None = None,
-) -> tuple[faust.App, TelemetryServer, CompactedView]:
+) -> tuple[StageWorker, CompactedView]:
     s = settings
     group = group_name()
-    port = metrics_port()
     keys = keys if keys is not None else load_keys()
     feeds = build_feeds(keys)
     wait_for_kafka(s.kafka, 30)
@@ -121,26 +117,18 @@ def build_worker(
     metrics = PseudonymizeMetrics(metrics_registry)
     metrics.opposition_entries.set_function(lambda: float(len(opposition)))
     pseudonymizer = Pseudonymizer(Registry(s.registry), feeds, opposition, keys, metrics)
-    app = make_app(group, s.kafka)
-    telemetry = install_stage(
-        app,
-        CANONICAL_TOPICS,
-        pseudonymizer.process,
-        group,
+    worker = StageWorker(
+        StageSpec(group, tuple(CANONICAL_TOPICS), pseudonymizer.process),
+        s.kafka,
         s.streams,
         metrics_registry,
-        port,
-        s.kafka,
+        metrics_port(),
         ready=dependencies(s.kafka, s.registry),
     )
-    return app, telemetry, opposition
+    return worker, opposition
 
 
 def run(settings: Settings) -> None:
-    """Run the worker in the foreground until SIGINT/SIGTERM (faust handles the signals and drains)."""
-    app, _, opposition = build_worker(settings)
-    try:
-        worker = faust.Worker(app, loglevel="WARN", quiet=True)
-        worker.execute_from_commandline()
-    finally:
-        opposition.stop()
+    """Run the worker in the foreground until SIGINT/SIGTERM (the batch in hand finishes, then commit)."""
+    worker, opposition = build_worker(settings)
+    run_until_signalled(worker, on_stop=[opposition.stop])

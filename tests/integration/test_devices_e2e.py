@@ -1,4 +1,4 @@
-"""HTTPS door → ingest.device.raw → a real normalize worker (faust, own consumer group, reading only this
+"""HTTPS door → ingest.device.raw → a real normalize worker (own consumer group, reading only this
 test's raw topic) → canonical.observation, with patients from the device registry in control.devices.
 
 The canonical and DLQ topics are shared: they are read from their end as it was before the test, and

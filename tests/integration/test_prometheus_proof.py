@@ -250,11 +250,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
         assert answer.status_code == 201, answer.text
 
     norm_group, pseudo_group = f"test-proof-normalize-{run}", f"test-proof-pseudonymize-{run}"
-    ensure_topics(
-        live_kafka,
-        [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS)]
-        + [TopicSpec(f"{g}-__assignor-__leader", partitions=1) for g in (norm_group, pseudo_group)],
-    )
+    ensure_topics(live_kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS)])
     start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
     start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
 

@@ -32,12 +32,13 @@ from affluent import synthetic
 from affluent.accounting import collect
 from affluent.kafka import TopicSpec, ensure_topics, make_consumer
 from affluent.settings import KafkaSettings, MllpSettings
-from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION, INGEST_HL7V2_RAW
+from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from connectors.mllp.client import send_all
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.mllp.service import MllpService
 from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS
 from schemas.registry import decode, parse_schema
+from streams.normalize.worker import RAW_TOPICS
 from streams.pseudonymize.cli import opposition_add, opposition_remove
 from streams.pseudonymize.worker import KEY_FILE_ENV, build_feeds, load_keys
 from tests.support.pipeline import KEY_FILE, ends, fetch, free_port, start_group_at, worker
@@ -149,12 +150,9 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
     assert opposition_add(settings, keys=keys, **objection) == 2  # before the patient's first event
 
     norm_group, pseudo_group = f"test-normalize-{run}", f"test-pseudonymize-{run}"
-    ensure_topics(
-        live_kafka,
-        [TopicSpec(t) for t in (INGEST_HL7V2_RAW, *CANONICAL_TOPICS, *NATIONAL_TOPICS)]
-        + [TopicSpec(f"{g}-__assignor-__leader", partitions=1) for g in (norm_group, pseudo_group)],
-    )
-    start_group_at(live_kafka, norm_group, ends(live_kafka, [INGEST_HL7V2_RAW]))
+    ensure_topics(live_kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS, *NATIONAL_TOPICS)])
+    # From the end of every raw topic the worker reads: their history on a shared broker is not ours.
+    start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
     start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
     national_start = ends(live_kafka, list(NATIONAL_TOPICS))
 

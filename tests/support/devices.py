@@ -85,12 +85,10 @@ def _free_port() -> int:
 
 @contextmanager
 def normalize_worker(raw_topic: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real normalize worker (faust) in its own process, its own consumer group, reading one raw topic."""
+    """A real normalize worker in its own process, its own consumer group, reading one raw topic."""
     code = (
-        "import sys\n"
         "from affluent.settings import load_settings\n"
         "from streams.normalize.worker import run\n"
-        "sys.argv = [sys.argv[0]]\n"
         f"run(load_settings(), ({raw_topic!r},))\n"
     )
     env = {

@@ -126,7 +126,6 @@ def test_every_topic_the_code_uses_is_declared() -> None:
     used = {spec.name for spec in CORE_TOPICS} | set(CANONICAL_TOPICS) | set(NATIONAL_TOPICS)
     used |= {DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, *RAW_TOPICS}
     used |= {spec.name for spec in worker_topics(PSEUDONYMIZE_GROUP)}
-    used.add(f"{NORMALIZE_GROUP}-__assignor-__leader")
     assert set(topics()) == used
     declared = topics()
     for name, config in ((CONTROL_ACK, ACK_CACHE_CONFIG), (CONTROL_OPPOSITION, COMPACTED_CONFIG)):
@@ -208,9 +207,6 @@ def test_acls_allow_what_each_component_does_and_no_more(user: str) -> None:
         extra = {n for n in everything if allowed(user, operation, "topic", n)} - NEEDS[user].get(
             operation, set()
         )
-        extra -= {
-            n for n in everything if n.endswith("-__assignor-__leader") and user.endswith(n.split("-")[1])
-        }
         assert extra == set(), (operation, extra)
     for operation in ("Create", "Delete", "Alter"):
         assert not any(allowed(user, operation, "topic", n) for n in everything)
