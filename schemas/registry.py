@@ -24,6 +24,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from affluent.errors import RegistryError, SchemaError
 from affluent.settings import RegistrySettings
+from schemas.fastreader import compile_reader
 from schemas.fastwriter import NotCompilable, compile_writer
 
 MAGIC_BYTE = 0
@@ -63,6 +64,7 @@ class Registry:
         self.url = settings.url
         self.client = SchemaRegistryClient(conf)
         self._writer_schemas: dict[int, Any] = {}
+        self._readers: dict[int, Callable[[bytes, int], Any] | None] = {}
 
     def register(self, subject: str, schema_text: str, compatibility: str | None = None) -> int:
         """Register (or find) a schema under a subject and return its id; optionally pin compatibility.
@@ -121,8 +123,18 @@ class Registry:
             except SchemaRegistryError as exc:
                 raise RegistryError(f"unknown schema id {schema_id}: {exc.error_message}") from None
             parsed = parse_schema(schema.schema_str or "")
+            try:
+                self._readers[schema_id] = compile_reader(json.loads(schema.schema_str or ""))
+            except NotCompilable:
+                self._readers[schema_id] = None
             self._writer_schemas[schema_id] = parsed
         return parsed
+
+    def compiled_reader(self, schema_id: int) -> Callable[[bytes, int], Any] | None:
+        """The generated reader of a writer schema (:mod:`schemas.fastreader`), None if not compilable."""
+        if schema_id not in self._readers:
+            self.writer_schema(schema_id)
+        return self._readers.get(schema_id)
 
 
 class AvroCodec:
@@ -175,6 +187,15 @@ def decode(registry: Registry, data: bytes, reader_schema: Any = None) -> dict[s
     magic, schema_id = _HEADER.unpack_from(data)
     if magic != MAGIC_BYTE:
         raise SchemaError(f"value does not start with the Confluent magic byte (found {magic})")
+    if reader_schema is None:
+        fast = registry.compiled_reader(schema_id)
+        if fast is not None:
+            try:
+                value = fast(data, _HEADER.size)
+                if isinstance(value, dict):
+                    return value
+            except (ValueError, IndexError, TypeError, KeyError, OverflowError, struct.error):
+                pass  # fastavro decides: it decodes the value or reports what is wrong with it
     writer = registry.writer_schema(schema_id)
     try:
         record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader_schema)

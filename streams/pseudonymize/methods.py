@@ -31,12 +31,12 @@ from streams.pseudonymize.pseudonym import (
     national_event_id,
     patient_identity,
     pseudonym,
+    remembered_pseudonym,
 )
 
 METHODS = ("keep", "drop", "pseudonymize", "generalize", "date_shift")
 GENERALIZATIONS = ("year", "year_month", "departement", "age_band")
 FRENCH_COUNTRIES = frozenset({"FR", "FRA", "FRANCE", "250"})
-MEMO_SIZE = 65536
 DEFAULT_AGE_TOP = 90  # ages above are one band: very old ages are rare enough to single people out
 
 _DATE_TEXT = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
@@ -94,13 +94,7 @@ class RecordContext:
 
     def cached_pseudonym(self, context: str, identifier: str) -> str:
         """Patients and visits recur in a stream; their pseudonyms are remembered per key."""
-        memo = self.key.memo
-        hit = memo.get((context, identifier))
-        if hit is None:
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()  # crude but bounded; a stream's working set refills it within seconds
-            hit = memo[(context, identifier)] = pseudonym(self.key, context, identifier)
-        return hit
+        return remembered_pseudonym(self.key, context, identifier)
 
 
 Op = Callable[[Mapping[str, Any], RecordContext], Any]

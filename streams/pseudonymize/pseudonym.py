@@ -67,6 +67,22 @@ def pseudonym(key: Key, context: str, canonical_identifier: str) -> str:
     return f"{key.key_id}:{b32(key.mac(_message(context, canonical_identifier)))}"
 
 
+# Pseudonyms remembered per key (patients, visits, objection checks recur in a stream).
+MEMO_SIZE = 65536
+
+
+def remembered_pseudonym(key: Key, context: str, identifier: str) -> str:
+    """:func:`pseudonym`, remembered on the key: a dict lookup instead of an HMAC for a recurring
+    identifier. Bounded crudely (cleared when full); a stream's working set refills it in seconds."""
+    memo = key.memo
+    hit = memo.get((context, identifier))
+    if hit is None:
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        hit = memo[(context, identifier)] = pseudonym(key, context, identifier)
+    return hit
+
+
 def chain(first_pseudonym: str, platform_key: Key) -> str:
     """The second stage: a pseudonym of the hub's pseudonym under a key only the platform holds.
 
@@ -190,7 +206,7 @@ def opposition_key(keys: KeyProvider, identity: str, key: Key | None = None) -> 
     them. ``key`` defaults to the current opposition key.
     """
     use = key if key is not None else keys.current(OPPOSITION_KEYRING)
-    return pseudonym(use, CONTEXT_OPPOSITION, identity)
+    return remembered_pseudonym(use, CONTEXT_OPPOSITION, identity)
 
 
 def opposition_keys(keys: KeyProvider, patient_ref: Mapping[str, Any]) -> tuple[str, ...]:

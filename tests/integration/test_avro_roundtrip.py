@@ -78,3 +78,14 @@ def test_encoding_error_names_the_field_not_the_value(registry, new_topic):
     assert "12345678" not in str(info.value)
     assert "DUPONT" not in str(info.value)
     assert "RawMessage" in str(info.value)
+
+
+def test_a_truncated_value_is_a_schema_error_from_both_readers(registry, new_topic):
+    # The compiled reader refuses it, fastavro then reports it: never a struct/index error, never a
+    # record read from half the bytes.
+    codec = AvroCodec(registry, value_subject(new_topic("it.dec")), load_schema("raw_message"))
+    value = codec.encode(demo_record())
+    assert codec.decode(value) == demo_record()
+    for cut in (6, len(value) // 2, len(value) - 1):
+        with pytest.raises(SchemaError):
+            codec.decode(value[:cut])
