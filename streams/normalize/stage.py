@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from affluent.errors import AffluentError
-from affluent.metrics import dead_letters, stage_latency
+from affluent.metrics import Labelled, dead_letters, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
 from connectors.mllp.charset import UnknownCharset, decode
@@ -50,6 +50,9 @@ class NormalizeMetrics:
         )
         self.dead_letters = dead_letters(registry)
         self.latency = stage_latency(registry).labels("normalize")
+        # Children of the per-record metrics, looked up once (see affluent.metrics.Labelled).
+        self.records_in_of = Labelled(self.records_in)
+        self.records_out_of = Labelled(self.records_out)
 
 
 def canonical_topic(kind: str) -> str:
@@ -102,7 +105,7 @@ class Normalizer:
                 )
             ]
         protocol = str(raw.get("protocol", ""))
-        self.metrics.records_in.labels(protocol if protocol in self.mappers else "other").inc()
+        self.metrics.records_in_of(protocol if protocol in self.mappers else "other").inc()
         ctx = RawContext.from_raw(raw, topic, partition, offset)
         mapper = self.mappers.get(protocol)
         if mapper is None:
@@ -127,7 +130,7 @@ class Normalizer:
                 ]
             outputs.append(Output(canonical_topic(event.kind), event.key.encode("utf-8"), encoded))
         for out in outputs:
-            self.metrics.records_out.labels(out.topic.removeprefix("canonical.")).inc()
+            self.metrics.records_out_of(out.topic.removeprefix("canonical.")).inc()
         return outputs
 
     def _payload(self, raw: dict[str, Any], protocol: str) -> Any:

@@ -159,13 +159,20 @@ class FirstOf:
 
     def __init__(self, *providers: KeyProvider) -> None:
         self._providers = providers
+        # Providers hold their keys in memory from start-up on, so the answer per destination is fixed:
+        # found once, not by raising through the providers for every record.
+        self._chosen: dict[str, KeyProvider] = {}
 
     def _provider_for(self, destination: str) -> KeyProvider:
+        chosen = self._chosen.get(destination)
+        if chosen is not None:
+            return chosen
         for provider in self._providers:
             try:
                 provider.current(destination)
             except KeyConfigError:
                 continue
+            self._chosen[destination] = provider
             return provider
         raise KeyConfigError(f"no pseudonymization key for destination {destination} in any key provider")
 

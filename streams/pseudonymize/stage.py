@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from affluent.errors import AffluentError
-from affluent.metrics import dead_letters, retractions, stage_latency
+from affluent.metrics import Labelled, dead_letters, retractions, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
 from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
@@ -92,6 +92,10 @@ class PseudonymizeMetrics:
             registry=registry,
         )
         self.latency = stage_latency(registry).labels(STAGE)
+        # Children of the per-record metrics, looked up once (see affluent.metrics.Labelled).
+        self.records_in_of = Labelled(self.records_in)
+        self.national_records_of = Labelled(self.national_records)
+        self.end_to_end_of = Labelled(self.end_to_end)
         # Set by the worker to read the opposition view's size at scrape time.
         self.opposition_entries = Gauge(
             "affluent_opposition_entries",
@@ -142,7 +146,7 @@ class Pseudonymizer:
             record = decode_avro(self.registry, value)
         except AffluentError:
             return [self._dead("undecodable_canonical", "not a registered canonical record", None, lineage)]
-        self.metrics.records_in.labels(kind).inc()
+        self.metrics.records_in_of(kind).inc()
         envelope = record.get("envelope")
         if not isinstance(envelope, Mapping) or not isinstance(record.get("patient"), Mapping):
             return [self._dead("not_canonical", "record has no envelope or patient", None, lineage)]
@@ -186,11 +190,11 @@ class Pseudonymizer:
         ingest = envelope.get("ingest_time")
         age = (self.clock() - ingest).total_seconds() if isinstance(ingest, datetime) else None
         for destination, national_kind in produced:
-            self.metrics.national_records.labels(destination, national_kind).inc()
+            self.metrics.national_records_of(destination, national_kind).inc()
             if national_kind == "retraction":
                 self.metrics.retractions.labels(destination, str(record.get("kind") or "unknown")).inc()
             if age is not None:
-                self.metrics.end_to_end.labels(source, destination).observe(max(0.0, age))
+                self.metrics.end_to_end_of(source, destination).observe(max(0.0, age))
         return outputs
 
     @staticmethod
