@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,29 @@ class DurableProducer:
         timer = loop.call_later(self._wait_s, _expire, future, topic, self._wait_s)
         future.add_done_callback(lambda _f: timer.cancel())
         return future
+
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand a record to librdkafka and return at once, for records nobody must wait for (a door's
+        idempotency entry): same durable settings, no future, no timer. A failed delivery calls
+        ``on_failure`` on the polling thread (count it; never block there). Raises KafkaUnavailable
+        when librdkafka refuses the record outright, BufferError when its queue is full."""
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and on_failure is not None:
+                on_failure()
+
+        try:
+            self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except BufferError:
+            raise
+        except Exception as exc:
+            raise KafkaUnavailable(f"cannot enqueue a record for {topic}: {type(exc).__name__}") from None
 
     def _reports_ref(self) -> list[Report]:
         return self._reports

@@ -45,6 +45,12 @@ class MllpMetrics:
         )
         self.dead_letters = dead_letters(registry)
         self.senders = SenderActivity(registry)
+        self.ack_cache_lost = Counter(
+            "affluent_mllp_ack_cache_entries_lost",
+            "ACK-cache entries Kafka did not take (their raw records were stored; a resend of such a "
+            "message is stored again and collapses downstream by raw_id)",
+            registry=registry,
+        )
         self.frame_errors = Counter(
             "affluent_mllp_frame_errors",
             "Framing problems (oversize, garbage, unterminated, missing_cr)",

@@ -230,8 +230,15 @@ class MllpServer:
             # between the two costs at most a second raw copy of the same raw_id, which collapses
             # downstream. Found by the fault suite (tests/reliability).
             await self.producer.send(self.raw_topic, self.raw_codec.encode(record), sender)
-            await self.producer.send(self.ack_cache.topic, reply, key.encode("utf-8"))
             self.ack_cache.remember(key, reply)
+            # The entry only spares a resend a second raw copy (which would collapse downstream by
+            # raw_id anyway): the sender's ACK does not wait for it, and a lost one is counted.
+            try:
+                self.producer.send_nowait(
+                    self.ack_cache.topic, reply, key.encode("utf-8"), self._ack_entry_lost
+                )
+            except (BufferError, KafkaUnavailable):
+                self._ack_entry_lost()
             stored = reply
             self._count(accepted.header, "stored")
             return reply
@@ -267,6 +274,9 @@ class MllpServer:
         )
 
     # ------------------------------------------------------------------ helpers
+    def _ack_entry_lost(self) -> None:
+        self.metrics.ack_cache_lost.inc()
+
     def _encode_acks(self, header: Header, outcome: acks.Outcome, error: acks.AckError | None) -> bytes:
         now = self.clock()
         out = bytearray()
