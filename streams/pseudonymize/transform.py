@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
 
 from affluent.errors import AffluentError, ConfigError, SchemaError
+from schemas.fastwriter import NotCompilable, compile_writer
 from schemas.registry import load_schema, parse_schema
 from streams.normalize.result import CANONICAL_KINDS
 from streams.pseudonymize.keys import KeyProvider, require_key
@@ -97,155 +96,6 @@ def _where(
 # ------------------------------------------------------------------ encoding
 
 
-class UnsupportedSchema(ValueError):
-    """A schema construct the compiled encoder does not handle; fastavro encodes such schemas."""
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_PRIMITIVE_WRITERS = {
-    "int": "_wl(out, {v})",
-    "long": "_wl(out, {v})",
-    # inlined: most strings are short, and a call per string is a fair share of the encoder's time
-    "string": "b = {v}.encode(); n = len(b)\nif n < 64: ap(n << 1)\nelse: _wl(out, n)\nout += b",
-    "bytes": "_wb(out, {v})",
-    "boolean": "if {v} is True: ap(1)\nelif {v} is False: ap(0)\nelse: raise TypeError('boolean expected')",
-    "double": "out += _pd({v})",
-    "float": "out += _pf({v})",
-}
-
-
-def _write_long(out: bytearray, n: int) -> None:
-    n = (n << 1) ^ (n >> 63)  # zigzag
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
-def _long_bytes(n: int) -> bytes:
-    out = bytearray()
-    _write_long(out, n)
-    return bytes(out)
-
-
-def _write_str(out: bytearray, text: str) -> None:
-    data = text.encode()
-    _write_long(out, len(data))
-    out += data
-
-
-def _write_bytes(out: bytearray, data: bytes) -> None:
-    _write_long(out, len(data))
-    out += data
-
-
-def _micros(value: Any) -> int:
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        delta: timedelta = value - _EPOCH
-        return delta // _MICROSECOND
-    if type(value) is int:
-        return value
-    raise TypeError("aware datetime or microseconds expected")  # fastavro decides the rest
-
-
-def compile_encoder(schema: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bytes]:
-    """An Avro binary encoder generated for one record schema; same bytes as fastavro's, about 3x faster.
-
-    fastavro's writer interprets the schema for every record and, for each ``["null", record]`` union,
-    validates the whole sub-record to choose the branch; on national records that is most of the
-    per-record cost. The schemas here use a small subset of Avro (records, ``null`` unions, arrays,
-    enums, primitives, ``timestamp-micros``), so the writer is generated once per schema as straight-line
-    code (``schemas/fastwriter.py`` does the same with closures; generated code is about 1.8x faster
-    again on national records). Anything else raises :class:`UnsupportedSchema` at build time and
-    fastavro is used. Like fastwriter it is fast, never lenient: a value of an unexpected type raises
-    and :class:`NationalEncoder` lets fastavro encode or refuse it. Tests hold the bytes equal to
-    fastavro's for every sample record of every shipped policy and for generated records.
-    """
-    namespace: dict[str, Any] = {
-        "_wl": _write_long,
-        "_ws": _write_str,
-        "_wb": _write_bytes,
-        "_pd": struct.Struct("<d").pack,
-        "_pf": struct.Struct("<f").pack,
-        "_ts": _micros,
-    }
-    named: dict[str, Any] = {}
-    counter = iter(range(1, 1_000_000))
-    lines: list[str] = []
-
-    def emit(avro: Any, var: str, indent: str, depth: int) -> None:
-        if depth > 32:
-            raise UnsupportedSchema("schema nests deeper than 32 levels (recursive?)")
-        if isinstance(avro, str):
-            if avro == "null":
-                return
-            if avro in _PRIMITIVE_WRITERS:
-                lines.extend(indent + line for line in _PRIMITIVE_WRITERS[avro].format(v=var).split("\n"))
-                return
-            if avro.rsplit(".", 1)[-1] in named:
-                emit(named[avro.rsplit(".", 1)[-1]], var, indent, depth + 1)
-                return
-            raise UnsupportedSchema(f"unknown type name {avro}")
-        if isinstance(avro, list):
-            branches = [b for b in avro if b != "null"]
-            if len(avro) != 2 or len(branches) != 1:
-                raise UnsupportedSchema("only unions of null and one type are compiled")
-            null_index = avro.index("null")
-            lines.append(f"{indent}if {var} is None:")
-            lines.append(f"{indent}    ap({null_index * 2})")  # zigzag of the branch index
-            lines.append(f"{indent}else:")
-            lines.append(f"{indent}    ap({(1 - null_index) * 2})")
-            emit(branches[0], var, indent + "    ", depth + 1)
-            return
-        kind = avro.get("type")
-        logical = avro.get("logicalType")
-        if logical is not None:
-            if logical == "timestamp-micros" and kind == "long":
-                lines.append(f"{indent}_wl(out, _ts({var}))")
-                return
-            raise UnsupportedSchema(f"logical type {logical} is not compiled")
-        if kind == "record":
-            named.setdefault(avro["name"], avro)
-            for field in avro["fields"]:
-                item = f"v{next(counter)}"
-                if "default" in field:
-                    default = f"_d{next(counter)}"
-                    namespace[default] = field["default"]
-                    lines.append(f"{indent}{item} = {var}.get({field['name']!r}, {default})")
-                else:  # a missing field raises KeyError: fastavro then decides (and names it)
-                    lines.append(f"{indent}{item} = {var}[{field['name']!r}]")
-                emit(field["type"], item, indent, depth + 1)
-            return
-        if kind == "enum":
-            named.setdefault(avro["name"], avro)
-            table = f"_e{next(counter)}"
-            namespace[table] = {symbol: _long_bytes(i) for i, symbol in enumerate(avro["symbols"])}
-            lines.append(f"{indent}out += {table}[{var}]")
-            return
-        if kind == "array":
-            item = f"v{next(counter)}"
-            lines.append(f"{indent}if {var}.__class__ is not list:")
-            lines.append(f"{indent}    raise TypeError('list expected')")
-            lines.append(f"{indent}if {var}:")
-            lines.append(f"{indent}    _wl(out, len({var}))")
-            lines.append(f"{indent}    for {item} in {var}:")
-            emit(avro["items"], item, indent + "        ", depth + 1)
-            lines.append(f"{indent}ap(0)")
-            return
-        if isinstance(kind, str | list | dict) and set(avro) <= {"type", "doc"}:
-            emit(kind, var, indent, depth + 1)
-            return
-        raise UnsupportedSchema(f"type {kind} is not compiled")
-
-    emit(dict(schema), "v0", "    ", 0)
-    source = "def encode(v0):\n    out = bytearray()\n    ap = out.append\n" + "\n".join(lines)
-    source += "\n    return bytes(out)\n"
-    exec(compile(source, f"<avro encoder {schema.get('name')}>", "exec"), namespace)
-    encode: Callable[[Mapping[str, Any]], bytes] = namespace["encode"]
-    return encode
-
-
 class NationalEncoder:
     """Avro binary body (no Confluent header) of national records of one schema.
 
@@ -260,8 +110,8 @@ class NationalEncoder:
         self.parsed = parse_schema(schema_text)
         self._fast: Callable[[Mapping[str, Any]], bytes] | None
         try:
-            self._fast = compile_encoder(self.schema_json)
-        except UnsupportedSchema:
+            self._fast = compile_writer(self.schema_json)
+        except NotCompilable:
             self._fast = None
 
     def encode(self, record: Mapping[str, Any]) -> bytes:

@@ -92,11 +92,14 @@ def test_wrong_types_raise_instead_of_writing(field, value):
         write(record)
 
 
-def test_missing_field_raises_so_that_fastavro_applies_defaults():
+def test_a_missing_field_takes_its_default_as_fastavro_does_and_without_one_raises():
+    text = load_schema("raw_message")
     record = demo_record()
-    del record["attributes"]
+    del record["attributes"]  # has a default ({})
+    assert compile_writer(json.loads(text))(record) == fastavro_bytes(text, record)
+    del record["raw_id"]  # has none: fastavro must decide (and name the field)
     with pytest.raises(KeyError):
-        compile_writer(json.loads(load_schema("raw_message")))(record)
+        compile_writer(json.loads(text))(record)
 
 
 def test_general_unions_are_not_compiled():

@@ -38,6 +38,13 @@ class FakeProducer:
             raise KafkaUnavailable("down")
         self.sent.extend(records)
 
+    def send_nowait(
+        self, topic: str, value: bytes | None, key: bytes | None = None, on_failure: Any = None
+    ) -> None:
+        if self.fail:
+            raise KafkaUnavailable("down")
+        self.sent.append((topic, value, key))
+
 
 class FakeCodec:
     def encode(self, record: dict[str, Any]) -> bytes:
