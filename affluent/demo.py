@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -284,6 +284,22 @@ def stop_run(process: subprocess.Popen[Any], timeout_s: float) -> int:
         return -signal.SIGKILL
 
 
+DEMO_COMPONENTS = ("mllp", "fhir", "devices", "normalize", "pseudonymize")
+
+
+def start_run(env: Mapping[str, str], only: Sequence[str] | None, stdout: int) -> subprocess.Popen[str]:
+    """``affluent run`` as a child with ``env`` over this process's environment (output: ``stdout``,
+    e.g. ``subprocess.PIPE`` to forward it, or ``subprocess.DEVNULL``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "affluent.cli", "run", *(["--only", ",".join(only)] if only else [])],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def pipeline(settings: Settings, out: Out, duration_s: float, rate: float) -> int:
     with local_mosquitto(settings, out) as mqtt_port:
         return _pipeline(settings, out, duration_s, rate, mqtt_port)
@@ -298,14 +314,7 @@ def _pipeline(settings: Settings, out: Out, duration_s: float, rate: float, mqtt
     extra, fhir, devices = channel_environment(env, mqtt_port)
     env |= extra
     prepare_groups(settings, env)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "affluent.cli", "run", "--only", "mllp,fhir,devices,normalize,pseudonymize"],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_run(env, DEMO_COMPONENTS, subprocess.PIPE)
     threading.Thread(target=_forward, args=(process.stdout, out), daemon=True).start()
     stopped: int | None = None
     try:

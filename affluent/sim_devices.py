@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from affluent.sim_types import Answer, Outbound
+from affluent.sim_types import Answer, HttpLane, Outbound
 from affluent.synthetic import HOSPITAL_OID, INS_TEST_OID, SyntheticPatient
 
 HTTP: Final = "devices_http"
@@ -154,22 +154,16 @@ def device_outbound(
 class DeviceHttpChannel:
     """A monitor's HTTP client; acknowledged = 202, given after Kafka holds the raw record."""
 
-    def __init__(self, target: DeviceTarget, session: Any) -> None:
-        self.target = target
-        self.session = session
+    def __init__(self, target: DeviceTarget) -> None:
+        self.base_url = str(target.http_url).rstrip("/")
+        self.http = HttpLane(target.token, "application/json")
 
     @classmethod
     async def open(cls, target: DeviceTarget) -> DeviceHttpChannel:
-        import aiohttp
-
-        return cls(target, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)))
+        return cls(target)
 
     async def send(self, message: Outbound) -> Answer:
-        url = f"{str(self.target.http_url).rstrip('/')}/devices/{message.target}"
-        headers = {"Authorization": f"Bearer {self.target.token}", "Content-Type": "application/json"}
-        async with self.session.post(url, data=message.payload, headers=headers) as response:
-            body = await response.read()
-            status = int(response.status)
+        status, body = await self.http.post(f"{self.base_url}/devices/{message.target}", message.payload)
         if status == 202:
             return Answer("HTTP 202", True)
         try:
@@ -179,7 +173,7 @@ class DeviceHttpChannel:
         return Answer(f"HTTP {status} {error}".rstrip(), False)
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.http.close()
 
 
 class DeviceMqttChannel:

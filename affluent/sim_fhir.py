@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from affluent.sim_types import Answer, Outbound
+from affluent.sim_types import Answer, HttpLane, Outbound
 from affluent.synthetic import (
     SyntheticPatient,
     fhir_bundle,
@@ -121,28 +121,23 @@ class FhirChannel:
     A refusal is recorded by its status and whether the body was an OperationOutcome, since a refusal
     without one would itself be a defect of the door."""
 
-    def __init__(self, target: FhirTarget, session: Any) -> None:
+    def __init__(self, target: FhirTarget) -> None:
         self.target = target
-        self.session = session
+        self.http = HttpLane(target.token, "application/fhir+json")
 
     @classmethod
     async def open(cls, target: FhirTarget) -> FhirChannel:
-        import aiohttp
-
-        return cls(target, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)))
+        return cls(target)
 
     async def send(self, message: Outbound) -> Answer:
         url = f"{self.target.base_url.rstrip('/')}/{message.target}".rstrip("/")
-        headers = {"Authorization": f"Bearer {self.target.token}", "Content-Type": "application/fhir+json"}
-        async with self.session.post(url, data=message.payload, headers=headers) as response:
-            text = await response.read()
-            status = int(response.status)
+        status, body = await self.http.post(url, message.payload)
         if status in (200, 201):
             return Answer(f"HTTP {status}", True)
-        return Answer(f"HTTP {status} {outcome_kind(text)}", False)
+        return Answer(f"HTTP {status} {outcome_kind(body)}", False)
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.http.close()
 
 
 def outcome_kind(body: bytes) -> str:

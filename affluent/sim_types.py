@@ -34,3 +34,21 @@ class Channel(Protocol):
     async def send(self, message: Outbound) -> Answer: ...
 
     async def close(self) -> None: ...
+
+
+class HttpLane:
+    """One keep-alive HTTP connection posting with a bearer token: the shell of the FHIR and device
+    HTTP channels, which differ only in what counts as acknowledged. Create it inside the event loop."""
+
+    def __init__(self, token: str, content_type: str) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+
+    async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        async with self.session.post(url, data=body, headers=self.headers) as response:
+            return int(response.status), await response.read()
+
+    async def close(self) -> None:
+        await self.session.close()

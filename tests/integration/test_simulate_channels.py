@@ -6,9 +6,7 @@ OperationOutcome) counted as refused, MQTT ones as dead letters found under thei
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -17,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from affluent.demo import (
+    DEMO_COMPONENTS,
     channel_environment,
     demo_keys,
     prepare_groups,
     run_environment,
+    start_run,
     stop_run,
     wait_ready,
 )
@@ -58,13 +58,7 @@ def test_every_channel_balances_and_malformed_messages_end_where_they_must(
         "AFFLUENT_RUN__LOG_DIR": str(tmp_path / "logs"),
     }
     prepare_groups(settings, env)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "affluent.cli", "run", "--only", "mllp,fhir,devices,normalize,pseudonymize"],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_run(env, DEMO_COMPONENTS, subprocess.DEVNULL)
     lines: list[str] = []
     try:
         wait_ready(process, run_port, 120)
