@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from affluent.errors import AffluentError
 from affluent.kafka import make_consumer
@@ -267,15 +267,27 @@ class Ledger:
         return True
 
 
-def start_group_at_end(kafka: KafkaSettings, group: str, topics: Iterable[str]) -> int:
+def start_group_at_end(
+    kafka: KafkaSettings, group: str, topics: Iterable[str], skip_backlog: bool = False
+) -> int:
     """Commit the current end of `topics` for a consumer group that has no position there yet, so that
     a new group starts with the records that come next instead of the topics' whole history.
-    Partitions the group already has a position on keep it. Returns the partitions set."""
+    Partitions the group already has a position on keep it — unless `skip_backlog` (the demo's own
+    groups: on a shared broker they may sit far behind, and a demo only follows its own traffic), when
+    the group is idle; a group with live members keeps its positions. Returns the partitions set."""
     consumer = make_consumer(kafka, group_id=group)
     try:
         ends = end_offsets(consumer, topics)
         committed = consumer.committed(ends, timeout=10)
         fresh = [end for end, known in zip(ends, committed, strict=True) if known.offset < 0]
+        if skip_backlog:
+            behind = [end for end, known in zip(ends, committed, strict=True) if known.offset < end.offset]
+            try:
+                if behind:
+                    consumer.commit(offsets=behind, asynchronous=False)
+                return len(behind)
+            except KafkaException:
+                pass  # members are consuming: not ours to move
         if fresh:
             consumer.commit(offsets=fresh, asynchronous=False)
         return len(fresh)

@@ -169,8 +169,8 @@ def prepare_groups(settings: Settings, env: dict[str, str]) -> None:
     pseudonymize = env["AFFLUENT_PSEUDONYMIZE_GROUP"]
     leaders = [TopicSpec(f"{g}-__assignor-__leader", partitions=1) for g in (normalize, pseudonymize)]
     ensure_topics(settings.kafka, leaders)
-    start_group_at_end(settings.kafka, normalize, RAW_TOPICS)
-    start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS)
+    start_group_at_end(settings.kafka, normalize, RAW_TOPICS, skip_backlog=True)
+    start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS, skip_backlog=True)
 
 
 def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str], int, int]:

@@ -344,7 +344,8 @@ async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress 
     tally = ledger.tally()
     if progress is not None:
         progress(tally, time.monotonic() - began)
-    return Accounts(tally, ledger.tallies())
+    tallies = ledger.tallies()
+    return Accounts(tally, {c: tallies[c] for c in plan.channels() if c in tallies})
 
 
 async def _tick(ledger: Ledger, began: float, progress: Progress | None) -> None:
