@@ -148,7 +148,7 @@ def traffic(
     """The whole run's messages, in sending order (pure given `start`: same plan and seed, same bytes).
     ``templates``: the device door's mapping templates (default: the shipped ones)."""
     rng = random.Random(seed)
-    hospital = Hospital(rng, people, f"{rng.randrange(16**6):06x}")
+    hospital = Hospital(rng, people, f"{rng.randrange(16**6):06x}")  # the run_tag(seed)
     when = start or datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     step = timedelta(seconds=1 / plan.rate)
     channels = plan.channels()

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -213,27 +214,27 @@ async def _door_only(
             raw_topic=raw,
             seen_topic=seen,
         )
-        port = await service.start(with_telemetry=False)
-        try:
-            spec = replace(fhir, url=f"http://127.0.0.1:{port}/fhir")
-            fhir_result = await asyncio.to_thread(load.run, spec)
-        finally:
-            await service.stop()
+        fhir_rate = await _rate_alone(service, load, replace(fhir, url="/fhir"))
         devices = DeviceSettings(
             port=0, metrics_port=None, tokens=[DeviceToken(sha256=token_digest(TOKEN), sender="BENCHC")]
         )
         dev_service = DeviceService(
             settings.model_copy(update={"devices": devices}), CollectorRegistry(), raw_topic=dev_raw
         )
-        port = await dev_service.start(with_telemetry=False)
-        try:
-            spec = replace(dev, url=f"http://127.0.0.1:{port}/devices/gateway-batch")
-            dev_result = await asyncio.to_thread(load.run, spec)
-        finally:
-            await dev_service.stop()
+        dev_rate = await _rate_alone(dev_service, load, replace(dev, url="/devices/gateway-batch"))
     finally:
         delete_topics(settings.kafka, [raw, seen, dev_raw])
-    return fhir_result.window_acked / fhir_result.window_s, dev_result.window_acked / dev_result.window_s
+    return fhir_rate, dev_rate
+
+
+async def _rate_alone(service: Any, load: LoadProcess[PostSpec, PostResult], spec: PostSpec) -> float:
+    """Acknowledged per second by a door started here on a free port (``spec.url``: the path)."""
+    port = await service.start(with_telemetry=False)
+    try:
+        result = await asyncio.to_thread(load.run, replace(spec, url=f"http://127.0.0.1:{port}{spec.url}"))
+    finally:
+        await service.stop()
+    return result.window_acked / result.window_s
 
 
 # ---------------------------------------------------------------------------- the suite

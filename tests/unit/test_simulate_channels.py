@@ -17,7 +17,7 @@ import pytest
 from affluent.accounting import Tally
 from affluent.sim_devices import HTTP, MQTT, DeviceTarget, device_links, gateway_topic
 from affluent.sim_fhir import FhirMessage, FhirTarget, fhir_message, fhir_raw_id
-from affluent.simulate import Accounts, Plan, channel_lines, report_lines, traffic
+from affluent.simulate import Accounts, Plan, channel_lines, report_lines, run_tag, traffic
 from affluent.synthetic import HOSPITAL_OID, INS_TEST_OID, cohort
 from connectors.devices.intake import raw_message
 from connectors.devices.registry import DeviceRegistry, encode_links
@@ -144,7 +144,7 @@ def test_device_raw_ids_are_the_doors_and_http_malformed_payloads_are_refused(me
 def test_every_device_is_linked_to_its_patient_at_reading_time(messages):
     people = cohort(11, 40)
     since = datetime(2026, 11, 23, tzinfo=UTC)
-    run = f"{random.Random(11).randrange(16**6):06x}"
+    run = run_tag(11)
     links = device_links(run, people, since)
     registry = DeviceRegistry(
         lambda device: encode_links(device, [links[device]]) if device in links else None
