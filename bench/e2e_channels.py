@@ -40,6 +40,7 @@ from bench import Options, register
 from bench.e2e import QUIET_S, NationalWatcher
 from bench.loadproc import LoadProcess
 from bench.mllp import delete_topics
+from bench.pipeline import Pipeline, running_pipeline
 from bench.report import SuiteResult, Table, fmt_count, fmt_ms, fmt_rate, fmt_ratio, percentile
 from schemas.registry import Registry
 
@@ -239,8 +240,7 @@ async def _rate_alone(service: Any, load: LoadProcess[PostSpec, PostResult], spe
 
 # ---------------------------------------------------------------------------- the suite
 @contextlib.contextmanager
-def _pipeline(settings: Settings, run: str) -> Iterator[dict[str, str]]:
-    from bench.pipeline import running_pipeline
+def _pipeline(settings: Settings, run: str) -> Iterator[Pipeline]:
 
     extra = {
         "AFFLUENT_FHIR_REST__TOKEN_SHA256": json.dumps({token_digest(TOKEN): f"BENCHF{run}|EDS"}),
@@ -250,7 +250,7 @@ def _pipeline(settings: Settings, run: str) -> Iterator[dict[str, str]]:
         tempfile.TemporaryDirectory(prefix="bench-e2ec-") as logs,
         running_pipeline(settings, Path(logs), extra) as pipe,
     ):
-        yield pipe.env
+        yield pipe
 
 
 def _row(name: str, unit: str, f: Figures) -> list[list[str]]:
@@ -292,11 +292,12 @@ def run(options: Options) -> SuiteResult:
     paced_bodies = device_bodies(
         int(PACED_RATE / PACED_BATCH * (warmup + paced_s)) + 8, PACED_BATCH, 3, sensors
     )
-    flat_bodies = device_bodies(1500, FLAT_BATCH, 40, sensors)  # distinct readings: dedup would hide work
+    flat_bodies = device_bodies(3000, FLAT_BATCH, 40, sensors)  # distinct readings: dedup would hide work
     with (
-        _pipeline(settings, run_id) as env,
+        _pipeline(settings, run_id) as pipe,
         contextlib.closing(LoadProcess(post_load, "bench-e2ec-clients")) as load,
     ):
+        env = pipe.env
         fhir_url = f"http://127.0.0.1:{env['AFFLUENT_FHIR_REST__PORT']}/fhir"
         dev_url = f"http://127.0.0.1:{env['AFFLUENT_DEVICES__PORT']}/devices/gateway-batch"
         fhir = Channel(
@@ -330,6 +331,7 @@ def run(options: Options) -> SuiteResult:
         )
         fhir_figures = measure(settings, registry, load, fhir)
         device_figures = measure(settings, registry, load, devices)
+        restarts = {name: child.get("restarts", 0) for name, child in pipe.children().items()}
     with contextlib.closing(LoadProcess(post_load, "bench-e2ec-door-clients")) as load:
         print("  e2e_channels: ceilings (the doors alone)", flush=True)
         fhir_door, device_door = asyncio.run(_door_only(settings, load, fhir.flat, devices.flat))
@@ -385,6 +387,7 @@ def run(options: Options) -> SuiteResult:
             "scratch raw topic, no workers)."
         ),
         notes=[
+            f"Restarts of `affluent run`'s children during the run: {restarts}.",
             "On a shared broker, other checkouts' pipelines may also process this run's raw records: the "
             "national record counts can then exceed what was sent, and a latency is that of the first "
             "record of an event to arrive, whichever pipeline made it.",
