@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from affluent.errors import AffluentError
 from affluent.kafka import make_consumer
@@ -131,10 +131,12 @@ NationalOf = Callable[[str, dict[str, Any]], list[tuple[str, str, bool]]]
 class Ledger:
     """Follows one run through the pipeline while it happens, from the topics' ends at its start.
 
-    Messages are registered by raw id before they are sent; canonical events and dead letters are
-    matched to them by lineage raw id; the national records each canonical event must yield (or the
-    opposition drops it must count) are computed with the destinations' own policies and keys by
-    `national_of`, and matched by national event id, since national records carry no lineage.
+    Messages are registered by raw id (and the channel that carries them) before they are sent;
+    canonical events and dead letters are matched to them by lineage raw id; the national records each
+    canonical event must yield (or the opposition drops it must count) are computed with the
+    destinations' own policies and keys by `national_of`, and matched by national event id, since
+    national records carry no lineage. Every count is kept per channel, so that a door losing messages
+    shows as that door's line, not as a small gap in a total.
     """
 
     def __init__(
@@ -156,13 +158,13 @@ class Ledger:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="affluent-ledger", daemon=True)
-        self._sent: set[str] = set()
+        self._channel_of: dict[str, str] = {}  # raw id -> channel
         self._acked: set[str] = set()
         self._reached: set[str] = set()
-        self._expected: set[str] = set()
+        self._expected: dict[str, str] = {}  # national event id -> channel
         self._seen: set[tuple[str, str]] = set()  # duplicates (replays, other pipelines) count once
         self._arrived: dict[str, str] = {}  # national event id -> topic, whoever's it is
-        self._tally = Tally()
+        self._books: dict[str, Tally] = {}
         self.last_change = time.monotonic()
 
     def start(self) -> None:
@@ -173,36 +175,55 @@ class Ledger:
         self._thread.join(10)
         self._consumer.close()
 
-    def sent(self, raw_id: str | None) -> None:
-        with self._lock:
-            self._tally.sent += 1
-            if raw_id is not None:
-                self._sent.add(raw_id)
+    def _book(self, channel: str) -> Tally:
+        book = self._books.get(channel)
+        if book is None:
+            book = self._books[channel] = Tally()
+        return book
 
-    def answered(self, raw_id: str | None, code: str, acknowledged: bool) -> None:
+    def sent(self, raw_id: str | None, channel: str = "mllp") -> None:
+        with self._lock:
+            self._book(channel).sent += 1
+            if raw_id is not None:
+                self._channel_of[raw_id] = channel
+
+    def answered(self, raw_id: str | None, code: str, acknowledged: bool, channel: str = "mllp") -> None:
         with self._lock:
             if acknowledged and raw_id is not None:
                 self._acked.add(raw_id)
-                self._tally.acknowledged += 1
+                self._book(channel).acknowledged += 1
             elif not acknowledged:
-                self._tally.refused[code] += 1
+                self._book(channel).refused[code] += 1
 
     def tally(self) -> Tally:
+        """The whole run's figures."""
         with self._lock:
-            t = self._tally
-            arrived = [self._arrived[e] for e in self._expected if e in self._arrived]
-            return Tally(
-                t.sent,
-                t.acknowledged,
-                Counter(t.refused),
-                Counter(t.canonical),
-                Counter(t.dead),
-                Counter(arrived),
-                Counter(t.drops),
-                len(self._expected),
-                len(self._acked - self._reached),
-                len(self._expected) - len(arrived),
-            )
+            return self._tally_of(None)
+
+    def tallies(self) -> dict[str, Tally]:
+        """The figures of each channel, in the order the channels first sent."""
+        with self._lock:
+            return {channel: self._tally_of(channel) for channel in self._books}
+
+    def _tally_of(self, channel: str | None) -> Tally:
+        books = list(self._books.values()) if channel is None else [self._books[channel]]
+        expected = [e for e, c in self._expected.items() if channel is None or c == channel]
+        arrived = [self._arrived[e] for e in expected if e in self._arrived]
+        acked = [r for r in self._acked if channel is None or self._channel_of.get(r) == channel]
+        total = Tally(
+            expected_national=len(expected),
+            missing_messages=sum(1 for r in acked if r not in self._reached),
+            missing_national=len(expected) - len(arrived),
+            national=Counter(arrived),
+        )
+        for book in books:
+            total.sent += book.sent
+            total.acknowledged += book.acknowledged
+            total.refused.update(book.refused)
+            total.canonical.update(book.canonical)
+            total.dead.update(book.dead)
+            total.drops.update(book.drops)
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -223,7 +244,8 @@ class Ledger:
             self._arrived[event_id] = topic
             return event_id in self._expected
         raw_id = raw_id_of(record)
-        if raw_id is None or raw_id not in self._sent:
+        channel = self._channel_of.get(raw_id) if raw_id is not None else None
+        if raw_id is None or channel is None:
             return False
         identity = (
             f"{raw_id} {record['reason_code']}" if topic in self._dlq else str(record["envelope"]["event_id"])
@@ -232,27 +254,40 @@ class Ledger:
             return False
         self._seen.add((topic, identity))
         self._reached.add(raw_id)
+        book = self._book(channel)
         if topic in self._dlq:
-            self._tally.dead[f"{topic} {record['reason_code']}"] += 1
+            book.dead[f"{topic} {record['reason_code']}"] += 1
             return True
-        self._tally.canonical[topic] += 1
+        book.canonical[topic] += 1
         for destination, event_id, dropped in self._national_of(topic.removeprefix("canonical."), record):
             if dropped:
-                self._tally.drops[destination] += 1
+                book.drops[destination] += 1
                 continue
-            self._expected.add(event_id)
+            self._expected.setdefault(event_id, channel)
         return True
 
 
-def start_group_at_end(kafka: KafkaSettings, group: str, topics: Iterable[str]) -> int:
+def start_group_at_end(
+    kafka: KafkaSettings, group: str, topics: Iterable[str], skip_backlog: bool = False
+) -> int:
     """Commit the current end of `topics` for a consumer group that has no position there yet, so that
     a new group starts with the records that come next instead of the topics' whole history.
-    Partitions the group already has a position on keep it. Returns the partitions set."""
+    Partitions the group already has a position on keep it — unless `skip_backlog` (the demo's own
+    groups: on a shared broker they may sit far behind, and a demo only follows its own traffic), when
+    the group is idle; a group with live members keeps its positions. Returns the partitions set."""
     consumer = make_consumer(kafka, group_id=group)
     try:
         ends = end_offsets(consumer, topics)
         committed = consumer.committed(ends, timeout=10)
         fresh = [end for end, known in zip(ends, committed, strict=True) if known.offset < 0]
+        if skip_backlog:
+            behind = [end for end, known in zip(ends, committed, strict=True) if known.offset < end.offset]
+            try:
+                if behind:
+                    consumer.commit(offsets=behind, asynchronous=False)
+                return len(behind)
+            except KafkaException:
+                pass  # members are consuming: not ours to move
         if fresh:
             consumer.commit(offsets=fresh, asynchronous=False)
         return len(fresh)

@@ -278,7 +278,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
+    import os
 
+    from affluent.sim_devices import DeviceTarget
+    from affluent.sim_fhir import FhirTarget
     from affluent.simulate import Plan, simulate_cli
 
     plan = Plan(
@@ -289,6 +292,18 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port or settings.mllp.port,
         seed=args.seed,
+        fhir=FhirTarget(args.fhir_url, os.environ.get("AFFLUENT_SIMULATE_FHIR_TOKEN", ""))
+        if args.fhir_url
+        else None,
+        devices=DeviceTarget(
+            args.devices_url,
+            os.environ.get("AFFLUENT_SIMULATE_DEVICE_TOKEN", ""),
+            mqtt_host=args.mqtt_host,
+            mqtt_port=args.mqtt_port,
+            topic_prefix=args.mqtt_prefix,
+        )
+        if args.devices_url or args.mqtt_port
+        else None,
     )
     return asyncio.run(simulate_cli(settings, plan, out=lambda line: print(line, flush=True)))
 
@@ -546,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--list", action="store_true", help="list the components and exit")
     run.set_defaults(func=cmd_run)
     simulate = sub.add_parser(
-        "simulate", help="a synthetic hospital sending HL7 v2 over MLLP, with accounting"
+        "simulate", help="a synthetic hospital sending HL7 v2, FHIR and device traffic, with accounting"
     )
     simulate.add_argument("--patients", type=int, default=200, help="synthetic patients (default 200)")
     simulate.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
@@ -555,6 +570,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="the MLLP door's host")
     simulate.add_argument("--port", type=int, default=None, help="the MLLP door's port (default: settings)")
     simulate.add_argument("--seed", type=int, default=None, help="for a reproducible cohort")
+    simulate.add_argument(
+        "--fhir-url", help="also FHIR resources to this base URL (token: $AFFLUENT_SIMULATE_FHIR_TOKEN)"
+    )
+    simulate.add_argument(
+        "--devices-url", help="also readings to this device door (token: $AFFLUENT_SIMULATE_DEVICE_TOKEN)"
+    )
+    simulate.add_argument("--mqtt-port", type=int, default=None, help="also gateway batches over MQTT")
+    simulate.add_argument("--mqtt-host", default="127.0.0.1", help="the MQTT broker the device door reads")
+    simulate.add_argument(
+        "--mqtt-prefix", default="sim", help="topics <prefix>/+/gateway-batch (default sim)"
+    )
     simulate.set_defaults(func=cmd_simulate)
     tail_ = sub.add_parser("tail", help="print a topic's records decoded through the registry, as JSON lines")
     tail_.add_argument("topic")

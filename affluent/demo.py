@@ -1,34 +1,40 @@
 """``affluent demo``: the main job, shown end to end on the local stack with synthetic patients.
 
 1. Foundation: a registered Avro record is written with ``acks=all`` and read back through the registry.
-2. Pipeline: ``affluent run`` (a real child process: the MLLP door, the normalize and pseudonymize
-   workers) on free ports, and ``affluent simulate``'s synthetic hospital sending ADT and ORU traffic
-   over MLLP for ``duration_s`` seconds with a live progress view.
+2. Pipeline: ``affluent run`` (a real child process: the MLLP, FHIR and device doors, the normalize and
+   pseudonymize workers) on free ports with a run's own bearer tokens, a local Mosquitto for the MQTT
+   door (left out, with a hint, when mosquitto is not installed), and ``affluent simulate``'s synthetic
+   hospital sending ADT and ORU over MLLP, FHIR resources and Bundles over HTTP, and device readings
+   over HTTP JSON and MQTT for ``duration_s`` seconds with a live progress view.
 3. Accounting: every message the hospital saw acknowledged is found downstream — in a national topic,
-   as a counted opposition drop, or as a dead letter with its reason. Then ``affluent run`` is stopped
-   cleanly. The demo fails (exit 1) if anything is missing or the stop was not clean.
+   as a counted opposition drop, or as a dead letter with its reason — in total and per channel. Then
+   ``affluent run`` and Mosquitto are stopped cleanly. The demo fails (exit 1) if anything is missing or
+   the stop was not clean.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
@@ -38,6 +44,10 @@ from affluent.settings import Settings
 from affluent.topics import CORE_TOPICS, INGEST_HL7V2_RAW, value_subject
 from schemas.catalog import CANONICAL_TOPICS, register_all
 from schemas.registry import AvroCodec, Registry, load_schema
+
+if TYPE_CHECKING:
+    from affluent.sim_devices import DeviceTarget
+    from affluent.sim_fhir import FhirTarget
 
 Out = Callable[[str], None]
 
@@ -156,8 +166,8 @@ def prepare_groups(settings: Settings, env: dict[str, str]) -> None:
 
     normalize = env["AFFLUENT_STREAMS__NORMALIZE_GROUP"]
     pseudonymize = env["AFFLUENT_PSEUDONYMIZE_GROUP"]
-    start_group_at_end(settings.kafka, normalize, RAW_TOPICS)
-    start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS)
+    start_group_at_end(settings.kafka, normalize, RAW_TOPICS, skip_backlog=True)
+    start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS, skip_backlog=True)
 
 
 def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str], int, int]:
@@ -168,12 +178,70 @@ def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str],
         "AFFLUENT_PSEUDO_KEY_FILE": str(key_file),
         "AFFLUENT_MLLP__PORT": str(mllp),
         "AFFLUENT_MLLP__METRICS_PORT": str(_free_port()),
+        "AFFLUENT_FHIR_REST__PORT": str(_free_port()),
+        "AFFLUENT_FHIR_REST__METRICS_PORT": str(_free_port()),
+        "AFFLUENT_DEVICES__PORT": str(_free_port()),
+        "AFFLUENT_DEVICES__METRICS_PORT": str(_free_port()),
         "AFFLUENT_STREAMS__METRICS_PORT": str(_free_port()),
         "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(_free_port()),
         "AFFLUENT_RUN__METRICS_PORT": str(supervisor),
         **{name: os.environ.get(name, group) for name, group in DEMO_GROUPS.items()},
     }
     return env, mllp, supervisor
+
+
+def channel_environment(
+    env: Mapping[str, str], mqtt_port: int | None, host: str = "127.0.0.1"
+) -> tuple[dict[str, str], FhirTarget, DeviceTarget]:
+    """What the FHIR and device doors of a ``run_environment`` need for the simulated hospital: fresh
+    bearer tokens (only their digests go to the doors) and, with a broker, the MQTT subscription."""
+    from affluent.auth import token_digest
+    from affluent.sim_devices import GATEWAY_TEMPLATE, DeviceTarget
+    from affluent.sim_fhir import FhirTarget
+
+    fhir = FhirTarget(f"http://{host}:{env['AFFLUENT_FHIR_REST__PORT']}/fhir", secrets.token_urlsafe(24))
+    devices = DeviceTarget(
+        f"http://{host}:{env['AFFLUENT_DEVICES__PORT']}", secrets.token_urlsafe(24), mqtt_port=mqtt_port
+    )
+    extra = {
+        "AFFLUENT_FHIR_REST__TOKEN_SHA256": json.dumps({token_digest(fhir.token): fhir.sender}),
+        "AFFLUENT_DEVICES__TOKENS": json.dumps(
+            [{"sha256": token_digest(devices.token), "sender": devices.sender}]
+        ),
+    }
+    if mqtt_port is not None:
+        extra |= {
+            "AFFLUENT_DEVICES__MQTT__ENABLED": "true",
+            "AFFLUENT_DEVICES__MQTT__HOST": host,
+            "AFFLUENT_DEVICES__MQTT__PORT": str(mqtt_port),
+            "AFFLUENT_DEVICES__MQTT__TOPICS": json.dumps({devices.topic_filter: GATEWAY_TEMPLATE}),
+            "AFFLUENT_DEVICES__MQTT__CLIENT_ID": f"affluent-demo-{uuid.uuid4().hex[:8]}",
+        }
+    return extra, fhir, devices
+
+
+@contextlib.contextmanager
+def local_mosquitto(settings: Settings, out: Out) -> Iterator[int | None]:
+    """A Mosquitto of the run's own (free port, under the state folder), or None when not installed."""
+    from affluent.mosquitto import Mosquitto, mosquitto_binary
+
+    if mosquitto_binary() is None:
+        out("MQTT: mosquitto is not installed (Debian: apt-get install mosquitto): devices over HTTP only")
+        yield None
+        return
+    broker = Mosquitto(Path(tempfile.mkdtemp(prefix="mosquitto-", dir=_state(settings))))
+    broker.start()
+    out(f"MQTT: Mosquitto on 127.0.0.1:{broker.port} for the device door")
+    try:
+        yield broker.port
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.folder, ignore_errors=True)
+
+
+def _state(settings: Settings) -> Path:
+    settings.stack.state_dir.mkdir(parents=True, exist_ok=True)
+    return settings.stack.state_dir
 
 
 def _forward(stream: IO[str], out: Out) -> None:
@@ -202,7 +270,7 @@ def wait_ready(process: subprocess.Popen[str], port: int, timeout_s: float) -> d
     raise AffluentError(f"affluent run was not ready within {timeout_s:.0f} s (see .state/run/*.log)")
 
 
-def stop_run(process: subprocess.Popen[str], timeout_s: float) -> int:
+def stop_run(process: subprocess.Popen[Any], timeout_s: float) -> int:
     """SIGTERM and wait (the supervisor stops doors, then workers); SIGKILL past the timeout."""
     process.send_signal(signal.SIGTERM)
     try:
@@ -213,34 +281,56 @@ def stop_run(process: subprocess.Popen[str], timeout_s: float) -> int:
         return -signal.SIGKILL
 
 
+DEMO_COMPONENTS = ("mllp", "fhir", "devices", "normalize", "pseudonymize")
+
+
+def start_run(env: Mapping[str, str], only: Sequence[str] | None, stdout: int) -> subprocess.Popen[str]:
+    """``affluent run`` as a child with ``env`` over this process's environment (output: ``stdout``,
+    e.g. ``subprocess.PIPE`` to forward it, or ``subprocess.DEVNULL``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "affluent.cli", "run", *(["--only", ",".join(only)] if only else [])],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def pipeline(settings: Settings, out: Out, duration_s: float, rate: float) -> int:
-    from affluent.simulate import Plan, accounting_lines, live_progress, simulate
+    with local_mosquitto(settings, out) as mqtt_port:
+        return _pipeline(settings, out, duration_s, rate, mqtt_port)
+
+
+def _pipeline(settings: Settings, out: Out, duration_s: float, rate: float, mqtt_port: int | None) -> int:
+    from affluent.simulate import Plan, live_progress, report_lines, simulate
 
     key_file = demo_keys(settings)
     os.environ.setdefault("AFFLUENT_PSEUDO_KEY_FILE", str(key_file))
     env, mllp_port, run_port = run_environment(settings, Path(os.environ["AFFLUENT_PSEUDO_KEY_FILE"]))
+    extra, fhir, devices = channel_environment(env, mqtt_port)
+    env |= extra
     prepare_groups(settings, env)
-    process = subprocess.Popen(
-        # The simulator speaks HL7 v2 over MLLP: the doors it does not use are left out.
-        [sys.executable, "-m", "affluent.cli", "run", "--only", "mllp,normalize,pseudonymize"],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_run(env, DEMO_COMPONENTS, subprocess.PIPE)
     threading.Thread(target=_forward, args=(process.stdout, out), daemon=True).start()
     stopped: int | None = None
     try:
         health = wait_ready(process, run_port, 180)
         out(f"affluent run: {', '.join(health['children'])} ready (supervisor :{run_port})")
-        plan = Plan(rate=rate, duration_s=duration_s, port=mllp_port, patients=max(50, int(rate * 4)))
+        plan = Plan(
+            rate=rate,
+            duration_s=duration_s,
+            port=mllp_port,
+            patients=max(50, int(rate * 4)),
+            fhir=fhir,
+            devices=devices,
+        )
         tty = sys.stdout.isatty()
-        tally = asyncio.run(simulate(settings, plan, out, live_progress(out, tty)))
+        accounts = asyncio.run(simulate(settings, plan, out, live_progress(out, tty)))
         if tty:
             out("")
         out("")
-        for line in accounting_lines(tally):
+        for line in report_lines(accounts):
             out(line)
         out("")
         out("Where to look (while `affluent run` runs):")
@@ -254,7 +344,7 @@ def pipeline(settings: Settings, out: Out, duration_s: float, rate: float) -> in
         stopped = stop_run(process, settings.run.stop_timeout_s * 2 + 10)
     if stopped != 0:
         out(f"affluent run did not stop cleanly (exit code {stopped})")
-    return 0 if tally.complete and stopped == 0 else 1
+    return 0 if accounts.total.complete and stopped == 0 else 1
 
 
 def _free_port() -> int:

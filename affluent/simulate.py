@@ -10,8 +10,10 @@ While it sends, a :class:`~affluent.accounting.Ledger` follows the run through t
 the accounting must balance: every message a sender saw acknowledged is in a canonical topic (and its
 national records arrived, or were counted as opposition drops) or in a dead-letter topic.
 
-Traffic kinds are :class:`Channel` s: the MLLP one today; FHIR (HTTP) and device (HTTP, MQTT) senders
-plug in as further channels when those doors land, each message carrying the raw id its door will give it.
+Traffic goes over :class:`~affluent.sim_types.Channel` s, each message carrying the raw id its door will
+give it: HL7 v2 over MLLP (here), FHIR R4 over HTTP (:mod:`affluent.sim_fhir`), telemonitoring readings
+over HTTP(S) JSON and MQTT (:mod:`affluent.sim_devices`) — all about the same synthetic patients, and
+accounted for per channel.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
+from affluent import sim_devices, sim_fhir
 from affluent.accounting import Ledger, Tally
 from affluent.settings import Settings
+from affluent.sim_devices import DeviceTarget
+from affluent.sim_fhir import FhirTarget
+from affluent.sim_types import Answer, Channel, Outbound
 from affluent.synthetic import HOSPITAL_OID, MALFORMED, SyntheticPatient, adt, cohort, malformed, oru_r01
 
 Out = Callable[[str], None]
@@ -34,6 +40,8 @@ Progress = Callable[[Tally, float], None]
 
 # Of the messages about an admitted patient: what happens next (weights); the rest are lab results.
 _NEXT = (("ORU", 60), ("A02", 10), ("A08", 8), ("A03", 14), ("A40", 2))
+# Share of the traffic each channel carries when it is on (the rest of the hospital stays on HL7 v2).
+_SHARE = {"mllp": 40, sim_fhir.CHANNEL: 30, sim_devices.HTTP: 15, sim_devices.MQTT: 15}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,35 +56,20 @@ class Plan:
     objecting_share: float = 0.05
     malformed_share: float = 0.02
     settle_s: float = 90.0  # after the last message: how long the pipeline may take to account for all
+    fhir: FhirTarget | None = None  # the FHIR channel, when on
+    devices: DeviceTarget | None = None  # the device channels (HTTP and/or MQTT), when on
 
     @property
     def count(self) -> int:
         return max(1, round(self.rate * self.duration_s))
 
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    """One message to send: which channel and lane carry it, and the raw id its door will store it under."""
-
-    channel: str
-    lane: int
-    payload: bytes
-    raw_id: str | None  # None when the door will refuse it (never stored)
-    label: str  # message kind, for the summary (no content)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    code: str
-    acknowledged: bool
-
-
-class Channel(Protocol):
-    """A protocol the hospital speaks to a door; one instance per lane (MLLP is stop-and-wait)."""
-
-    async def send(self, message: Outbound) -> Answer: ...
-
-    async def close(self) -> None: ...
+    def channels(self) -> list[str]:
+        """The channels on, in accounting order; ``rate`` is shared between them."""
+        return (
+            ["mllp"]
+            + ([sim_fhir.CHANNEL] if self.fhir else [])
+            + (self.devices.channels() if self.devices else [])
+        )
 
 
 @dataclass(slots=True)
@@ -111,6 +104,26 @@ class Hospital:
         retired = f"{p.ipp}D" if kind == "A40" else ""  # a duplicate record made at the front desk
         return _outbound(lane, adt(p, kind, control_id, when, visit, retired), f"ADT^{kind}")
 
+    def other_message(
+        self, channel: str, plan: Plan, when: datetime, templates: Mapping[str, Any]
+    ) -> Outbound:
+        """A FHIR request or a device message about a random patient (clinical time ``when``, UTC)."""
+        index = self.rng.randrange(len(self.people))
+        p = self.people[index]
+        name = f"{self.run}-{self.sent:07d}"
+        self.sent += 1
+        clinical = when.replace(tzinfo=UTC)
+        broken = self.rng.random() < plan.malformed_share
+        if channel == sim_fhir.CHANNEL and plan.fhir is not None:
+            kind = self.rng.choice(sim_fhir.MALFORMED) if broken else None
+            message = sim_fhir.fhir_message(self.rng, p, name, clinical, kind)
+            return sim_fhir.fhir_outbound(message, index % plan.fhir.lanes, plan.fhir.sender)
+        assert plan.devices is not None
+        kind = self.rng.choice(sim_devices.MALFORMED) if broken else None
+        return sim_devices.device_outbound(
+            channel, self.rng, self.run, index, p, clinical, plan.devices, templates, kind
+        )
+
 
 def _outbound(lane: int, payload: bytes, label: str) -> Outbound:
     from connectors.mllp.intake import Accepted, IntakePolicy, assess
@@ -120,18 +133,38 @@ def _outbound(lane: int, payload: bytes, label: str) -> Outbound:
     return Outbound("mllp", lane, payload, raw_id, label)
 
 
+def run_tag(seed: int) -> str:
+    """The run's tag (in control ids, resource ids, device ids): the first draw of the seed's generator."""
+    return f"{random.Random(seed).randrange(16**6):06x}"
+
+
 def traffic(
-    plan: Plan, people: list[SyntheticPatient], seed: int, start: datetime | None = None
+    plan: Plan,
+    people: list[SyntheticPatient],
+    seed: int,
+    start: datetime | None = None,
+    templates: Mapping[str, Any] | None = None,
 ) -> list[Outbound]:
-    """The whole run's messages, in sending order (pure given `start`: same plan and seed, same bytes)."""
+    """The whole run's messages, in sending order (pure given `start`: same plan and seed, same bytes).
+    ``templates``: the device door's mapping templates (default: the shipped ones)."""
     rng = random.Random(seed)
-    hospital = Hospital(rng, people, f"{rng.randrange(16**6):06x}")
+    hospital = Hospital(rng, people, f"{rng.randrange(16**6):06x}")  # the run_tag(seed)
     when = start or datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     step = timedelta(seconds=1 / plan.rate)
+    channels = plan.channels()
+    shares = [_SHARE[c] for c in channels]
+    if plan.devices is not None and templates is None:
+        from connectors.devices.templates import load_templates
+
+        templates = load_templates(None)
     out = []
     for _ in range(plan.count):
         when += step
-        out.append(hospital.next_message(plan, when))
+        channel = rng.choices(channels, shares)[0] if len(channels) > 1 else "mllp"
+        if channel == "mllp":
+            out.append(hospital.next_message(plan, when))
+        else:
+            out.append(hospital.other_message(channel, plan, when, templates or {}))
     return out
 
 
@@ -159,26 +192,43 @@ class MllpChannel:
 
 
 async def send_paced(
-    plan: Plan, messages: Sequence[Outbound], channels: Sequence[Channel], ledger: Ledger
+    plan: Plan, messages: Sequence[Outbound], channels: Mapping[tuple[str, int], Channel], ledger: Ledger
 ) -> float:
-    """Send every message on its lane at its place in the schedule (message n at n / rate seconds);
-    a lane that falls behind sends at once, without bursting to catch up. Returns the seconds taken."""
+    """Send every message on its lane — (channel, lane) — at its place in the schedule (message n at
+    n / rate seconds); a lane that falls behind sends at once, without bursting to catch up. Returns the
+    seconds taken."""
     begin = time.monotonic()
 
-    async def lane(number: int) -> None:
-        channel = channels[number]
+    async def lane(key: tuple[str, int]) -> None:
+        channel = channels[key]
         for n, message in enumerate(messages):
-            if message.lane != number:
+            if (message.channel, message.lane) != key:
                 continue
             delay = begin + n / plan.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            ledger.sent(message.raw_id)
+            ledger.sent(message.raw_id, message.channel)
             answer = await channel.send(message)
-            ledger.answered(message.raw_id, answer.code, answer.acknowledged)
+            ledger.answered(message.raw_id, answer.code, answer.acknowledged, message.channel)
 
-    await asyncio.gather(*(lane(n) for n in range(len(channels))))
+    await asyncio.gather(*(lane(key) for key in channels))
     return time.monotonic() - begin
+
+
+async def open_channels(plan: Plan) -> dict[tuple[str, int], Channel]:
+    """One connection per lane of every channel that is on."""
+    channels: dict[tuple[str, int], Channel] = {}
+    for n in range(plan.senders):
+        channels["mllp", n] = await MllpChannel.open(plan.host, plan.port)
+    if plan.fhir is not None:
+        for n in range(plan.fhir.lanes):
+            channels[sim_fhir.CHANNEL, n] = await sim_fhir.FhirChannel.open(plan.fhir)
+    if plan.devices is not None and plan.devices.http_url:
+        for n in range(plan.devices.http_lanes):
+            channels[sim_devices.HTTP, n] = await sim_devices.DeviceHttpChannel.open(plan.devices)
+    if plan.devices is not None and plan.devices.mqtt_port:
+        channels[sim_devices.MQTT, 0] = await sim_devices.DeviceMqttChannel.open(plan.devices)
+    return channels
 
 
 def national_of(keys: Any, opposition: Any) -> Callable[[str, dict[str, Any]], list[tuple[str, str, bool]]]:
@@ -205,8 +255,31 @@ def national_of(keys: Any, opposition: Any) -> Callable[[str, dict[str, Any]], l
     return outcomes
 
 
-async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress | None = None) -> Tally:
-    """Register the objecting patients, send the traffic, wait for the pipeline; the final tally."""
+@dataclass(frozen=True, slots=True)
+class Accounts:
+    """A run's final accounting: the whole, and each channel's own."""
+
+    total: Tally
+    channels: dict[str, Tally]
+
+
+def _describe(plan: Plan) -> str:
+    parts = [f"HL7 v2 over {plan.senders} MLLP connections to {plan.host}:{plan.port}"]
+    if plan.fhir is not None:
+        parts.append(f"FHIR R4 resources and transaction Bundles to {plan.fhir.base_url}")
+    if plan.devices is not None and plan.devices.http_url:
+        parts.append(f"blood-pressure readings (JSON) to {plan.devices.http_url}/devices/bp-single")
+    if plan.devices is not None and plan.devices.mqtt_port:
+        parts.append(
+            f"gateway batches over MQTT to {plan.devices.mqtt_host}:{plan.devices.mqtt_port} "
+            f"({plan.devices.topic_filter})"
+        )
+    return "; ".join(parts)
+
+
+async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress | None = None) -> Accounts:
+    """Register the objecting patients (and link their devices), send the traffic, wait for the
+    pipeline; the final accounting."""
     from affluent.compacted import CompactedView
     from affluent.kafka import wait_for_kafka
     from affluent.topics import CONTROL_OPPOSITION, DLQ_INGEST
@@ -223,14 +296,23 @@ async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress 
     objecting = people[: max(1, round(plan.patients * plan.objecting_share))]
     for person in objecting:
         await asyncio.to_thread(opposition_add, settings, ipp=person.ipp, authority=HOSPITAL_OID, keys=keys)
+    start = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    templates: dict[str, Any] = {}
+    if plan.devices is not None:
+        from connectors.devices.cli import link_all
+        from connectors.devices.templates import load_templates
+
+        templates = dict(load_templates(settings.devices.templates_dir))
+        links = sim_devices.device_links(run_tag(seed), people, sim_devices.since(start.replace(tzinfo=UTC)))
+        await asyncio.to_thread(link_all, settings, links)
     opposition = CompactedView(settings.kafka, CONTROL_OPPOSITION, name="simulate-opposition")
     await asyncio.to_thread(opposition.start)
+    devices = f", {2 * plan.patients} devices linked" if plan.devices is not None else ""
     out(
         f"Hospital: {plan.patients} synthetic patients, {len(objecting)} of whom object (registered in "
-        f"{CONTROL_OPPOSITION}); {plan.count} HL7 messages at {plan.rate:g}/s over {plan.senders} MLLP "
-        f"connections to {plan.host}:{plan.port}"
+        f"{CONTROL_OPPOSITION}){devices}; {plan.count} messages at {plan.rate:g}/s: {_describe(plan)}"
     )
-    messages = traffic(plan, people, seed)
+    messages = traffic(plan, people, seed, start, templates)
     ledger = Ledger(
         settings.kafka,
         Registry(settings.registry),
@@ -241,10 +323,10 @@ async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress 
     )
     ledger.start()
     began = time.monotonic()
-    channels: list[Channel] = [await MllpChannel.open(plan.host, plan.port) for _ in range(plan.senders)]
+    channels = await open_channels(plan)
     ticker = asyncio.create_task(_tick(ledger, began, progress))
     try:
-        # The pseudonymize worker tails the opposition registry; give it a moment to see the new entries.
+        # The workers tail the opposition and device registries; give them a moment to see the entries.
         await asyncio.sleep(1.0)
         await send_paced(plan, messages, channels, ledger)
         deadline = time.monotonic() + plan.settle_s
@@ -255,14 +337,15 @@ async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress 
             await asyncio.sleep(0.5)
     finally:
         ticker.cancel()
-        for channel in channels:
+        for channel in channels.values():
             await channel.close()
         await asyncio.to_thread(ledger.stop)
         opposition.stop()
     tally = ledger.tally()
     if progress is not None:
         progress(tally, time.monotonic() - began)
-    return tally
+    tallies = ledger.tallies()
+    return Accounts(tally, {c: tallies[c] for c in plan.channels() if c in tallies})
 
 
 async def _tick(ledger: Ledger, began: float, progress: Progress | None) -> None:
@@ -310,12 +393,42 @@ def accounting_lines(tally: Tally) -> list[str]:
     return ["Accounting"] + [f"  {what:<44}{n:>8} {note}".rstrip() for what, n, note in rows]
 
 
+def channel_lines(channels: Mapping[str, Tally]) -> list[str]:
+    """One line per channel: where its messages went (refused = 4xx/NAK from the door, never stored)."""
+    head = ("channel", "sent", "acked", "refused", "canonical", "dead", "national", "drops", "missing")
+    rows = [head] + [
+        (
+            name,
+            *(
+                str(n)
+                for n in (
+                    t.sent,
+                    t.acknowledged,
+                    sum(t.refused.values()),
+                    sum(t.canonical.values()),
+                    t.dead_lettered,
+                    t.national_records,
+                    sum(t.drops.values()),
+                    t.missing_messages + t.missing_national,
+                )
+            ),
+        )
+        for name, t in channels.items()
+    ]
+    lines = ["Per channel (events and records; missing = acknowledged found nowhere + national missing)"]
+    return lines + ["  " + f"{r[0]:<14}" + "".join(f"{c:>10}" for c in r[1:]) for r in rows]
+
+
+def report_lines(accounts: Accounts) -> list[str]:
+    return [*accounting_lines(accounts.total), "", *channel_lines(accounts.channels)]
+
+
 async def simulate_cli(settings: Settings, plan: Plan, out: Out) -> int:
     """Simulate with the live progress view, print the accounting; 1 when anything is missing."""
     tty = sys.stdout.isatty()
-    tally = await simulate(settings, plan, out=out, progress=live_progress(out, tty))
+    accounts = await simulate(settings, plan, out=out, progress=live_progress(out, tty))
     if tty:
         out("")
-    for line in accounting_lines(tally):
+    for line in report_lines(accounts):
         out(line)
-    return 0 if tally.complete else 1
+    return 0 if accounts.total.complete else 1

@@ -258,3 +258,59 @@ def fhir_bundle(bundle_type: str, resources: list[dict[str, Any]], method: str =
             entry["request"] = {"method": method, "url": url}
         entries.append(entry)
     return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
+
+
+CIM10 = [
+    ("I21.9", "Infarctus aigu du myocarde, sans précision"),
+    ("E11.9", "Diabète sucré de type 2, sans complication"),
+    ("J18.9", "Pneumopathie, sans précision"),
+    ("C50.9", "Tumeur maligne du sein, sans précision"),
+]
+
+
+def _subject(p: SyntheticPatient) -> dict[str, Any]:
+    """The patient by IPP identifier, as the HL7 side names it: both feeds land on one patient key."""
+    return {"identifier": {"system": f"urn:oid:{HOSPITAL_OID}", "value": p.ipp}}
+
+
+def fhir_condition(rng: random.Random, p: SyntheticPatient, cond_id: str, when: datetime) -> dict[str, Any]:
+    """A CIM-10 diagnosis about ``p`` (FR terminology server system, as the EDS sends it)."""
+    code, display = rng.choice(CIM10)
+    return {
+        "resourceType": "Condition",
+        "id": cond_id,
+        "meta": {"versionId": "1"},
+        "clinicalStatus": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+            ]
+        },
+        "code": {
+            "coding": [
+                {
+                    "system": "https://smt.esante.gouv.fr/terminologie-cim-10/",
+                    "code": code,
+                    "display": display,
+                }
+            ]
+        },
+        "subject": _subject(p),
+        "recordedDate": when.astimezone(UTC).isoformat(),
+    }
+
+
+def fhir_encounter(p: SyntheticPatient, enc_id: str, when: datetime, finished: bool) -> dict[str, Any]:
+    """An inpatient stay of ``p`` (visit number under the hospital OID), in progress or finished."""
+    period = {"start": (when - timedelta(days=2)).astimezone(UTC).isoformat()}
+    if finished:
+        period["end"] = when.astimezone(UTC).isoformat()
+    return {
+        "resourceType": "Encounter",
+        "id": enc_id,
+        "meta": {"versionId": "1"},
+        "identifier": [{"system": f"urn:oid:{HOSPITAL_OID}", "value": f"VN-{enc_id}"}],
+        "status": "finished" if finished else "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": _subject(p),
+        "period": period,
+    }

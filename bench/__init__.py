@@ -46,6 +46,7 @@ SUITE_MODULES: dict[str, str] = {
     "fhir_pull": "bench.fhir_pull",
     "devices": "bench.devices",
     "e2e": "bench.e2e",
+    "e2e_channels": "bench.e2e_channels",
     "network": "bench.network",
 }
 

@@ -296,8 +296,8 @@ async def _mqtt_rates(settings: Settings, count: int) -> tuple[float, float]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from affluent.mosquitto import Mosquitto
     from connectors.devices.service import DeviceService
-    from tests.support.mosquitto import Mosquitto
 
     payloads = bodies(16, MQTT_BATCH, seed=2)
     total = count * MQTT_BATCH

@@ -9,14 +9,21 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affluent.demo import demo_keys, prepare_groups, run_environment, run_health, stop_run, wait_ready
+from affluent.demo import (
+    demo_keys,
+    prepare_groups,
+    run_environment,
+    run_health,
+    start_run,
+    stop_run,
+    wait_ready,
+)
 from affluent.settings import Settings
 
 
@@ -35,22 +42,19 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def running_pipeline(settings: Settings, log: Path) -> Iterator[Pipeline]:
+def running_pipeline(
+    settings: Settings, log: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Pipeline]:
+    """``extra_env``: more settings for the children (e.g. the FHIR and device doors' tokens)."""
     key_file = Path(os.environ.get("AFFLUENT_PSEUDO_KEY_FILE") or demo_keys(settings))
     env, mllp_port, run_port = run_environment(settings, key_file)
     run = uuid.uuid4().hex[:8]
     env["AFFLUENT_STREAMS__NORMALIZE_GROUP"] = f"bench-normalize-{run}"
     env["AFFLUENT_PSEUDONYMIZE_GROUP"] = f"bench-pseudonymize-{run}"
     env["AFFLUENT_RUN__LOG_DIR"] = str(log)
+    env |= extra_env or {}
     prepare_groups(settings, env)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "affluent.cli", "run"],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process = start_run(env, None, subprocess.DEVNULL)
     try:
         wait_ready(process, run_port, 180)
         yield Pipeline(process, mllp_port, run_port, env)

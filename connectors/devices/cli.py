@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,10 @@ def _read(settings: Settings) -> CompactedView:
 
 
 def _write(settings: Settings, device_id: str, links: list[Link]) -> None:
+    _write_all(settings, {device_id: links})
+
+
+def _write_all(settings: Settings, histories: Mapping[str, list[Link]]) -> None:
     producer = make_producer(settings.kafka, acks="all")
     failures: list[str] = []
 
@@ -102,9 +106,10 @@ def _write(settings: Settings, device_id: str, links: list[Link]) -> None:
         if err is not None:
             failures.append(type(err).__name__)
 
-    producer.produce(
-        CONTROL_DEVICES, key=device_id.encode(), value=encode_links(device_id, links), on_delivery=report
-    )
+    for device_id, links in histories.items():
+        producer.produce(
+            CONTROL_DEVICES, key=device_id.encode(), value=encode_links(device_id, links), on_delivery=report
+        )
     if producer.flush(30) or failures:
         raise KafkaUnavailable("the device registry change was not confirmed by Kafka")
 
@@ -127,6 +132,17 @@ def _change(settings: Settings, device_id: str, change: Callable[[list[Link]], l
 
 def link(settings: Settings, device_id: str, new: Link) -> int:
     return len(_change(settings, device_id, lambda links: add_link(links, new)))
+
+
+def link_all(settings: Settings, new: Mapping[str, Link]) -> None:
+    """``link`` for many devices at once (a ward's fleet, the simulator's cohort): one read of the
+    registry, one batch of writes, each device's history changed by the same rule as ``link``."""
+    view = _read(settings)
+    try:
+        histories = {device_id: add_link(_current(view, device_id), link) for device_id, link in new.items()}
+    finally:
+        view.stop()
+    _write_all(settings, histories)
 
 
 def unlink(settings: Settings, device_id: str, at: datetime) -> None:

@@ -53,6 +53,12 @@ def may_post(token: DeviceToken, mapping: str) -> bool:
     return not token.mappings or mapping in token.mappings
 
 
+def payload_raw_id(sender: str, mapping: str, payload: bytes) -> str:
+    """The raw id of a payload: what it is stored under, or — over MQTT, where there is no refusal to
+    give — dead-lettered under, so that a sender's accounting can follow every message it published."""
+    return RawMessage(PROTOCOL, "", sender, mapping, payload, CONTENT_TYPE).raw_id
+
+
 def raw_message(
     connector: str, sender: str, template: Template, payload: bytes, readings: int, peer: str | None = None
 ) -> RawMessage:

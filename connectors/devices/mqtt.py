@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from affluent.errors import KafkaUnavailable
 from affluent.settings import DeviceMqttSettings
 from connectors.deadletter import DeadLetterWriter
-from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, raw_message
+from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, payload_raw_id, raw_message
 from connectors.devices.metrics import DeviceMetrics
 from connectors.devices.templates import PayloadError, Template, read_payload
 from connectors.raw import RawMessage, RawWriter
@@ -219,6 +219,7 @@ class DeviceMqttDoor:
             content_type=CONTENT_TYPE,
             source_facility=item.topic,
             source_application=name,
+            raw_id=payload_raw_id(item.topic, name, item.payload),
             connector=CONNECTOR,
             protocol=PROTOCOL,
         )
