@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
+import time
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -22,9 +24,11 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from affluent.errors import RegistryError, SchemaError
+from affluent.errors import RegistryError, RegistryUnavailable, SchemaError
 from affluent.settings import RegistrySettings
 from schemas.fastwriter import NotCompilable, compile_writer
+
+log = logging.getLogger(__name__)
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -79,7 +83,7 @@ class Registry:
                 f"{exc.error_message}"
             ) from None
         except Exception as exc:  # requests/httpx transport errors differ between client versions
-            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
 
     def set_compatibility(self, subject: str, level: str) -> None:
         if level not in COMPATIBILITY_LEVELS:
@@ -89,7 +93,7 @@ class Registry:
         except SchemaRegistryError as exc:
             raise RegistryError(f"cannot set compatibility of {subject}: {exc.error_message}") from None
         except Exception as exc:
-            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
 
     def get_compatibility(self, subject: str) -> str | None:
         try:
@@ -110,7 +114,24 @@ class Registry:
         try:
             return list(self.client.get_subjects())
         except Exception as exc:
-            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: Exception) -> RegistryUnavailable:
+        return RegistryUnavailable(f"schema registry at {self.url} unreachable: {type(exc).__name__}")
+
+    def wait_until_reachable(self, pause_max_s: float = 10.0) -> None:
+        """Block until the registry answers. A worker started while the registry is away waits here
+        instead of exiting, so a registry outage never turns into a crash loop; anything but
+        unreachability (a 401, a bad URL scheme) still fails the start at once."""
+        pause = 0.5
+        while True:
+            try:
+                self.subjects()
+                return
+            except RegistryUnavailable:
+                log.warning("schema registry at %s unreachable; waiting", self.url)
+                time.sleep(pause)
+                pause = min(pause_max_s, pause * 2)
 
     def writer_schema(self, schema_id: int) -> Any:
         """The parsed schema behind an id, cached: ids are immutable, so one lookup per id is enough."""
@@ -119,7 +140,13 @@ class Registry:
             try:
                 schema = self.client.get_schema(schema_id)
             except SchemaRegistryError as exc:
+                if exc.http_status_code is None or exc.http_status_code >= 500:
+                    raise RegistryUnavailable(
+                        f"schema registry at {self.url} failed (HTTP {exc.http_status_code})"
+                    ) from None
                 raise RegistryError(f"unknown schema id {schema_id}: {exc.error_message}") from None
+            except Exception as exc:  # transport: the registry is away, the record may well be fine
+                raise self._unreachable(exc) from None
             parsed = parse_schema(schema.schema_str or "")
             self._writer_schemas[schema_id] = parsed
         return parsed

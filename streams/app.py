@@ -17,11 +17,12 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import AffluentError
+from affluent.errors import AffluentError, RegistryUnavailable
 from affluent.metrics import consumer_lag, rebalances
 from affluent.settings import KafkaSettings, StreamsSettings
 from affluent.telemetry import ReadyCheck, TelemetryServer
 from connectors.producer import DurableProducer
+from streams.transient import when_registry_back
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ def install_stage(
 
     Every stage has the same shell, so the rule "a batch's outputs are confirmed by Kafka before its
     inputs are acknowledged" lives here once. ``process`` is the stage's pure-ish function: a record's
-    value and position in, outputs (``topic``, ``key``, ``value``) out; it must never raise.
+    value and position in, outputs (``topic``, ``key``, ``value``) out; it raises nothing but
+    :class:`RegistryUnavailable` (the batch is then held until the registry answers).
     """
     lag = consumer_lag(metrics_registry)
     assignments = rebalances(metrics_registry).labels(group)
@@ -152,7 +154,11 @@ def install_stage(
                 outputs: list[Any] = []
                 for event in batch:
                     msg = event.message
-                    outputs.extend(process(event.value, msg.topic, msg.partition, msg.offset))
+                    try:
+                        outputs.extend(process(event.value, msg.topic, msg.partition, msg.offset))
+                    except RegistryUnavailable:  # transient: hold the batch (streams/transient.py)
+                        args = (event.value, msg.topic, msg.partition, msg.offset, group)
+                        outputs.extend(await when_registry_back(process, *args))
                 # Outputs durable before the inputs are acknowledged (at-least-once, nothing skipped).
                 await deliver(outputs)
             except BaseException as exc:
