@@ -305,9 +305,9 @@ class LocalStack:
             _wait_gone(pid, 10)
         node.pid_file.unlink(missing_ok=True)
 
-    def stop_registry(self) -> None:
-        """Stop the registry alone (fault tests take it away while traffic flows)."""
-        _stop(self.registry_dir / "registry.pid", grace_s=30)
+    def stop_registry(self, grace_s: float = 30) -> None:
+        """Stop the registry alone (fault tests take it away while traffic flows; 0 s: SIGKILL at once)."""
+        _stop(self.registry_dir / "registry.pid", grace_s=grace_s)
 
     def start_registry(self) -> None:
         """Start the registry again and wait until it answers (its schemas are kept in Kafka)."""
