@@ -114,10 +114,18 @@ class Registry:
         try:
             return list(self.client.get_subjects())
         except Exception as exc:
-            raise self._unreachable(exc) from None
+            raise self._failure(exc, "registry refused to list subjects") from None
 
     def _unreachable(self, exc: Exception) -> RegistryUnavailable:
         return RegistryUnavailable(f"schema registry at {self.url} unreachable: {type(exc).__name__}")
+
+    def _failure(self, exc: Exception, refused: str) -> RegistryError:
+        """A 4xx answer is a real refusal (unknown id, bad credentials); anything else — no answer, a
+        5xx — is the registry being away, which says nothing about the record or the request."""
+        status = exc.http_status_code if isinstance(exc, SchemaRegistryError) else None
+        if status is not None and 400 <= status < 500:
+            return RegistryError(f"{refused}: HTTP {status} {getattr(exc, 'error_message', '')}")
+        return self._unreachable(exc)
 
     def wait_until_reachable(self, pause_max_s: float = 10.0) -> None:
         """Block until the registry answers. A worker started while the registry is away waits here
@@ -139,14 +147,8 @@ class Registry:
         if parsed is None:
             try:
                 schema = self.client.get_schema(schema_id)
-            except SchemaRegistryError as exc:
-                if exc.http_status_code is None or exc.http_status_code >= 500:
-                    raise RegistryUnavailable(
-                        f"schema registry at {self.url} failed (HTTP {exc.http_status_code})"
-                    ) from None
-                raise RegistryError(f"unknown schema id {schema_id}: {exc.error_message}") from None
-            except Exception as exc:  # transport: the registry is away, the record may well be fine
-                raise self._unreachable(exc) from None
+            except Exception as exc:  # away (transport, 5xx): the record may well be fine
+                raise self._failure(exc, f"unknown schema id {schema_id}") from None
             parsed = parse_schema(schema.schema_str or "")
             self._writer_schemas[schema_id] = parsed
         return parsed

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,18 @@ def create_topics(kafka: KafkaSettings, specs: list[TopicSpec]) -> None:
         except KafkaUnavailable:
             assert attempt < 14, "the cluster never accepted the topics"
             time.sleep(2)
+
+
+def all_ends(kafka: KafkaSettings, topics: Sequence[str], timeout_s: float = 60) -> list[TopicPartition]:
+    """:func:`ends` of every topic: on a cluster formed a moment ago, a topic just created may not be in
+    the metadata yet (no partitions), which ``ends`` would silently skip."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        positions = ends(kafka, list(topics))
+        if {tp.topic for tp in positions} == set(topics):
+            return positions
+        assert time.monotonic() < deadline, "topics without partitions in the metadata"
+        time.sleep(0.5)
 
 
 def leader_of(kafka: KafkaSettings, topic: str, partition: int) -> int:
@@ -252,9 +264,9 @@ class Pipeline:
 
     async def start(self) -> None:
         create_topics(self.kafka, pipeline_topics(self.groups))
-        start_group_at(self.kafka, self.groups[0], ends(self.kafka, RAW_TOPICS))
-        start_group_at(self.kafka, self.groups[1], ends(self.kafka, CANONICAL_TOPICS))
-        self.positions = ends(self.kafka, [*OUTPUTS, *NATIONAL_TOPICS])
+        start_group_at(self.kafka, self.groups[0], all_ends(self.kafka, RAW_TOPICS))
+        start_group_at(self.kafka, self.groups[1], all_ends(self.kafka, CANONICAL_TOPICS))
+        self.positions = all_ends(self.kafka, [*OUTPUTS, *NATIONAL_TOPICS])
         for p in self.procs.values():
             p.start()
         await wait_port(self.door_port)
