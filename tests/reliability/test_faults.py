@@ -204,6 +204,10 @@ async def test_worker_killed_during_rebalance(cluster, tmp_path, capsys):
         await pipe.send(traffic, lanes_of(pipe, log, 0.08), schedule())
         result = await account(pipe, traffic, log)
         members = await asyncio.to_thread(group_members, pipe, group)
+        deadline = time.monotonic() + 60  # the dead member leaves once its session times out (15 s)
+        while len(members) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            members = await asyncio.to_thread(group_members, pipe, group)
     finally:
         pipe.stop()
     raw_partitions = {(t, p) for t in RAW_TOPICS for p in range(3)}
