@@ -62,8 +62,8 @@ test-network3: setup ## three-level network test (2 hospitals -> region -> natio
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench
 
-chaos: up ## the fault suite on a three-broker cluster, with its accounting table
-	$(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
+chaos: setup ## the fault suite on a three-broker cluster, full durations, with its accounting tables
+	AFFLUENT_CHAOS_FULL=1 $(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
 
 soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)

@@ -41,12 +41,14 @@ def collect(
     quiet_s: float = 3.0,
     progress: Callable[[int, int], None] | None = None,
     key_of: Callable[[dict[str, Any]], str | None] = lambda record: raw_id_of(record),
+    start: list[TopicPartition] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Records of `topics` (read from the start) whose `key_of` (by default: the raw id they stem from)
     is in `raw_ids`, grouped by topic.
 
     Stops at `expected` records, or — when `expected` is None — once every wanted id has at least one
-    record and nothing new came for `quiet_s` seconds, or at the timeout.
+    record and nothing new came for `quiet_s` seconds, or at the timeout. `start` (positions, e.g. from
+    :func:`end_offsets` before a run) reads from there instead of the start, skipping older runs.
     """
     consumer = make_consumer(kafka, group_id=f"affluent-accounting-{uuid.uuid4().hex[:8]}")
     assignment: list[TopicPartition] = []
@@ -54,6 +56,9 @@ def collect(
         md = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if md is not None:
             assignment += [TopicPartition(topic, p, 0) for p in md.partitions]
+    if start is not None:
+        wanted = {tp.topic for tp in assignment}
+        assignment = [tp for tp in start if tp.topic in wanted]
     consumer.assign(assignment)
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     accounted: set[str] = set()

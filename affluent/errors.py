@@ -27,6 +27,11 @@ class RegistryError(AffluentError):
     """The schema registry refused, could not be reached, or holds an incompatible schema."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached or answered 5xx: transient. A stage waits and retries; it never
+    dead-letters a record for it (the record is fine, the registry is away)."""
+
+
 class SchemaError(AffluentError):
     """A record does not fit its Avro schema, or a payload is not in the Confluent wire format."""
 

@@ -172,6 +172,8 @@ class StreamsSettings(BaseModel):
     # Records per batch: outputs of a batch are confirmed by Kafka before its inputs are committed.
     batch_size: int = Field(default=500, ge=1)
     batch_window_s: float = Field(default=0.05, gt=0)
+    # A worker that stops heartbeating (killed) loses its partitions to the others after this long.
+    session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9465, ge=0, le=65535)
 

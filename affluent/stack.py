@@ -305,6 +305,18 @@ class LocalStack:
             _wait_gone(pid, 10)
         node.pid_file.unlink(missing_ok=True)
 
+    def stop_registry(self, grace_s: float = 30) -> None:
+        """Stop the registry alone (fault tests take it away while traffic flows; 0 s: SIGKILL at once)."""
+        _stop(self.registry_dir / "registry.pid", grace_s=grace_s)
+
+    def start_registry(self) -> None:
+        """Start the registry again and wait until it answers (its schemas are kept in Kafka)."""
+        if not self._alive(self.registry_dir / "registry.pid"):
+            self._start_registry(
+                find_java(self.s.registry_java_home, MIN_REGISTRY_JAVA, "AFFLUENT_STACK__REGISTRY_JAVA_HOME")
+            )
+        self._wait_registry()
+
     def _wait_kafka(self, started: list[Node]) -> None:
         deadline = time.monotonic() + self.s.start_timeout_s
         conf: dict[str, Any] = {

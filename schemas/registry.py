@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
+import time
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -22,10 +24,12 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from affluent.errors import RegistryError, SchemaError
+from affluent.errors import RegistryError, RegistryUnavailable, SchemaError
 from affluent.settings import RegistrySettings
 from schemas.fastreader import compile_reader
 from schemas.fastwriter import NotCompilable, compile_writer
+
+log = logging.getLogger(__name__)
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -81,7 +85,7 @@ class Registry:
                 f"{exc.error_message}"
             ) from None
         except Exception as exc:  # requests/httpx transport errors differ between client versions
-            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
 
     def set_compatibility(self, subject: str, level: str) -> None:
         if level not in COMPATIBILITY_LEVELS:
@@ -91,7 +95,7 @@ class Registry:
         except SchemaRegistryError as exc:
             raise RegistryError(f"cannot set compatibility of {subject}: {exc.error_message}") from None
         except Exception as exc:
-            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
 
     def get_compatibility(self, subject: str) -> str | None:
         try:
@@ -112,7 +116,32 @@ class Registry:
         try:
             return list(self.client.get_subjects())
         except Exception as exc:
-            raise RegistryError(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise self._failure(exc, "registry refused to list subjects") from None
+
+    def _unreachable(self, exc: Exception) -> RegistryUnavailable:
+        return RegistryUnavailable(f"schema registry at {self.url} unreachable: {type(exc).__name__}")
+
+    def _failure(self, exc: Exception, refused: str) -> RegistryError:
+        """A 4xx answer is a real refusal (unknown id, bad credentials); anything else — no answer, a
+        5xx — is the registry being away, which says nothing about the record or the request."""
+        status = exc.http_status_code if isinstance(exc, SchemaRegistryError) else None
+        if status is not None and 400 <= status < 500:
+            return RegistryError(f"{refused}: HTTP {status} {getattr(exc, 'error_message', '')}")
+        return self._unreachable(exc)
+
+    def wait_until_reachable(self, pause_max_s: float = 10.0) -> None:
+        """Block until the registry answers. A worker started while the registry is away waits here
+        instead of exiting, so a registry outage never turns into a crash loop; anything but
+        unreachability (a 401, a bad URL scheme) still fails the start at once."""
+        pause = 0.5
+        while True:
+            try:
+                self.subjects()
+                return
+            except RegistryUnavailable:
+                log.warning("schema registry at %s unreachable; waiting", self.url)
+                time.sleep(pause)
+                pause = min(pause_max_s, pause * 2)
 
     def writer_schema(self, schema_id: int) -> Any:
         """The parsed schema behind an id, cached: ids are immutable, so one lookup per id is enough."""
@@ -120,8 +149,8 @@ class Registry:
         if parsed is None:
             try:
                 schema = self.client.get_schema(schema_id)
-            except SchemaRegistryError as exc:
-                raise RegistryError(f"unknown schema id {schema_id}: {exc.error_message}") from None
+            except Exception as exc:  # away (transport, 5xx): the record may well be fine
+                raise self._failure(exc, f"unknown schema id {schema_id}") from None
             parsed = parse_schema(schema.schema_str or "")
             try:
                 self._readers[schema_id] = compile_reader(json.loads(schema.schema_str or ""))

@@ -14,6 +14,8 @@ docs/architecture.md. Processing is at-least-once and correctness comes from det
 
 * an input's offset is *stored* only after every output of its batch is confirmed; librdkafka commits
   stored offsets in the background, on a rebalance (before giving a partition away) and on close;
+* a registry outage is transient: the record is tried again until the registry answers, the batch
+  held (streams/transient.py) — never dead-lettered, nothing stored meanwhile;
 * outputs Kafka does not confirm are resent whole (6 attempts, backing off); if that fails the process
   exits with 75 without storing the batch's offsets (crash-only: ``affluent run`` or Kubernetes restarts
   it and the batch is read again);
@@ -38,11 +40,12 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import AffluentError
+from affluent.errors import AffluentError, RegistryUnavailable
 from affluent.kafka import consumer_config, producer_config
 from affluent.metrics import consumer_lag, rebalances
 from affluent.settings import KafkaSettings, StreamsSettings
 from affluent.telemetry import ReadyCheck, TelemetryServer
+from streams.transient import when_registry_back
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,8 @@ class StageWorker:
                     "auto.commit.interval.ms": 1000,
                     "partition.assignment.strategy": "cooperative-sticky",
                     "queued.max.messages.kbytes": 16384,
+                    # How long a dead worker's partitions wait before the group hands them over.
+                    "session.timeout.ms": streams.session_timeout_ms,
                 },
             )
         )
@@ -221,7 +226,11 @@ class StageWorker:
                     raise KafkaException(err)
                 log.warning("%s: consumer error %s", self.spec.group, err.name())
                 continue
-            outputs.extend(process(msg.value(), msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+            position = (msg.value(), msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            try:
+                outputs.extend(process(*position))
+            except RegistryUnavailable:  # transient: hold the batch (streams/transient.py)
+                outputs.extend(when_registry_back(process, *position, self.spec.group))
             done.append(msg)
         # Outputs durable before the inputs count as processed (at-least-once, nothing skipped).
         self.producer.deliver(outputs)

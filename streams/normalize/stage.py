@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from affluent.errors import AffluentError
+from affluent.errors import AffluentError, RegistryUnavailable
 from affluent.metrics import Labelled, dead_letters, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
@@ -82,7 +82,8 @@ class Normalizer:
         self.dlq_codec = AvroCodec(registry, value_subject(dlq_topic), load_schema("dead_letter"), "BACKWARD")
 
     def process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
-        """Never raises: a record that cannot be read or mapped becomes a dead letter."""
+        """A record that cannot be read or mapped becomes a dead letter; the only exception is
+        :class:`RegistryUnavailable`, which says nothing about the record (the caller retries it)."""
         started = time.perf_counter()
         try:
             return self._process(value, topic, partition, offset)
@@ -95,6 +96,8 @@ class Normalizer:
             return [self._dead(Rejection("empty_record", "raw record has no value"), None, lineage, None)]
         try:
             raw = decode_avro(self.registry, value)
+        except RegistryUnavailable:
+            raise  # the record is fine, the registry is away: the shell waits and retries
         except AffluentError:
             return [
                 self._dead(

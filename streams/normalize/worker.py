@@ -69,8 +69,10 @@ def build_worker(
     wait_for_kafka(s.kafka, 30)
     ensure_topics(s.kafka, [TopicSpec(t) for t in (*raw_topics, *CANONICAL_TOPICS, DLQ_NORMALIZE)])
     metrics_registry = metrics_registry or CollectorRegistry()
+    registry = Registry(s.registry)
+    registry.wait_until_reachable()  # a registry outage delays the start, it does not crash-loop it
     normalizer = Normalizer(
-        Registry(s.registry),
+        registry,
         MappingOptions(timezone=ZoneInfo(s.streams.timezone)),
         NormalizeMetrics(metrics_registry),
         default_mappers(device_mapper(s)),

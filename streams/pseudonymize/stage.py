@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from affluent.errors import AffluentError
+from affluent.errors import AffluentError, RegistryUnavailable
 from affluent.metrics import Labelled, dead_letters, retractions, stage_latency
 from affluent.topics import value_subject
 from connectors.deadletter import dead_letter_record
@@ -130,7 +130,8 @@ class Pseudonymizer:
         self.dlq_codec = AvroCodec(registry, value_subject(dlq_topic), load_schema("dead_letter"), "BACKWARD")
 
     def process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
-        """Never raises: a record that cannot be read or transformed becomes a dead letter."""
+        """A record that cannot be read or transformed becomes a dead letter; the only exception is
+        :class:`RegistryUnavailable`, which says nothing about the record (the caller retries it)."""
         started = time.perf_counter()
         try:
             return self._process(value, topic, partition, offset)
@@ -144,6 +145,8 @@ class Pseudonymizer:
             return [self._dead("empty_record", "canonical record has no value", None, lineage)]
         try:
             record = decode_avro(self.registry, value)
+        except RegistryUnavailable:
+            raise  # the record is fine, the registry is away: the shell waits and retries
         except AffluentError:
             return [self._dead("undecodable_canonical", "not a registered canonical record", None, lineage)]
         self.metrics.records_in_of(kind).inc()

@@ -116,7 +116,9 @@ def build_worker(
     metrics_registry = metrics_registry or CollectorRegistry()
     metrics = PseudonymizeMetrics(metrics_registry)
     metrics.opposition_entries.set_function(lambda: float(len(opposition)))
-    pseudonymizer = Pseudonymizer(Registry(s.registry), feeds, opposition, keys, metrics)
+    registry = Registry(s.registry)
+    registry.wait_until_reachable()  # a registry outage delays the start, it does not crash-loop it
+    pseudonymizer = Pseudonymizer(registry, feeds, opposition, keys, metrics)
     worker = StageWorker(
         StageSpec(group, tuple(CANONICAL_TOPICS), pseudonymizer.process),
         s.kafka,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from connectors.mllp.client import MllpClient, ack_code
+from connectors.mllp.framing import encode_frame
 
 
 @dataclass
@@ -66,3 +67,16 @@ async def send_lane(
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+async def cut_before_ack(host: str, port: int, payload: bytes, log: SenderLog) -> None:
+    """Write one framed message and close the connection without reading the ACK, as an interface
+    engine whose socket dies mid-exchange: the door receives the whole frame (a FIN follows the data,
+    not a reset that could discard it) but its answer finds nobody."""
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(encode_frame(payload))
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    log.outcomes["cut before ACK"] += 1
