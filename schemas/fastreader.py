@@ -98,41 +98,37 @@ class _Compiler:
             return self.reference(self.enum(schema, ns), var, pad)
         if kind == "array":
             item = self.fresh("i")
-            count = self.fresh("c")
-            return [
-                f"{pad}{var} = []",
-                f"{pad}while True:",
-                *self.long_into(count, pad + "    "),
-                f"{pad}    if {count} == 0:",
-                f"{pad}        break",
-                f"{pad}    if {count} < 0:",
-                f"{pad}        {count} = -{count}",
-                f"{pad}        _size, p = _read_long(b, p)",
-                f"{pad}    for _ in range({count}):",
-                *self.emit(schema["items"], item, pad + "        ", ns),
-                f"{pad}        {var}.append({item})",
-            ]
+            item_pad = pad + "        "
+            body = [*self.emit(schema["items"], item, item_pad, ns), f"{item_pad}{var}.append({item})"]
+            return [f"{pad}{var} = []", *self.blocks(body, pad)]
         if kind == "map":
-            item = self.fresh("m")
-            count = self.fresh("c")
-            key = self.fresh("k")
-            return [
-                f"{pad}{var} = {{}}",
-                f"{pad}while True:",
-                *self.long_into(count, pad + "    "),
-                f"{pad}    if {count} == 0:",
-                f"{pad}        break",
-                f"{pad}    if {count} < 0:",
-                f"{pad}        {count} = -{count}",
-                f"{pad}        _size, p = _read_long(b, p)",
-                f"{pad}    for _ in range({count}):",
-                *self.primitive("string", key, pad + "        "),
-                *self.emit(schema["values"], item, pad + "        ", ns),
-                f"{pad}        {var}[{key}] = {item}",
+            item, key = self.fresh("m"), self.fresh("k")
+            item_pad = pad + "        "
+            body = [
+                *self.primitive("string", key, item_pad),
+                *self.emit(schema["values"], item, item_pad, ns),
+                f"{item_pad}{var}[{key}] = {item}",
             ]
+            return [f"{pad}{var} = {{}}", *self.blocks(body, pad)]
         if kind in _PRIMITIVE_NAMES:
             return self.primitive(kind, var, pad)
         raise NotCompilable(f"type {kind}")
+
+    def blocks(self, body: list[str], pad: str) -> list[str]:
+        """Avro's block encoding of arrays and maps: counted blocks until a zero count; a negative
+        count is followed by the block's size in bytes. ``body`` reads one item (indented twice)."""
+        count = self.fresh("c")
+        return [
+            f"{pad}while True:",
+            *self.long_into(count, pad + "    "),
+            f"{pad}    if {count} == 0:",
+            f"{pad}        break",
+            f"{pad}    if {count} < 0:",
+            f"{pad}        {count} = -{count}",
+            f"{pad}        _size, p = _read_long(b, p)",
+            f"{pad}    for _ in range({count}):",
+            *body,
+        ]
 
     def primitive(self, kind: str, var: str, pad: str) -> list[str]:
         if kind == "null":
