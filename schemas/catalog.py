@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from affluent.errors import RegistryError, SchemaError
+from affluent.errors import RegistryError, RegistryUnavailable, SchemaError
 from affluent.topics import DLQ_INGEST, INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW, value_subject
 from schemas.registry import Registry, load_schema, parse_schema
 
@@ -160,7 +160,6 @@ def check_all(
     ``text_for`` lets a caller check a candidate schema without writing it to the package.
     """
     entries = catalog() if entries is None else list(entries)
-    registered = set(registry.subjects())
     results: list[CheckResult] = []
     for entry in entries:
         try:
@@ -169,7 +168,14 @@ def check_all(
         except SchemaError as exc:
             results.append(CheckResult(entry, False, str(exc)))
             continue
-        if entry.subject not in registered:
+        try:
+            registered = registry.has_subject(entry.subject)
+        except RegistryUnavailable:
+            raise  # the registry being away says nothing about this schema
+        except RegistryError as exc:
+            results.append(CheckResult(entry, False, str(exc)))
+            continue
+        if not registered:
             results.append(CheckResult(entry, True, "not registered yet"))
             continue
         level = registry.get_compatibility(entry.subject)

@@ -112,7 +112,21 @@ class Registry:
                 return True  # a new subject accepts any first version
             raise RegistryError(f"compatibility check of {subject} failed: {exc.error_message}") from None
 
+    def has_subject(self, subject: str) -> bool:
+        """Asked per subject rather than by listing: a registry's subject list may be capped (Apicurio's
+        Confluent API stops at 1,000 subjects and ignores paging), so absence from it proves nothing."""
+        try:
+            self.client.get_latest_version(subject)
+            return True
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return False
+            raise self._failure(exc, f"registry refused to look up subject {subject}") from None
+        except Exception as exc:
+            raise self._unreachable(exc) from None
+
     def subjects(self) -> list[str]:
+        """Every subject the registry lists — possibly capped (see :meth:`has_subject`)."""
         try:
             return list(self.client.get_subjects())
         except Exception as exc:

@@ -155,3 +155,11 @@ def test_catalog_entries_resolve_through_the_registry(registry):
     entry = entry_for(cat.CANONICAL_OBSERVATION)
     [(_, schema_id)] = register_all(registry, [entry])
     assert registry.writer_schema(schema_id)["name"] == "fr.affluent.canonical.Observation"
+
+
+def test_has_subject_asks_the_registry_per_subject(registry):
+    """Not by listing: Apicurio's subject list stops at 1,000 on a long-lived registry."""
+    entry = _own_entry()
+    assert registry.has_subject(entry.subject) is False
+    register_all(registry, [entry])
+    assert registry.has_subject(entry.subject) is True

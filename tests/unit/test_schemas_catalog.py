@@ -639,8 +639,8 @@ class FakeRegistry:
         self.compatible = compatible
         self.asked: list[str] = []
 
-    def subjects(self) -> list[str]:
-        return list(self.levels)
+    def has_subject(self, subject: str) -> bool:
+        return subject in self.levels
 
     def get_compatibility(self, subject: str) -> str | None:
         return self.levels.get(subject)
