@@ -39,6 +39,10 @@ class LoadProcess(Generic[Spec, Result]):
         self._process.start()
         child.close()
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def run(self, spec: Spec) -> Result:
         self._conn.send(spec)
         answer = self._conn.recv()

@@ -15,7 +15,17 @@ from typing import NamedTuple
 
 from affluent.settings import load_settings
 
-__all__ = ["CLOCK_TICKS", "CpuWindow", "Ticks", "cpu_ticks", "process_cpu", "stack_pids", "thread_cpu"]
+__all__ = [
+    "CLOCK_TICKS",
+    "CpuLedger",
+    "CpuWindow",
+    "Ticks",
+    "cpu_ticks",
+    "process_cpu",
+    "stack_pids",
+    "stack_processes",
+    "thread_cpu",
+]
 
 
 class Ticks(NamedTuple):
@@ -42,14 +52,20 @@ def cpu_ticks() -> Ticks:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def stack_pids() -> list[int]:
-    """The local stack's broker(s) and registry, from the pid files `affluent stack` writes."""
+def stack_processes() -> dict[str, int]:
+    """The local stack's broker(s) and registry by name (``kafka-1``, ``registry``), from the pid
+    files `affluent stack` writes."""
     state = load_settings().stack.state_dir
-    pids: list[int] = []
-    for pid_file in [*state.glob("kafka-*/kafka.pid"), state / "registry" / "registry.pid"]:
+    pids: dict[str, int] = {}
+    for pid_file in [*sorted(state.glob("kafka-*/kafka.pid")), state / "registry" / "registry.pid"]:
         with contextlib.suppress(OSError, ValueError):
-            pids.append(int(pid_file.read_text().strip()))
+            pids[pid_file.parent.name] = int(pid_file.read_text().strip())
     return pids
+
+
+def stack_pids() -> list[int]:
+    """The local stack's broker(s) and registry."""
+    return list(stack_processes().values())
 
 
 def process_cpu(pid: int) -> float:
@@ -127,4 +143,30 @@ class CpuWindow:
         self.steal = (ticks1.steal - ticks0.steal) / CLOCK_TICKS / wall
         idle_ticks = (ticks1.total - ticks0.total) - (ticks1.busy - ticks0.busy)
         self.idle = idle_ticks / CLOCK_TICKS / wall
+        return self
+
+
+class CpuLedger:
+    """CPU seconds of named processes between construction and stop(), plus the kernel's network work
+    and whatever else ran: divided by the messages of the run, it says what one message costs where.
+
+    A process that exits meanwhile counts up to its last reading (0 after), so ``stop`` must come
+    before the processes are stopped.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start = {name: process_cpu(pid) for name, pid in self.pids.items()}
+        self._ticks = cpu_ticks()
+        self.seconds: dict[str, float] = {}
+        self.kernel_s = self.others_s = 0.0
+
+    def stop(self) -> CpuLedger:
+        ticks = cpu_ticks()
+        self.seconds = {
+            name: max(0.0, process_cpu(pid) - self._start[name]) for name, pid in self.pids.items()
+        }
+        processes = (ticks.processes - self._ticks.processes) / CLOCK_TICKS
+        self.kernel_s = (ticks.kernel - self._ticks.kernel) / CLOCK_TICKS
+        self.others_s = max(0.0, processes - sum(self.seconds.values()))
         return self
