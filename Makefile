@@ -63,7 +63,7 @@ bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench
 
 chaos: setup ## the fault suite on a three-broker cluster, full durations, with its accounting tables
-	AFFLUENT_CHAOS_FULL=1 $(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
+	AFFLUENT_CHAOS_FULL=1 AFFLUENT_CHAOS_REPORT=$(CURDIR)/BENCHMARKS.md $(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
 
 soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)

@@ -2,7 +2,9 @@
 
 The report is rewritten whole from one run, never merged with older figures: numbers from
 different runs (or machines, or loads) are not comparable, and a ratio is only meaningful when
-both of its terms were measured side by side.
+both of its terms were measured side by side. The only exception is the marked blocks that
+``make soak`` and ``make chaos`` write (:mod:`bench.sections`): they are carried over as they are,
+each dated by its own run.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from bench import SUITE_MODULES, Options, load_suites
 from bench.report import SuiteResult, markdown_table
+from bench.sections import DEFAULT_REPORT, carried_over
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+DEFAULT_OUTPUT = DEFAULT_REPORT
 
 
 def _cpu_model() -> str:
@@ -98,7 +101,8 @@ def render(results: list[SuiteResult], options: Options, started: datetime, mach
         "measured in the same run, so the ratios travel better between machines than the absolute "
         "figures do. The machine is shared (the broker and the registry run on it, and so may other "
         "work): the CPU columns say what else ran during each measurement. Do not edit by hand: run "
-        "`make bench` again.",
+        "`make bench` again. The memory soak and the fault suite, at the end, come from their own runs "
+        "(`make soak`, `make chaos`), dated in their sections.",
         "",
         "## Machine",
         "",
@@ -176,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     if str(args.output) == "-":
         sys.stdout.write(report)
     else:
-        args.output.write_text(report, encoding="utf-8")
+        # The blocks `make soak` and `make chaos` wrote stay, each with the date of its own run.
+        previous = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        kept = carried_over(previous)
+        args.output.write_text(f"{report.rstrip()}\n\n{kept}\n" if kept else report, encoding="utf-8")
         print(f"bench: wrote {args.output}", flush=True)
     return 0
 

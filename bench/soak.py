@@ -16,11 +16,13 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from affluent.settings import load_settings
 from bench.mllp import LoadResult, LoadSpec, sender_process
 from bench.report import markdown_table
+from bench.sections import DEFAULT_REPORT, write_section
 
 SENDERS = 8
 
@@ -58,6 +60,7 @@ def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple
     from bench.pipeline import running_pipeline
 
     settings = load_settings()
+    started = datetime.now(UTC)
     duration = minutes * 60
     series: dict[str, list[int]] = {}
     pids: dict[str, set[int]] = {}
@@ -107,8 +110,10 @@ def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple
     acked = (load[0].codes["AA"] + load[0].codes["CA"]) if load else 0
     text = "\n".join(
         [
-            f"# Soak: {minutes:g} min at {rate:g} HL7 msgs/s over {SENDERS} MLLP connections, "
-            f"{acked} acknowledged",
+            f"## Memory soak: {minutes:g} min at {rate:g} HL7 msgs/s over {SENDERS} MLLP connections",
+            "",
+            f"Written by `make soak` (`python -m bench.soak`) on {started:%Y-%m-%d %H:%M} UTC, its own run "
+            f"(not the `make bench` run above): {acked} messages acknowledged.",
             "",
             markdown_table(
                 [
@@ -138,9 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="HL7 messages per second")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--tolerance", type=float, default=0.10, help="growth still called flat")
+    parser.add_argument(
+        "--output",
+        default=str(DEFAULT_REPORT),
+        help="report whose 'soak' section is rewritten, '-' for standard output only",
+    )
     args = parser.parse_args(argv)
     text, flat = soak(args.minutes, args.rate, args.every, args.tolerance)
     sys.stdout.write(text + "\n")
+    if args.output != "-":
+        write_section("soak", text, Path(args.output))
+        print(f"soak: wrote its section of {args.output}", flush=True)
     return 0 if flat else 1
 
 

@@ -319,6 +319,44 @@ class Versions:
 
 
 @dataclass
+class Reported:
+    """One scenario's printed accounting and its verdict, for the report ``make chaos`` writes."""
+
+    title: str
+    rows: list[tuple[str, str]]
+    verdict: str = "not checked"
+
+
+# Scenarios of this run, in order (the suite's module fixture writes them out at the end).
+REPORTED: list[Reported] = []
+
+
+def chaos_report(started: str, reported: Sequence[Reported]) -> str:
+    """The fault suite's section of BENCHMARKS.md: one accounting table per scenario (counts only)."""
+    lines = [
+        "## Fault suite (`make chaos`)",
+        "",
+        f"Written by `make chaos` on {started} UTC, its own run (not the `make bench` run above): three "
+        "KRaft brokers (RF 3, min ISR 2) with their own registry on this machine, the MLLP door and both "
+        f"workers as processes, {LANES} resending hospital lanes, {PATIENTS} patients. Pass: every "
+        "acknowledged message reaches its national topics or a dead-letter topic; after deduplication "
+        "by event id none differs in content; each patient's national records keep their order; no "
+        "manual action.",
+        "",
+    ]
+    for scenario in reported:
+        lines += [
+            f"**{scenario.title}** — {scenario.verdict}",
+            "",
+            "| | |",
+            "| :--- | :--- |",
+            *(f"| {label} | {value.replace('|', '/')} |" for label, value in scenario.rows),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+@dataclass
 class Accounting:
     """Where one scenario's acknowledged messages ended up (counts only: safe to print)."""
 
@@ -338,6 +376,7 @@ class Accounting:
     out_of_order: int
     alive: dict[str, bool]
     extra: list[tuple[str, str]] = field(default_factory=list)
+    report: Reported | None = None
 
     def print(self, title: str, faults: list[str], pipe: Pipeline, out: Any) -> None:
         table = [
@@ -368,8 +407,17 @@ class Accounting:
             print(f"\n\nFault suite accounting: {title}")
             for label, value in table:
                 print(f"  {label:<52} {value}")
+        self.report = Reported(title, table)
+        REPORTED.append(self.report)
 
     def check(self) -> None:
+        if self.report is not None:
+            self.report.verdict = "**failed**"  # until every assertion below has held
+        self._check()
+        if self.report is not None:
+            self.report.verdict = "passed"
+
+    def _check(self) -> None:
         assert self.acked == self.sent, "every message is eventually acknowledged (the senders resend)"
         assert not self.missing_canonical, f"{self.missing_canonical} acknowledged messages lost"
         assert self.national_found == self.national_expected, "national records missing"

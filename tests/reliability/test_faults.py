@@ -15,13 +15,17 @@ Scenarios (each prints its accounting table; the pass criteria are in :mod:`test
 - cut before the ACK: senders write a message, close the socket without reading the ACK, and resend it
   on a new connection; the resend is answered AA from the door's duplicate detection.
 
-``make chaos`` sets ``AFFLUENT_CHAOS_FULL=1`` (full durations and volumes); CI runs the reduced form.
+``make chaos`` sets ``AFFLUENT_CHAOS_FULL=1`` (full durations and volumes) and ``AFFLUENT_CHAOS_REPORT``
+(the scenarios' tables become the fault-suite section of BENCHMARKS.md); CI runs the reduced form.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from confluent_kafka import ConsumerGroupState
@@ -30,14 +34,17 @@ from affluent.kafka import make_admin
 from affluent.settings import RegistrySettings, StackSettings
 from affluent.stack import LocalStack
 from affluent.topics import INGEST_HL7V2_RAW
+from bench.sections import write_section
 from schemas.registry import Registry
 from streams.normalize.worker import RAW_TOPICS
 from tests.reliability.harness import (
     FULL,
+    REPORTED,
     Cluster,
     Pipeline,
     Traffic,
     account,
+    chaos_report,
     leader_of,
 )
 from tests.support.resilient import SenderLog, cut_before_ack, send_lane
@@ -46,6 +53,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos, pyte
 
 REGISTRY_OUTAGE_S = 30.0 if FULL else 10.0
 REBALANCING = (ConsumerGroupState.PREPARING_REBALANCING, ConsumerGroupState.COMPLETING_REBALANCING)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chaos_section():
+    """``make chaos`` sets AFFLUENT_CHAOS_REPORT: the scenarios' tables become BENCHMARKS.md's section."""
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    REPORTED.clear()
+    yield
+    target = os.environ.get("AFFLUENT_CHAOS_REPORT")
+    if target and REPORTED:
+        write_section("chaos", chaos_report(started, REPORTED), Path(target))
 
 
 @pytest.fixture(scope="module")
