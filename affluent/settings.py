@@ -169,7 +169,9 @@ class StreamsSettings(BaseModel):
     normalize_group: str = "affluent-normalize"
     # Hospitals' local time zone, for times sent without an offset.
     timezone: str = "Europe/Paris"
-    # Records per batch: outputs of a batch are confirmed by Kafka before its inputs are committed.
+    # Records per batch at most: outputs of a batch are confirmed by Kafka before its inputs are committed.
+    # A batch is what the consumer has already fetched (it grows with the load); when nothing is there,
+    # the worker waits up to batch_window_s for the first record (also how often it checks for a stop).
     batch_size: int = Field(default=500, ge=1)
     batch_window_s: float = Field(default=0.05, gt=0)
     # A worker that stops heartbeating (killed) loses its partitions to the others after this long.
