@@ -46,8 +46,8 @@ def test_raw_record_round_trip_through_registry(live_kafka, registry, new_topic,
         assert struct.unpack(">I", value[1:5])[0] == codec.schema_id
         assert codec.decode(value) == sent
 
-    # The registry lists the subject, and confluent-kafka's own deserializer reads our bytes.
-    assert value_subject(topic) in registry.subjects()
+    # The registry knows the subject, and confluent-kafka's own deserializer reads our bytes.
+    assert registry.has_subject(value_subject(topic))
     theirs = AvroDeserializer(registry.client)(got[0][1], SerializationContext(topic, MessageField.VALUE))
     assert theirs["message_id"] == "MSG0"
     assert theirs["payload"] == records[0]["payload"]

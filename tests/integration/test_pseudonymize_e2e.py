@@ -155,6 +155,7 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
     start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
     start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
     national_start = ends(live_kafka, list(NATIONAL_TOPICS))
+    canonical_start = ends(live_kafka, list(CANONICAL_TOPICS))  # their history is not ours either
 
     metrics_port = free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
@@ -178,7 +179,9 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
             worker(pseudo_cmd, pseudo_env, pseudo_log) as pseudo,
         ):
             raw_ids = await send(settings, run_messages(patients, run))
-            canonical = collect(live_kafka, registry, CANONICAL_TOPICS, raw_ids, timeout_s=45)
+            canonical = collect(
+                live_kafka, registry, CANONICAL_TOPICS, raw_ids, timeout_s=45, start=canonical_start
+            )
             assert {r["envelope"]["lineage"]["raw_id"] for rs in canonical.values() for r in rs} == raw_ids
 
             # What the national topics must hold: the policies applied to our canonical events.
