@@ -14,10 +14,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from affluent.settings import load_settings
 from bench.mllp import LoadResult, LoadSpec, sender_process
@@ -73,6 +76,8 @@ def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple
             driver = threading.Thread(target=lambda: load.append(sender.run(spec)), daemon=True)
             driver.start()
             began = time.monotonic()
+            cache_url = pipe.children().get("mllp", {}).get("metrics")
+            cache = [ack_cache_entries(cache_url)]
             while driver.is_alive():
                 processes = {"supervisor": pipe.process.pid}
                 processes.update(
@@ -90,6 +95,7 @@ def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple
                     flush=True,
                 )
                 driver.join(every_s)
+            cache.append(ack_cache_entries(cache_url))
     rows = []
     flat = True
     for name, samples in series.items():
@@ -131,7 +137,7 @@ def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple
             "",
             f"RSS every {every_s:g} s from /proc/<pid>/status; growth = median of the last 3 samples vs the "
             f"median of 3 samples after the first fifth of the run; flat below +{tolerance * 100:.0f} %.",
-            *_ack_cache_note(series.get("mllp", []), acked),
+            *_ack_cache_note(series.get("mllp", []), cache[0], cache[-1]),
             "",
             f"Memory {'flat' if flat else 'NOT flat'}.",
         ]
@@ -139,25 +145,47 @@ def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple
     return text, flat
 
 
-def _ack_cache_note(door_kib: Sequence[int], acked: int) -> list[str]:
+def ack_cache_entries(metrics_url: str | None) -> int | None:
+    """The door's ``affluent_mllp_ack_cache_entries`` gauge, None when it cannot be read."""
+    if not metrics_url:
+        return None
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "affluent_mllp_ack_cache_entries":
+            return int(family.samples[0].value)
+    return None
+
+
+def _ack_cache_note(door_kib: Sequence[int], first: int | None, last: int | None) -> list[str]:
     """The door grows by design: one ACK-cache entry per acknowledged message, up to a bound. Say what an
     entry costs here and where the bound puts the door, so that growth is not read as a leak (or the
     bound as generous) without figures."""
     from connectors.mllp.ackcache import MAX_ENTRIES
 
-    if len(door_kib) < 2 or acked <= 0:
+    if len(door_kib) < 2 or first is None or last is None:
         return []
-    per_entry = (door_kib[-1] - door_kib[0]) * 1024 / acked
-    if per_entry <= 0:
-        return []
-    return [
-        "",
+    grown = last - first
+    text = (
         "The MLLP door keeps one ACK-cache entry per acknowledged message (duplicate detection, bounded "
-        f"at {MAX_ENTRIES:,} entries, oldest out first): {acked:,} entries this run, about "
-        f"{per_entry:.0f} bytes each from its growth, so the door plateaus near "
-        f"{per_entry * MAX_ENTRIES / 2**20:.0f} MiB above its base once the bound is reached; a soak "
-        "shorter than that sees this growth, not a leak.",
-    ]
+        f"at {MAX_ENTRIES:,} entries, oldest out first; gauge `affluent_mllp_ack_cache_entries`): "
+        f"{first:,} entries at the start of the run, {last:,} at its end"
+    )
+    growth_bytes = (door_kib[-1] - door_kib[0]) * 1024
+    if grown > 0 and growth_bytes > 0:
+        per_entry = growth_bytes / grown
+        text += (
+            f"; the door grew about {per_entry:.0f} bytes per new entry, so it levels off near "
+            f"{per_entry * MAX_ENTRIES / 2**20:.0f} MiB above its base at the bound."
+        )
+    elif last >= MAX_ENTRIES:
+        text += ": the cache is at its bound, so new entries replace old ones and the door stays level."
+    else:
+        text += "."
+    return ["", text]
 
 
 def main(argv: list[str] | None = None) -> int:

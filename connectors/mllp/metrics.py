@@ -51,6 +51,11 @@ class MllpMetrics:
             "message is stored again and collapses downstream by raw_id)",
             registry=registry,
         )
+        self.ack_cache_entries = Gauge(
+            "affluent_mllp_ack_cache_entries",
+            "Entries in the door's in-memory ACK cache (bounded; oldest out first)",
+            registry=registry,
+        )
         self.frame_errors = Counter(
             "affluent_mllp_frame_errors",
             "Framing problems (oversize, garbage, unterminated, missing_cr)",

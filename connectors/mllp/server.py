@@ -82,6 +82,7 @@ class MllpServer:
             default_charset=settings.default_charset,
         )
         self.metrics = MllpMetrics(metrics_registry, self.policy.allowed_message_types)
+        self.metrics.ack_cache_entries.set_function(lambda: float(len(ack_cache)))
         self._in_flight: dict[str, asyncio.Future[bytes | None]] = {}
         # ACK control ids (MSH-10 of our ACKs): unique per process start, then a counter (no syscall each).
         self._ack_ids = itertools.count(1)

@@ -64,6 +64,9 @@ class FakeCache:
     def get(self, key: str) -> bytes | None:
         return self.entries.get(key)
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
     async def store(self, producer: FakeProducer, key: str, acks: bytes) -> None:
         await producer.send("ack", acks, key.encode())
         self.entries[key] = acks

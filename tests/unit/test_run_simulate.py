@@ -114,3 +114,15 @@ def test_soak_verdict_ignores_the_warm_up_and_catches_steady_growth():
     assert not is_flat(leaking, 0.10)
     assert growth(leaking) > 0.3
     assert not is_flat([100, 100], 0.10)  # too few samples to tell
+
+
+def test_soak_explains_the_door_growth_by_its_ack_cache_entries():
+    from bench.soak import _ack_cache_note
+    from connectors.mllp.ackcache import MAX_ENTRIES
+
+    growing = _ack_cache_note([400 * 1024, 440 * 1024], 100_000, 220_000)
+    assert "100,000 entries at the start" in growing[1] and "220,000 at its end" in growing[1]
+    assert "about 350 bytes per new entry" in growing[1]  # 40 MiB over 120,000 entries
+    full = _ack_cache_note([500 * 1024, 500 * 1024], MAX_ENTRIES, MAX_ENTRIES)
+    assert "at its bound" in full[1]
+    assert _ack_cache_note([400 * 1024, 440 * 1024], None, 10) == []  # gauge unreadable: say nothing
