@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DEMO_DURATION ?= 60
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos
+.PHONY: help system-deps setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install affluent with its dev tools
 
-up: setup ## start Kafka (KRaft) + schema registry on 127.0.0.1, fetching jars on first use
+system-deps: ## install the Debian packages affluent needs when missing (Java, Maven, Prometheus, Mosquitto)
+	@scripts/system-deps
+
+up: setup system-deps ## start Kafka (KRaft) + schema registry on 127.0.0.1, fetching jars on first use
 	$(AFFLUENT) stack up
 
 down: ## stop the local stack (data kept in .state/)
@@ -62,7 +65,7 @@ test-network3: setup ## three-level network test (2 hospitals -> region -> natio
 bench: up ## measure throughput on this machine into BENCHMARKS.md
 	$(BIN)/python -m bench
 
-chaos: setup ## the fault suite on a three-broker cluster, full durations, with its accounting tables
+chaos: setup system-deps ## the fault suite on a three-broker cluster, full durations, with its accounting tables
 	AFFLUENT_CHAOS_FULL=1 AFFLUENT_CHAOS_REPORT=$(CURDIR)/BENCHMARKS.md $(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
 
 soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
