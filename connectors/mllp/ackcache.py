@@ -13,7 +13,7 @@ from affluent.compacted import CompactedView
 from affluent.settings import KafkaSettings
 from affluent.topics import CONTROL_ACK
 
-# ~350 bytes per entry in memory (measured by `make soak`): the bound keeps a door near 350 MB.
+# A door holding all of them measured 518–534 MiB resident (`make soak`, BENCHMARKS.md), its base ~100 MiB.
 MAX_ENTRIES = 1_000_000
 
 
