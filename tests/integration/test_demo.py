@@ -44,7 +44,6 @@ def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     assert nowhere.split()[-1] == "0"
     assert any(line.strip().startswith("canonical.observation") for line in lines)
     assert any(line.strip().startswith("national.hdh.observation.v1") for line in lines)
-    assert any(line.strip().startswith("dlq.normalize") for line in lines)
     assert any(line.strip().startswith("opposition drops, hdh") for line in lines)
     national_missing = next(line for line in lines if "national records expected but missing" in line)
     assert national_missing.split()[-1] == "0"
@@ -58,4 +57,8 @@ def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     }
     for channel in ("mllp", "fhir", "devices_http", "devices_mqtt"):
         assert int(channels[channel][1]) > 0 and channels[channel][-1] == "0", channels.get(channel)
+    # The malformed share is drawn at random (2 %): a 360-message run may send no HL7 message that the
+    # door stores and normalization dead-letters; when it does, the accounting names dlq.normalize.
+    if int(channels["mllp"][5]) > 0:
+        assert any(line.strip().startswith("dlq.normalize") for line in lines)
     assert "Traceback" not in result.stderr
