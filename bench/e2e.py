@@ -33,7 +33,14 @@ from affluent.kafka import TopicSpec, ensure_topics, make_consumer
 from affluent.settings import KafkaSettings, load_settings
 from bench import Options, register
 from bench.machine import CpuLedger, stack_processes
-from bench.mllp import LoadResult, LoadSpec, delete_topics, producer_throughput, sender_process
+from bench.mllp import (
+    LoadResult,
+    LoadSpec,
+    SenderProcess,
+    delete_topics,
+    producer_throughput,
+    sender_process,
+)
 from bench.pipeline import Pipeline
 from bench.report import (
     SuiteResult,
@@ -143,6 +150,48 @@ def consumer_throughput(kafka: KafkaSettings, topic: str, expected: int, timeout
     return got / elapsed if elapsed > 0 else 0.0
 
 
+@dataclass(slots=True)
+class PacedRun:
+    """One paced run: what the senders saw, the latencies of its measured window (sorted, seconds) and
+    how long the pipeline took to drain after the last send."""
+
+    load: LoadResult
+    latencies: list[float]
+    drain_s: float
+
+    def row(self, label: str) -> list[str]:
+        lat = self.latencies
+        return [
+            label,
+            fmt_rate(self.load.window_acks / self.load.window_s),
+            fmt_count(len(lat)),
+            fmt_ms(percentile(lat, 50)),
+            fmt_ms(percentile(lat, 99)),
+            fmt_ms(lat[-1]) if lat else "n/a",
+            f"{max(0.0, self.drain_s):.1f} s",
+        ]
+
+
+def paced_run(
+    sender: SenderProcess,
+    watcher: NationalWatcher,
+    port: int,
+    payloads: list[bytes],
+    rate: float,
+    warmup_s: float,
+    measured_s: float,
+) -> PacedRun:
+    print(f"  e2e: paced {rate:.0f} msgs/s for {warmup_s + measured_s:.0f} s", flush=True)
+    begin = time.time()
+    load = sender.run(
+        LoadSpec(port, SENDERS, warmup_s, measured_s, f"P{uuid.uuid4().hex[:5]}", payloads, rate)
+    )
+    end = watcher.wait_quiet(begin, QUIET_S, 300)
+    window = watcher.arrivals.between(begin + warmup_s, begin + warmup_s + measured_s)
+    latencies = sorted(arrival - ingest for ingest, arrival in window)
+    return PacedRun(load, latencies, end - (begin + warmup_s + measured_s))
+
+
 def _payloads() -> list[bytes]:
     from affluent.synthetic import messages
 
@@ -227,23 +276,7 @@ def run(options: Options) -> SuiteResult:
         watcher = NationalWatcher(settings.kafka, registry, hdh_topics, "BENCH")
         try:
             with sender_process() as sender:
-                print(f"  e2e: paced {PACED_RATE} msgs/s for {warmup_s + paced_s:.0f} s", flush=True)
-                begin = time.time()
-                paced = sender.run(
-                    LoadSpec(
-                        pipe.mllp_port,
-                        SENDERS,
-                        warmup_s,
-                        paced_s,
-                        f"E{uuid.uuid4().hex[:5]}",
-                        payloads,
-                        PACED_RATE,
-                    )
-                )
-                paced_end = watcher.wait_quiet(begin, QUIET_S, 300)
-                window = watcher.arrivals.between(begin + warmup_s, begin + warmup_s + paced_s)
-                latencies = sorted(arrival - ingest for ingest, arrival in window)
-                paced_drain = paced_end - (begin + warmup_s + paced_s)
+                paced = paced_run(sender, watcher, pipe.mllp_port, payloads, PACED_RATE, warmup_s, paced_s)
                 print(f"  e2e: flat out with {SENDERS} senders for {warmup_s + flat_s:.0f} s", flush=True)
                 ledger = CpuLedger(_measured_processes(pipe, sender.pid))
                 flat_begin = time.time()
@@ -256,23 +289,7 @@ def run(options: Options) -> SuiteResult:
                 e2e_rate = _acked(flat) / max(1e-9, flat_end - flat_begin)
                 # The latency of a pipeline that keeps up: half of what it sustained just now.
                 easy_rate = max(50.0, round(e2e_rate / 2 / 50) * 50)
-                print(f"  e2e: paced {easy_rate:.0f} msgs/s for {warmup_s + paced_s:.0f} s", flush=True)
-                easy_begin = time.time()
-                easy = sender.run(
-                    LoadSpec(
-                        pipe.mllp_port,
-                        SENDERS,
-                        warmup_s,
-                        paced_s,
-                        f"H{uuid.uuid4().hex[:5]}",
-                        payloads,
-                        easy_rate,
-                    )
-                )
-                easy_end = watcher.wait_quiet(easy_begin, QUIET_S, 300)
-                easy_window = watcher.arrivals.between(easy_begin + warmup_s, easy_begin + warmup_s + paced_s)
-                easy_latencies = sorted(arrival - ingest for ingest, arrival in easy_window)
-                easy_drain = easy_end - (easy_begin + warmup_s + paced_s)
+                easy = paced_run(sender, watcher, pipe.mllp_port, payloads, easy_rate, warmup_s, paced_s)
         finally:
             watcher.stop()
     door_rate = flat.window_acks / flat.window_s
@@ -291,20 +308,13 @@ def run(options: Options) -> SuiteResult:
         delete_topics(settings.kafka, [scratch])
     parse_encode = parse_encode_ceiling(options.seconds(2.0, 0.5))
 
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    latencies = paced.latencies
+    p99 = percentile(latencies, 99)
     cpu_rows, pipeline_us = _cpu_rows(ledger, _acked(flat))
     cores = os.cpu_count() or 1
     cpu_ceiling = cores * 1e6 / pipeline_us if pipeline_us else math.nan
     rows = [
-        [
-            f"paced {fmt_rate(PACED_RATE)} msgs/s, {SENDERS} MLLP connections",
-            fmt_rate(paced.window_acks / paced.window_s),
-            fmt_count(len(latencies)),
-            fmt_ms(p50),
-            fmt_ms(p99),
-            fmt_ms(latencies[-1]) if latencies else "n/a",
-            f"{max(0.0, paced_drain):.1f} s",
-        ],
+        paced.row(f"paced {fmt_rate(PACED_RATE)} msgs/s, {SENDERS} MLLP connections"),
         [
             f"flat out, {SENDERS} MLLP connections",
             fmt_rate(door_rate),
@@ -314,15 +324,7 @@ def run(options: Options) -> SuiteResult:
             "",
             f"{max(0.0, flat_end - (flat_begin + warmup_s + flat_s)):.1f} s",
         ],
-        [
-            f"paced {fmt_rate(easy_rate)} msgs/s (half the flat-out end-to-end rate)",
-            fmt_rate(easy.window_acks / easy.window_s),
-            fmt_count(len(easy_latencies)),
-            fmt_ms(percentile(easy_latencies, 50)),
-            fmt_ms(percentile(easy_latencies, 99)),
-            fmt_ms(easy_latencies[-1]) if easy_latencies else "n/a",
-            f"{max(0.0, easy_drain):.1f} s",
-        ],
+        easy.row(f"paced {fmt_rate(easy_rate)} msgs/s (half the flat-out end-to-end rate)"),
     ]
     ceilings = [
         [
@@ -405,10 +407,11 @@ def run(options: Options) -> SuiteResult:
                     "The pipeline had not drained the paced run when the flat-out run started (drain capped "
                     "at 300 s): the flat-out figure also carries the rest of that backlog."
                 ]
-                if paced_drain > 290
+                if paced.drain_s > 290
                 else []
             ),
-            f"Paced run: {_acked(paced)} messages acknowledged, answers {dict(paced.codes)}; flat-out run: "
+            f"Paced run: {_acked(paced.load)} messages acknowledged, answers {dict(paced.load.codes)}; "
+            "flat-out run: "
             f"{_acked(flat)} acknowledged, answers {dict(flat.codes)}.",
         ],
         seconds=time.perf_counter() - started,

@@ -43,6 +43,7 @@ from affluent.topics import (
     DLQ_INGEST,
     INGEST_HL7V2_RAW,
 )
+from bench.report import markdown_table
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.registry import Registry, decode
@@ -348,9 +349,7 @@ def chaos_report(started: str, reported: Sequence[Reported]) -> str:
         lines += [
             f"**{scenario.title}** — {scenario.verdict}",
             "",
-            "| | |",
-            "| :--- | :--- |",
-            *(f"| {label} | {value.replace('|', '/')} |" for label, value in scenario.rows),
+            markdown_table(["", ""], [list(row) for row in scenario.rows], align=["l", "l"]),
             "",
         ]
     return "\n".join(lines)
