@@ -49,7 +49,7 @@ test-unit: setup ## pure tests only, no broker needed
 lint: setup ## ruff + mypy, as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy affluent connectors streams schemas bench deploy/grafana/dashboards.py deploy/prometheus/rules.py
+	$(BIN)/mypy affluent connectors streams schemas formats bench deploy/grafana/dashboards.py deploy/prometheus/rules.py
 
 dashboards: setup ## regenerate deploy/grafana/dashboards/*.json and deploy/prometheus/rules/*.yml
 	$(BIN)/python deploy/grafana/dashboards.py

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from affluent import __version__
-from affluent.errors import AffluentError
-from affluent.settings import Settings, load_settings
-from affluent.stack import LocalStack
+from affluent.core.errors import AffluentError
+from affluent.core.settings import Settings, load_settings
+from affluent.local.stack import LocalStack
 
 if TYPE_CHECKING:
-    from affluent.network import Network
+    from affluent.local.network import Network
 
 
 def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
@@ -65,7 +65,7 @@ def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _network(settings: Settings, args: argparse.Namespace) -> Network:
-    from affluent.network import NETWORK_FILE, Network, plan_topology
+    from affluent.local.network import NETWORK_FILE, Network, plan_topology
 
     clusters = getattr(args, "clusters", None)
     if (
@@ -106,8 +106,8 @@ def cmd_network_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
-    from affluent.kafka import ensure_topics
-    from affluent.topics import CORE_TOPICS
+    from affluent.core.kafka import ensure_topics
+    from affluent.core.topics import CORE_TOPICS
 
     created = ensure_topics(settings.kafka, CORE_TOPICS)
     print(f"{len(created)} topic(s) created" + (f": {', '.join(created)}" if created else ""))
@@ -220,7 +220,7 @@ def cmd_opposition_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_opposition_token(settings: Settings, args: argparse.Namespace) -> int:
-    from affluent.auth import new_token
+    from affluent.core.auth import new_token
 
     token, digest = new_token()
     print(f"token (give it to {args.principal}, shown once): {token}")
@@ -255,7 +255,7 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from affluent.demo import run_demo
+    from affluent.sim.demo import run_demo
 
     return run_demo(
         settings, out=lambda line: print(line, flush=True), duration_s=args.duration, rate=args.rate
@@ -280,9 +280,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from affluent.sim_devices import DeviceTarget
-    from affluent.sim_fhir import FhirTarget
-    from affluent.simulate import Plan, simulate_cli
+    from affluent.sim.devices import DeviceTarget
+    from affluent.sim.fhir import FhirTarget
+    from affluent.sim.simulate import Plan, simulate_cli
 
     plan = Plan(
         patients=args.patients,
@@ -336,7 +336,7 @@ def cmd_devices_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_devices_test_mapping(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from connectors.devices.cli import dumps, test_mapping
+    from affluent.devices_cli import dumps, test_mapping
     from streams.normalize.result import MappingError
 
     try:
@@ -357,8 +357,8 @@ def _instant(text: str | None) -> datetime | None:
 
 
 def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
-    from connectors.devices.cli import link
-    from connectors.devices.registry import Link
+    from affluent.devices_cli import link
+    from formats.devices.registry import Link
 
     new = Link(
         ipp=args.ipp,
@@ -375,7 +375,7 @@ def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_devices_unlink(settings: Settings, args: argparse.Namespace) -> int:
-    from connectors.devices.cli import unlink
+    from affluent.devices_cli import unlink
 
     unlink(settings, args.device, _instant(args.at) or datetime.now(UTC))
     print("device unlinked")
@@ -383,7 +383,7 @@ def cmd_devices_unlink(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_devices_list(settings: Settings, args: argparse.Namespace) -> int:
-    from connectors.devices.cli import listing
+    from affluent.devices_cli import listing
 
     for line in listing(settings):
         print(line)
@@ -391,7 +391,7 @@ def cmd_devices_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_devices_token(settings: Settings, args: argparse.Namespace) -> int:
-    from connectors.devices.cli import new_token
+    from affluent.devices_cli import new_token
 
     token, digest = new_token()
     print(f"token (give to the device, shown once): {token}")

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from affluent.errors import ConfigError
-from affluent.settings import Settings
+from affluent.core.errors import ConfigError
+from affluent.core.settings import Settings
 
 Role = Literal["door", "worker"]
 

@@ -32,8 +32,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from affluent.components import Component
-from affluent.settings import RunSettings, Settings
-from affluent.telemetry import TelemetryServer
+from affluent.core.settings import RunSettings, Settings
+from affluent.core.telemetry import TelemetryServer
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-from affluent.errors import AffluentError, ConfigError
-from affluent.kafka import make_consumer
-from affluent.settings import Settings
+from affluent.core.errors import AffluentError, ConfigError
+from affluent.core.kafka import make_consumer
+from affluent.core.settings import Settings
 from schemas.registry import Registry, decode
 
 

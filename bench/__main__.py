@@ -55,7 +55,7 @@ def _load() -> str:
 
 def machine_rows(load_before: str, load_after: str) -> list[list[str]]:
     """What the figures depend on. The load average is there because this machine is shared."""
-    from affluent.settings import load_settings
+    from affluent.core.settings import load_settings
 
     stack = load_settings().stack
     rows = [

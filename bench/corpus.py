@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.hl7 import er7
+from formats.hl7 import er7
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "tests" / "corpus" / "hl7"
 

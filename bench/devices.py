@@ -35,8 +35,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import TopicSpec, ensure_topics, make_producer
-from affluent.settings import DeviceMqttSettings, DeviceSettings, DeviceToken, Settings, load_settings
+from affluent.core.kafka import TopicSpec, ensure_topics, make_producer
+from affluent.core.settings import DeviceMqttSettings, DeviceSettings, DeviceToken, Settings, load_settings
 from bench import Options, register
 from bench.loadproc import LoadProcess
 from bench.report import SuiteResult, Table, Target, fmt_ms, fmt_rate, fmt_ratio, percentile
@@ -153,7 +153,7 @@ class EchoDoor:
 
 
 def template_only(payloads: list[bytes], seconds: float) -> float:
-    from connectors.devices.templates import load_templates, read_payload
+    from formats.devices.templates import load_templates, read_payload
 
     template = load_templates()["gateway-batch"]
     done, started = 0, time.perf_counter()
@@ -190,9 +190,9 @@ def kafka_records(topic: str, payloads: list[bytes], seconds: float) -> float:
 
 def normalize_only(payloads: list[bytes], seconds: float) -> float:
     """Device mapper + Avro encoding (registry codecs), readings/s, every sensor linked."""
-    from connectors.devices.registry import DeviceRegistry, Link, add_link, encode_links
-    from connectors.devices.templates import load_templates
     from connectors.raw import RawMessage
+    from formats.devices.registry import DeviceRegistry, Link, add_link, encode_links
+    from formats.devices.templates import load_templates
     from schemas.registry import AvroCodec, Registry, load_schema
     from streams.normalize.device import DeviceMapper
     from streams.normalize.options import MappingOptions
@@ -296,7 +296,7 @@ async def _mqtt_rates(settings: Settings, count: int) -> tuple[float, float]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from affluent.mosquitto import Mosquitto
+    from affluent.local.mosquitto import Mosquitto
     from connectors.devices.service import DeviceService
 
     payloads = bodies(16, MQTT_BATCH, seed=2)
@@ -374,7 +374,7 @@ class CanonicalWatch:
     def __init__(self, raw_topic: str) -> None:
         from confluent_kafka import TopicPartition
 
-        from affluent.kafka import make_consumer
+        from affluent.core.kafka import make_consumer
         from schemas.registry import Registry
 
         settings = load_settings()
@@ -414,8 +414,8 @@ class CanonicalWatch:
 
 
 def link_bench_sensors(sensors: list[str]) -> None:
-    from affluent.topics import CONTROL_DEVICES
-    from connectors.devices.registry import Link, add_link, encode_links
+    from affluent.core.topics import CONTROL_DEVICES
+    from formats.devices.registry import Link, add_link, encode_links
 
     producer = make_producer(load_settings().kafka)
     since = datetime(2026, 1, 1, tzinfo=UTC)

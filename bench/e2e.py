@@ -28,9 +28,9 @@ from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
-from affluent.accounting import end_offsets
-from affluent.kafka import TopicSpec, ensure_topics, make_consumer
-from affluent.settings import KafkaSettings, load_settings
+from affluent.core.kafka import TopicSpec, ensure_topics, make_consumer
+from affluent.core.settings import KafkaSettings, load_settings
+from affluent.sim.accounting import end_offsets
 from bench import Options, register
 from bench.machine import CpuLedger, stack_processes
 from bench.mllp import (
@@ -193,7 +193,7 @@ def paced_run(
 
 
 def _payloads() -> list[bytes]:
-    from affluent.synthetic import messages
+    from affluent.sim.synthetic import messages
 
     return messages(400, seed=23)
 

@@ -33,10 +33,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from affluent.auth import token_digest
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import DeviceSettings, DeviceToken, FhirRestSettings, Settings, load_settings
-from affluent.topics import ACK_CACHE_CONFIG
+from affluent.core.auth import token_digest
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.settings import DeviceSettings, DeviceToken, FhirRestSettings, Settings, load_settings
+from affluent.core.topics import ACK_CACHE_CONFIG
 from bench import Options, register
 from bench.e2e import NationalWatcher
 from bench.loadproc import LoadProcess
@@ -119,7 +119,7 @@ async def post_load(spec: PostSpec) -> PostResult:
 def fhir_bodies() -> list[bytes]:
     """Batch Bundles of :data:`FHIR_BATCH` Observations: the door stores each entry as its own raw record,
     so a resource is what travels to the national topic, and 1,000 resources/s needs only 100 requests/s."""
-    from affluent.synthetic import fhir_bundle
+    from affluent.sim.synthetic import fhir_bundle
     from bench.fhir_rest import observations
 
     out = []

@@ -20,15 +20,15 @@ from multiprocessing.connection import Connection
 
 import httpx
 
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import FhirPollSettings, Settings, load_settings
-from affluent.topics import COMPACTED_CONFIG, value_subject
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import FhirPollSettings, Settings, load_settings
+from affluent.core.topics import COMPACTED_CONFIG, value_subject
 from bench import Options, register
 from bench.report import SuiteResult, Table, fmt_count, fmt_rate, fmt_ratio
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.puller import open_puller
 from connectors.fhir_poll.records import bundle_resources, next_link, pulled
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
 from schemas.registry import AvroCodec, Registry, load_schema
 

@@ -34,10 +34,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from affluent import synthetic
-from affluent.kafka import TopicSpec, ensure_topics, make_producer
-from affluent.settings import FhirRestSettings, Settings, load_settings
-from affluent.topics import ACK_CACHE_CONFIG
+from affluent.core.kafka import TopicSpec, ensure_topics, make_producer
+from affluent.core.settings import FhirRestSettings, Settings, load_settings
+from affluent.core.topics import ACK_CACHE_CONFIG
+from affluent.sim import synthetic
 from bench import Options, register
 from bench.loadproc import LoadProcess
 from bench.machine import process_cpu

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from affluent.settings import load_settings
+from affluent.core.settings import load_settings
 
 __all__ = [
     "CLOCK_TICKS",

@@ -31,9 +31,16 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer, producer_config
-from affluent.settings import KafkaSettings, MllpSettings, Settings, load_settings
-from affluent.topics import ACK_CACHE_CONFIG
+from affluent.core.kafka import (
+    TopicSpec,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    producer_config,
+)
+from affluent.core.settings import KafkaSettings, MllpSettings, Settings, load_settings
+from affluent.core.topics import ACK_CACHE_CONFIG
 from bench import Options, register
 from bench.corpus import load_corpus
 from bench.loadproc import LoadProcess
@@ -59,7 +66,7 @@ P99_TARGET_S = 0.020  # at PACED_RATE
 SENDER_COUNTS = (1, 4, 16)
 PARTITIONS = 3
 HOST = "127.0.0.1"
-# Thread names given by connectors.producer and connectors.mllp.ackcache.
+# Thread names given by affluent.core.producer and connectors.mllp.ackcache.
 _PRODUCER_THREAD = "affluent-producer-poll"
 _ACK_CACHE_THREAD = "affluent-ack-cache"
 
@@ -798,7 +805,7 @@ def run(options: Options) -> SuiteResult:
         "in /proc/stat (other work on this shared machine, which the run competed with), then "
         "interrupt handling (loopback TCP) plus hypervisor steal, and idle; door CPU/msg is the door "
         "process's CPU divided by the messages sent. Ceilings: a bare confluent-kafka producer with "
-        "the door's configuration (`affluent.kafka.make_producer`: acks=all, idempotent, lz4, "
+        "the door's configuration (`affluent.core.kafka.make_producer`: acks=all, idempotent, lz4, "
         f"linger.ms={linger}) writing the same payloads to `bench.ceiling.*`, first flat out (flushed at the "
         "end), then one message in flight at a time: flushed each time, awaiting its delivery report "
         "as the door does, and awaiting two records at once as the door writes per message, the "

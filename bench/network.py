@@ -23,13 +23,13 @@ from bench import Options, register
 from bench.report import SuiteResult, Table, fmt_count, fmt_rate
 
 if TYPE_CHECKING:
-    from affluent.network import Network
+    from affluent.local.network import Network
 
 
 def _upstream_count(network: Network, topic: str) -> int:
     from confluent_kafka import TopicPartition
 
-    from affluent.kafka import make_consumer
+    from affluent.core.kafka import make_consumer
 
     consumer = make_consumer(network.kafka("national"), group_id="bench-network-count")
     try:
@@ -59,8 +59,9 @@ def _wait_count(network: Network, topic: str, target: int, timeout_s: float) -> 
 
 @register("network")
 def network(options: Options) -> SuiteResult:
-    from affluent.kafka import TopicSpec, ensure_topics, make_producer
-    from affluent.netprobe import (
+    from affluent.core.kafka import TopicSpec, ensure_topics, make_producer
+    from affluent.core.settings import load_settings
+    from affluent.local.netprobe import (
         PROBE_TOPIC,
         new_event_ids,
         private_network,
@@ -68,7 +69,6 @@ def network(options: Options) -> SuiteResult:
         probe_event,
         produce_events,
     )
-    from affluent.settings import load_settings
 
     started = time.perf_counter()
     settings = load_settings()

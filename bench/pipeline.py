@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affluent.demo import (
+from affluent.core.settings import Settings
+from affluent.sim.demo import (
     demo_keys,
     prepare_groups,
     run_environment,
@@ -24,7 +25,6 @@ from affluent.demo import (
     stop_run,
     wait_ready,
 )
-from affluent.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from affluent.settings import load_settings
+from affluent.core.settings import load_settings
 from bench.mllp import LoadResult, LoadSpec, sender_process
 from bench.report import markdown_table
 from bench.sections import DEFAULT_REPORT, write_section
@@ -59,7 +59,7 @@ def is_flat(samples: Sequence[int], tolerance: float) -> bool:
 
 
 def soak(minutes: float, rate: float, every_s: float, tolerance: float) -> tuple[str, bool]:
-    from affluent.synthetic import messages
+    from affluent.sim.synthetic import messages
     from bench.pipeline import running_pipeline
 
     settings = load_settings()

@@ -36,8 +36,8 @@ def _rate(work: Callable[[], int], seconds: float) -> tuple[float, float]:
 def parse_encode_ceiling(seconds: float) -> float:
     """HL7 msgs/s on one core for the bare work every message costs: tokenize each segment, encode one
     canonical Observation. The ceiling of normalization, and (shared) of the end-to-end figures."""
-    from affluent.synthetic import messages
-    from connectors.hl7 import er7
+    from affluent.sim.synthetic import messages
+    from formats.hl7 import er7
     from schemas.fastwriter import compile_writer
     from schemas.registry import load_schema
     from streams.normalize.envelope import RawContext
@@ -62,7 +62,7 @@ def parse_encode_ceiling(seconds: float) -> float:
 
 @register("stages")
 def stages(options: Options) -> SuiteResult:
-    from affluent.synthetic import messages
+    from affluent.sim.synthetic import messages
     from schemas.fastwriter import compile_writer
     from schemas.registry import load_schema
     from streams.normalize.envelope import RawContext
@@ -158,8 +158,9 @@ def stages(options: Options) -> SuiteResult:
         title="Stream stages on one core (pure work, no Kafka)",
         tables=[Table(["stage", "unit", "per second", "per unit", "vs ceiling"], rows)],
         how_measured=(
-            "One process, one thread. HL7: 200 synthetic messages from `affluent.synthetic` (1 ADT^A01 for 3 "
-            f"ORU^R01 with 3 results each; {events_per_msg:.2f} canonical events per message), decoded "
+            "One process, one thread. HL7: 200 synthetic messages from `affluent.sim.synthetic` "
+            f"(1 ADT^A01 for 3 ORU^R01 with 3 results each; {events_per_msg:.2f} canonical events per "
+            "message), decoded "
             "text in, canonical records encoded with the compiled Avro writer out. FHIR: the golden "
             "Observation and Patient inputs of `tests/golden/fhir`, validated with fhir.resources (R4B), "
             "mapped and encoded. Pseudonymization: the canonical records of the HL7 run through both "

@@ -24,7 +24,7 @@ from bench import Options, register
 from bench.corpus import CorpusMessage, load_corpus
 from bench.machine import CpuWindow
 from bench.report import SuiteResult, Table, Target, fmt_count, fmt_percent, fmt_rate, fmt_ratio, fmt_us
-from connectors.hl7 import er7
+from formats.hl7 import er7
 
 HOT_PATH_TARGET = 100_000  # msgs/s on one core
 

@@ -8,7 +8,7 @@ sender. The rules that must not differ between doors live here:
   resend of the same message by the same sender gets the same id and collapses downstream;
 - the Kafka key is ``<facility>|<application>`` (DESIGN §4): one sender's messages stay in order;
 - :meth:`RawWriter.write` returns only once Kafka holds the record (``acks=all``); anything else raises
-  :class:`affluent.errors.KafkaUnavailable`, and the door answers negatively.
+  :class:`affluent.core.errors.KafkaUnavailable`, and the door answers negatively.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.producer import Delivery, DurableProducer
+from affluent.core.producer import Delivery, DurableProducer
 from schemas.registry import AvroCodec
 
 

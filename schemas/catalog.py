@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from affluent.errors import RegistryError, RegistryUnavailable, SchemaError
-from affluent.topics import DLQ_INGEST, INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW, value_subject
+from affluent.core.errors import RegistryError, RegistryUnavailable, SchemaError
+from affluent.core.topics import (
+    DLQ_INGEST,
+    INGEST_DEVICE_RAW,
+    INGEST_FHIR_RAW,
+    INGEST_HL7V2_RAW,
+    value_subject,
+)
 from schemas.registry import Registry, load_schema, parse_schema
 
 # Canonical topics: identified, hospital-internal, keyed by the hospital patient key.

@@ -24,8 +24,8 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from affluent.errors import RegistryError, RegistryUnavailable, SchemaError
-from affluent.settings import RegistrySettings
+from affluent.core.errors import RegistryError, RegistryUnavailable, SchemaError
+from affluent.core.settings import RegistrySettings
 from schemas.fastreader import compile_reader
 from schemas.fastwriter import NotCompilable, compile_writer
 

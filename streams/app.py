@@ -40,11 +40,11 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import AffluentError, RegistryUnavailable
-from affluent.kafka import consumer_config, producer_config
-from affluent.metrics import consumer_lag, rebalances
-from affluent.settings import KafkaSettings, StreamsSettings
-from affluent.telemetry import ReadyCheck, TelemetryServer
+from affluent.core.errors import AffluentError, RegistryUnavailable
+from affluent.core.kafka import consumer_config, producer_config
+from affluent.core.metrics import consumer_lag, rebalances
+from affluent.core.settings import KafkaSettings, StreamsSettings
+from affluent.core.telemetry import ReadyCheck, TelemetryServer
 from streams.transient import when_registry_back
 
 log = logging.getLogger(__name__)

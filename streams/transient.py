@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from affluent.errors import RegistryUnavailable
+from affluent.core.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 

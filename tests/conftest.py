@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from affluent.errors import KafkaUnavailable
-from affluent.kafka import TopicSpec, ensure_topics, make_consumer, wait_for_kafka
-from affluent.settings import KafkaSettings, Settings, load_settings
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.kafka import TopicSpec, ensure_topics, make_consumer, wait_for_kafka
+from affluent.core.settings import KafkaSettings, Settings, load_settings
 from schemas.registry import Registry
 
 

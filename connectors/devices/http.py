@@ -16,13 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from affluent.errors import KafkaUnavailable
-from affluent.settings import DeviceSettings
-from affluent.telemetry import serve_app
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.settings import DeviceSettings
+from affluent.core.telemetry import serve_app
 from connectors.devices.intake import authenticate, bearer, may_post, raw_message
 from connectors.devices.metrics import DeviceMetrics
-from connectors.devices.templates import PayloadError, Template, read_payload
 from connectors.raw import RawWriter
+from formats.devices.templates import PayloadError, Template, read_payload
 
 CONNECTOR = "devices_http"
 

@@ -10,11 +10,10 @@ import hmac
 from collections.abc import Sequence
 from typing import Final
 
-from affluent.auth import token_digest
-from affluent.settings import DeviceToken
-from connectors.devices.templates import Template
+from affluent.core.auth import token_digest
+from affluent.core.settings import DeviceToken
 from connectors.raw import RawMessage
-from streams.normalize.device import MAPPING_ATTRIBUTE
+from formats.devices.templates import MAPPING_ATTRIBUTE, Template
 
 PROTOCOL: Final = "device"
 CONTENT_TYPE: Final = "application/json"

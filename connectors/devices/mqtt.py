@@ -24,13 +24,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from affluent.errors import KafkaUnavailable
-from affluent.settings import DeviceMqttSettings
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.settings import DeviceMqttSettings
 from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, payload_raw_id, raw_message
 from connectors.devices.metrics import DeviceMetrics
-from connectors.devices.templates import PayloadError, Template, read_payload
 from connectors.raw import RawMessage, RawWriter
+from formats.devices.templates import PayloadError, Template, read_payload
+from schemas.deadletter import DeadLetterWriter
 
 log = logging.getLogger(__name__)
 

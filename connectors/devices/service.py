@@ -6,23 +6,23 @@ it never answers traffic.
 
 from __future__ import annotations
 
-import asyncio
-
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import Settings
-from affluent.telemetry import Readiness, TelemetryServer, kafka_check, registry_check
-from affluent.topics import CORE_TOPICS, DLQ_INGEST, INGEST_DEVICE_RAW, value_subject
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.kafka import TopicSpec
+from affluent.core.lifecycle import run_until_signalled, shut_down
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import Settings
+from affluent.core.telemetry import Readiness, TelemetryServer, kafka_check
+from affluent.core.topics import CORE_TOPICS, DLQ_INGEST, INGEST_DEVICE_RAW
 from connectors.devices.http import DeviceHttpServer
 from connectors.devices.metrics import DeviceMetrics
 from connectors.devices.mqtt import DeviceMqttDoor
-from connectors.devices.templates import load_templates
-from connectors.lifecycle import run_until_signalled, shut_down
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
-from schemas.registry import AvroCodec, Registry, load_schema
+from connectors.runtime import open_kafka, start_telemetry, topic_codec
+from formats.devices.templates import load_templates
+from schemas.deadletter import DeadLetterWriter
+from schemas.readiness import registry_check
+from schemas.registry import Registry
 
 
 class DeviceService:
@@ -47,16 +47,10 @@ class DeviceService:
     async def start(self, with_telemetry: bool = True) -> int:
         """Start the doors; returns the HTTP port (the real one when settings ask for port 0)."""
         s = self.settings
-        await asyncio.to_thread(wait_for_kafka, s.kafka, 30)
-        specs = [*CORE_TOPICS, TopicSpec(self.raw_topic), TopicSpec(self.dlq_topic)]
-        await asyncio.to_thread(ensure_topics, s.kafka, specs)
+        await open_kafka(s.kafka, [*CORE_TOPICS, TopicSpec(self.raw_topic), TopicSpec(self.dlq_topic)])
         registry = Registry(s.registry)
-        raw_codec = await asyncio.to_thread(
-            AvroCodec, registry, value_subject(self.raw_topic), load_schema("raw_message"), "BACKWARD"
-        )
-        dlq_codec = await asyncio.to_thread(
-            AvroCodec, registry, value_subject(self.dlq_topic), load_schema("dead_letter"), "BACKWARD"
-        )
+        raw_codec = await topic_codec(registry, self.raw_topic, "raw_message")
+        dlq_codec = await topic_codec(registry, self.dlq_topic, "dead_letter")
         self.producer = DurableProducer(s.kafka)
         writer = RawWriter(self.producer, raw_codec, self.raw_topic)
         self.http = DeviceHttpServer(s.devices, self.templates, writer, self.metrics)
@@ -65,13 +59,14 @@ class DeviceService:
             dead = DeadLetterWriter(self.producer, dlq_codec, self.dlq_topic)
             self.mqtt = DeviceMqttDoor(s.devices.mqtt, self.templates, writer, dead, self.metrics)
             await self.mqtt.start()
-        if with_telemetry and s.devices.metrics_port is not None:
+        if with_telemetry:
             checks = {"kafka": kafka_check(s.kafka), "registry": registry_check(s.registry)}
             if self.mqtt is not None:
                 mqtt = self.mqtt
                 checks["mqtt"] = lambda: _subscribed(mqtt)
-            self.telemetry = TelemetryServer(self.metrics_registry, ready=Readiness(checks))
-            await self.telemetry.start(s.devices.host, s.devices.metrics_port)
+            self.telemetry = await start_telemetry(
+                self.metrics_registry, Readiness(checks), s.devices.host, s.devices.metrics_port
+            )
         return port
 
     async def stop(self) -> None:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from affluent.errors import ConfigError, FhirSourceError
+from affluent.core.errors import ConfigError, FhirSourceError
 from connectors.fhir_poll.config import NoAuth, SmartAuth, SourceConfig, StaticTokenAuth
 from connectors.fhir_poll.http import FhirHttp, TokenSource
 

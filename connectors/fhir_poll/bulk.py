@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 
-from affluent.errors import AffluentError, FhirSourceError
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.errors import AffluentError, FhirSourceError
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore, PendingExport
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp, expect_ok, retry_after_s
 from connectors.fhir_poll.records import Resource, ndjson_line, sort_out
 from connectors.fhir_poll.search import TypeReport, store_page
 from connectors.raw import RawWriter
+from schemas.deadletter import DeadLetterWriter
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from affluent.compacted import CompactedView
+from affluent.core.compacted import CompactedView
+from affluent.core.producer import DurableProducer
 from connectors.fhir_poll.records import Mark
-from connectors.producer import DurableProducer
 
 MAX_BOUNDARY_KEYS = 5_000
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import ConfigError
-from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
+from affluent.core.errors import ConfigError
+from affluent.core.settings import Settings
+from affluent.core.telemetry import TelemetryServer
 from connectors.fhir_poll.config import SourceConfig, load_sources
 from connectors.fhir_poll.puller import open_puller
 from connectors.fhir_poll.search import TypeReport

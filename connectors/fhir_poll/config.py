@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 
 DEFAULT_TYPES = ["Patient", "Encounter", "Observation", "Condition", "Procedure", "DiagnosticReport"]
 

@@ -2,7 +2,7 @@
 
 429, 500, 502, 503, 504 and transport errors are retried; a 401 makes the token source fetch a fresh
 token once; anything else is an answer. Past ``max_attempts`` the call raises
-:class:`affluent.errors.FhirSourceError` naming the source and what was asked, never the payload.
+:class:`affluent.core.errors.FhirSourceError` naming the source and what was asked, never the payload.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from affluent.errors import FhirSourceError
+from affluent.core.errors import FhirSourceError
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 

@@ -16,21 +16,22 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from affluent.compacted import CompactedView
-from affluent.errors import AffluentError
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import FhirPollSettings, Settings
-from affluent.topics import COMPACTED_CONFIG, value_subject
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.compacted import CompactedView
+from affluent.core.errors import AffluentError
+from affluent.core.kafka import TopicSpec
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import FhirPollSettings, Settings
+from affluent.core.topics import COMPACTED_CONFIG
 from connectors.fhir_poll.auth import SmartTokens, token_source
 from connectors.fhir_poll.bulk import sync_bulk
 from connectors.fhir_poll.checkpoint import CheckpointStore
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp, RetryPolicy
 from connectors.fhir_poll.search import PageHook, TypeReport, sync_type
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
-from schemas.registry import AvroCodec, Registry, load_schema
+from connectors.runtime import open_kafka, topic_codec
+from schemas.deadletter import DeadLetterWriter
+from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -131,27 +132,15 @@ async def open_puller(
 ) -> AsyncIterator[Puller]:
     """Topics, codec, producer, checkpoint view and HTTP client for one source; all closed on exit."""
     fp = settings.fhir_poll
-    await asyncio.to_thread(wait_for_kafka, settings.kafka, 30)
     specs = [
         TopicSpec(fp.raw_topic),
         TopicSpec(fp.dlq_topic),
         TopicSpec(fp.checkpoint_topic, config=COMPACTED_CONFIG),
     ]
-    await asyncio.to_thread(ensure_topics, settings.kafka, specs)
-    codec = await asyncio.to_thread(
-        AvroCodec,
-        Registry(settings.registry),
-        value_subject(fp.raw_topic),
-        load_schema("raw_message"),
-        "BACKWARD",
-    )
-    dlq_codec = await asyncio.to_thread(
-        AvroCodec,
-        Registry(settings.registry),
-        value_subject(fp.dlq_topic),
-        load_schema("dead_letter"),
-        "BACKWARD",
-    )
+    await open_kafka(settings.kafka, specs)
+    registry = Registry(settings.registry)
+    codec = await topic_codec(registry, fp.raw_topic, "raw_message")
+    dlq_codec = await topic_codec(registry, fp.dlq_topic, "dead_letter")
     view = CompactedView(settings.kafka, fp.checkpoint_topic, name="fhir-poll-checkpoints")
     await asyncio.to_thread(view.start)
     producer = DurableProducer(settings.kafka)

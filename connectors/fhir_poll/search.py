@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from affluent.errors import FhirSourceError, KafkaUnavailable
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.errors import FhirSourceError, KafkaUnavailable
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore, instant
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp
@@ -36,6 +35,7 @@ from connectors.fhir_poll.records import (
     sort_out,
 )
 from connectors.raw import RawWriter
+from schemas.deadletter import DeadLetterWriter
 
 log = logging.getLogger(__name__)
 

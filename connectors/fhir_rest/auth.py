@@ -16,10 +16,10 @@ from typing import Any, Final
 
 import jwt
 
-from affluent.auth import token_digest as token_digest  # what goes in token_sha256
-from affluent.settings import FhirRestSettings
-from connectors.fhir_common import Issue
+from affluent.core.auth import token_digest as token_digest  # what goes in token_sha256
+from affluent.core.settings import FhirRestSettings
 from connectors.fhir_rest.intake import Refusal
+from formats.fhir.common import Issue
 
 SENDER_HEADER: Final = "X-Affluent-Sender"
 REALM: Final = 'Bearer realm="affluent"'

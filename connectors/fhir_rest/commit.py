@@ -14,8 +14,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from affluent.core.producer import DurableProducer
 from connectors.mllp.ackcache import AckCache
-from connectors.producer import DurableProducer
 from connectors.raw import RawMessage, RawWriter
 
 

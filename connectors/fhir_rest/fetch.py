@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from affluent.settings import FhirNotifierSettings
-from connectors.fhir_common import FHIR_JSON, Issue
+from affluent.core.settings import FhirNotifierSettings
 from connectors.fhir_rest.intake import Refusal
+from formats.fhir.common import FHIR_JSON, Issue
 
 
 class FetchFailed(Exception):

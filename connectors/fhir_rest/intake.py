@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from connectors.fhir_common import Issue, content_digest, resource_message_id, version_id
+from formats.fhir.common import Issue, content_digest, resource_message_id, version_id
 from streams.normalize.fhir import parse_json, validate_bundle_shell, validate_resource
 from streams.normalize.result import MappingError
 

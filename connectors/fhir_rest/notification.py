@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from connectors.fhir_common import Issue
 from connectors.fhir_rest.intake import Refusal
+from formats.fhir.common import Issue
 
 NOTIFICATION_BUNDLE_TYPES: Final = frozenset({"history", "subscription-notification"})
 STATUS_TYPES: Final = frozenset({"Parameters", "SubscriptionStatus"})

@@ -23,15 +23,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from affluent.errors import KafkaUnavailable
-from affluent.settings import FhirRestSettings
-from affluent.telemetry import serve_app
-from connectors.fhir_common import (
-    RESPONSE_CONTENT_TYPE,
-    Issue,
-    media_type_accepted,
-    operation_outcome,
-)
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.settings import FhirRestSettings
+from affluent.core.telemetry import serve_app
 from connectors.fhir_rest import fetch, intake
 from connectors.fhir_rest.auth import SENDER_HEADER, Authenticator, Sender, Unauthenticated
 from connectors.fhir_rest.commit import Answer, Committer, if_none_exist_key
@@ -39,6 +33,12 @@ from connectors.fhir_rest.intake import Item, Plan, Refusal
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.fhir_rest.notification import read_notification
 from connectors.raw import RawMessage
+from formats.fhir.common import (
+    RESPONSE_CONTENT_TYPE,
+    Issue,
+    media_type_accepted,
+    operation_outcome,
+)
 
 log = logging.getLogger(__name__)
 

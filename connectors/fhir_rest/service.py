@@ -10,19 +10,21 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
-from affluent.topics import ACK_CACHE_CONFIG, CONTROL_FHIR_SEEN, INGEST_FHIR_RAW, value_subject
+from affluent.core.kafka import TopicSpec
+from affluent.core.lifecycle import run_until_signalled, shut_down
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import Settings
+from affluent.core.telemetry import TelemetryServer
+from affluent.core.topics import ACK_CACHE_CONFIG, CONTROL_FHIR_SEEN, INGEST_FHIR_RAW
 from connectors.fhir_rest.auth import Authenticator
 from connectors.fhir_rest.commit import Committer
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.fhir_rest.server import FhirRestServer
-from connectors.lifecycle import run_until_signalled, shut_down, start_telemetry
 from connectors.mllp.ackcache import AckCache
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
-from schemas.registry import AvroCodec, Registry, load_schema
+from connectors.runtime import open_kafka, start_telemetry, topic_codec
+from schemas.readiness import dependencies
+from schemas.registry import Registry
 
 
 class FhirRestService:
@@ -46,16 +48,10 @@ class FhirRestService:
 
     async def start(self, with_telemetry: bool = True) -> int:
         s = self.settings
-        await asyncio.to_thread(wait_for_kafka, s.kafka, 30)
-        specs = [TopicSpec(self.raw_topic), TopicSpec(self.seen_topic, config=ACK_CACHE_CONFIG)]
-        await asyncio.to_thread(ensure_topics, s.kafka, specs)
-        codec = await asyncio.to_thread(
-            AvroCodec,
-            Registry(s.registry),
-            value_subject(self.raw_topic),
-            load_schema("raw_message"),
-            "BACKWARD",
+        await open_kafka(
+            s.kafka, [TopicSpec(self.raw_topic), TopicSpec(self.seen_topic, config=ACK_CACHE_CONFIG)]
         )
+        codec = await topic_codec(Registry(s.registry), self.raw_topic, "raw_message")
         self.producer = DurableProducer(s.kafka)
         self.seen = AckCache(s.kafka, self.seen_topic, name="fhir-seen")
         await asyncio.to_thread(self.seen.start)
@@ -68,7 +64,10 @@ class FhirRestService:
         port = await self.server.start()
         if with_telemetry:
             self.telemetry = await start_telemetry(
-                self.metrics_registry, s.kafka, s.registry, s.fhir_rest.host, s.fhir_rest.metrics_port
+                self.metrics_registry,
+                dependencies(s.kafka, s.registry),
+                s.fhir_rest.host,
+                s.fhir_rest.metrics_port,
             )
         return port
 

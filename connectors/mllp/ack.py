@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from connectors.hl7 import er7
 from connectors.mllp.intake import Header
+from formats.hl7 import er7
 
 Outcome = Literal["accepted", "error", "reject"]
 PARIS = ZoneInfo("Europe/Paris")

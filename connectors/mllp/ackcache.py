@@ -4,14 +4,14 @@ A sender that lost our ACK resends the same message; replaying the stored ACK in
 message again keeps the raw topic free of duplicates. The cache lives in Kafka (``control.ack``,
 compacted and time-bounded) so it survives restarts and is shared by every MLLP instance behind a
 load balancer: each instance reads the topic to its end before accepting traffic, then keeps tailing it
-(:class:`affluent.compacted.CompactedView`). In memory it is bounded: the oldest entries go first.
+(:class:`affluent.core.compacted.CompactedView`). In memory it is bounded: the oldest entries go first.
 """
 
 from __future__ import annotations
 
-from affluent.compacted import CompactedView
-from affluent.settings import KafkaSettings
-from affluent.topics import CONTROL_ACK
+from affluent.core.compacted import CompactedView
+from affluent.core.settings import KafkaSettings
+from affluent.core.topics import CONTROL_ACK
 
 # A door holding all of them measured 518–534 MiB resident (`make soak`, BENCHMARKS.md), its base ~100 MiB.
 MAX_ENTRIES = 1_000_000

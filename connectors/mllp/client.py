@@ -7,8 +7,8 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 
-from connectors.hl7 import er7
 from connectors.mllp.framing import Frame, FrameDecoder, encode_frame
+from formats.hl7 import er7
 
 
 def ack_code(ack_text: str) -> tuple[str, str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from connectors.hl7 import er7
-from connectors.mllp.charset import Decoded, UnknownCharset, decode
 from connectors.raw import raw_id_of
+from formats.hl7 import er7
+from formats.hl7.charset import Decoded, UnknownCharset, decode
 
 # HL7 table 0357 (message error condition codes) entries the door uses.
 ERR_SEGMENT_SEQUENCE = "100"

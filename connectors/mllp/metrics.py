@@ -6,7 +6,7 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from affluent.metrics import SenderActivity, dead_letters
+from affluent.core.metrics import SenderActivity, dead_letters
 
 _EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 

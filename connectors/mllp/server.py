@@ -23,13 +23,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import KafkaUnavailable
-from affluent.settings import MllpSettings
-from affluent.topics import INGEST_HL7V2_RAW
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import MllpSettings
+from affluent.core.topics import INGEST_HL7V2_RAW
 from connectors.mllp import ack as acks
 from connectors.mllp.ackcache import AckCache
-from connectors.mllp.charset import encode_for_reply
 from connectors.mllp.framing import Frame, FrameDecoder, FrameError, encode_frame
 from connectors.mllp.intake import (
     ERR_INTERNAL,
@@ -41,8 +40,9 @@ from connectors.mllp.intake import (
     assess,
 )
 from connectors.mllp.metrics import MllpMetrics
-from connectors.producer import DurableProducer
 from connectors.raw import stream_key
+from formats.hl7.charset import encode_for_reply
+from schemas.deadletter import DeadLetterWriter
 from schemas.registry import AvroCodec
 
 log = logging.getLogger(__name__)

@@ -13,23 +13,24 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import Settings
-from affluent.telemetry import TelemetryServer
-from affluent.topics import (
+from affluent.core.kafka import TopicSpec
+from affluent.core.lifecycle import run_until_signalled, shut_down
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import Settings
+from affluent.core.telemetry import TelemetryServer
+from affluent.core.topics import (
     ACK_CACHE_CONFIG,
     CONTROL_ACK,
     CORE_TOPICS,
     DLQ_INGEST,
     INGEST_HL7V2_RAW,
-    value_subject,
 )
-from connectors.deadletter import DeadLetterWriter
-from connectors.lifecycle import run_until_signalled, shut_down, start_telemetry
 from connectors.mllp.ackcache import AckCache
 from connectors.mllp.server import MllpServer
-from connectors.producer import DurableProducer
-from schemas.registry import AvroCodec, Registry, load_schema
+from connectors.runtime import open_kafka, start_telemetry, topic_codec
+from schemas.deadletter import DeadLetterWriter
+from schemas.readiness import dependencies
+from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,16 @@ class MllpService:
 
     async def start(self, with_telemetry: bool = True) -> int:
         s = self.settings
-        await asyncio.to_thread(wait_for_kafka, s.kafka, 30)
         specs = [
             *CORE_TOPICS,
             TopicSpec(self.raw_topic),
             TopicSpec(self.dlq_topic),
             TopicSpec(self.ack_topic, config=ACK_CACHE_CONFIG),
         ]
-        await asyncio.to_thread(ensure_topics, s.kafka, specs)
+        await open_kafka(s.kafka, specs)
         registry = Registry(s.registry)
-        raw_codec = await asyncio.to_thread(
-            AvroCodec, registry, value_subject(self.raw_topic), load_schema("raw_message"), "BACKWARD"
-        )
-        dlq_codec = await asyncio.to_thread(
-            AvroCodec, registry, value_subject(self.dlq_topic), load_schema("dead_letter"), "BACKWARD"
-        )
+        raw_codec = await topic_codec(registry, self.raw_topic, "raw_message")
+        dlq_codec = await topic_codec(registry, self.dlq_topic, "dead_letter")
         self.producer = DurableProducer(s.kafka)
         self.ack_cache = AckCache(s.kafka, self.ack_topic)
         await asyncio.to_thread(self.ack_cache.start)
@@ -85,7 +81,7 @@ class MllpService:
         port = await self.server.start()
         if with_telemetry:
             self.telemetry = await start_telemetry(
-                self.metrics_registry, s.kafka, s.registry, s.mllp.host, s.mllp.metrics_port
+                self.metrics_registry, dependencies(s.kafka, s.registry), s.mllp.host, s.mllp.metrics_port
             )
         return port
 

@@ -7,7 +7,7 @@ JSON is a dashboard Grafana accepts. Every query names only metrics of docs/metr
 Extension point for the doors that land later (FHIR REST, FHIR puller, devices, MirrorMaker): add a
 ``Board`` to ``DOOR_BOARDS`` with panels on the door's own metrics once they are exported and in the
 metric table; the overview already shows any door that reports through
-``affluent.metrics.SenderActivity`` (``door`` label) and ``affluent.metrics.dead_letters``.
+``affluent.core.metrics.SenderActivity`` (``door`` label) and ``affluent.core.metrics.dead_letters``.
 """
 
 from __future__ import annotations

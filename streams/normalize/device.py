@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final, Protocol
 
-from connectors.devices.registry import Resolution, patient_ref_of
-from connectors.devices.templates import PayloadError, Reading, Template, read_payload
+from formats.devices.registry import Resolution, patient_ref_of
+from formats.devices.templates import MAPPING_ATTRIBUTE, PayloadError, Reading, Template, read_payload
 from streams.normalize.envelope import RawContext, envelope, event_id_of
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError
@@ -33,7 +33,6 @@ FUTURE_FLAG: Final = {
     "code": "future-time",
     "display": "reading time is later than its arrival by more than the allowed clock skew",
 }
-MAPPING_ATTRIBUTE: Final = "mapping"
 
 
 class PatientResolver(Protocol):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from streams.normalize.times import ClinicalTime
+from formats.clinical.times import ClinicalTime
 
 SCHEMA_VERSION = 1
 

@@ -36,14 +36,14 @@ from typing import Any, Final
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
-from streams.normalize import common
-from streams.normalize.common import Record
+from formats.clinical import codes as common
+from formats.clinical.codes import Record
+from formats.clinical.identity import INS_OIDS, IdentityError, LocalId, oid_of, patient_ref
+from formats.clinical.times import ClinicalTime, TimeFormatError, parse_fhir_datetime
+from formats.clinical.units import UCUM_SYSTEM, Quantity, quantity
 from streams.normalize.envelope import RawContext, envelope, event_id_of
-from streams.normalize.identity import INS_OIDS, IdentityError, LocalId, oid_of, patient_ref
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError
-from streams.normalize.times import ClinicalTime, TimeFormatError, parse_fhir_datetime
-from streams.normalize.units import UCUM_SYSTEM, Quantity, quantity
 
 __all__ = ["map_fhir", "resource_event_id"]
 

@@ -7,7 +7,7 @@ byte-identical canonical records with the same event ids (DESIGN §4, §7). The 
 Why the code looks the way it does:
 
 * Speed. The normalizer must keep up with a whole region's interface engines on a few cores, so the
-  message is tokenized once by :mod:`connectors.hl7.er7`, each segment used is split once with
+  message is tokenized once by :mod:`formats.hl7.er7`, each segment used is split once with
   ``str.split``, and records are built as plain dicts in their Avro shape. No regular expression runs
   per field, nothing is validated twice, and hl7apy (milliseconds per message) is not used.
 * Strictness where a wrong guess would corrupt data, leniency elsewhere. A missing patient, a bad INS
@@ -28,14 +28,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final
 
-from connectors.hl7.er7 import Delimiters, Er7Error, Message, Segment, parse, unescape
-from streams.normalize.common import LOINC
+from formats.clinical.codes import LOINC
+from formats.clinical.identity import IdentityError, LocalId, patient_ref
+from formats.clinical.times import ClinicalTime, TimeFormatError, hl7_date_text, parse_hl7_ts
+from formats.clinical.units import UCUM_SYSTEM, quantity, to_ucum
+from formats.hl7.er7 import Delimiters, Er7Error, Message, Segment, parse, unescape
 from streams.normalize.envelope import RawContext, envelope, event_id
-from streams.normalize.identity import IdentityError, LocalId, patient_ref
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError
-from streams.normalize.times import ClinicalTime, TimeFormatError, hl7_date_text, parse_hl7_ts
-from streams.normalize.units import UCUM_SYSTEM, quantity, to_ucum
 
 __all__ = ["fast_hl7_date_text", "fast_hl7_ts", "map_hl7"]
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
-from streams.normalize.times import PARIS
-from streams.normalize.units import DEFAULT_CONVERSIONS
+from formats.clinical.times import PARIS
+from formats.clinical.units import DEFAULT_CONVERSIONS
 
 
 @dataclass(frozen=True, slots=True)

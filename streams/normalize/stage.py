@@ -15,12 +15,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from affluent.errors import AffluentError, RegistryUnavailable
-from affluent.metrics import Labelled, dead_letters, stage_latency
-from affluent.topics import value_subject
-from connectors.deadletter import dead_letter_record
-from connectors.mllp.charset import UnknownCharset, decode
+from affluent.core.errors import AffluentError, RegistryUnavailable
+from affluent.core.metrics import Labelled, dead_letters, stage_latency
+from affluent.core.topics import value_subject
+from formats.hl7.charset import UnknownCharset, decode
 from schemas.catalog import DLQ_NORMALIZE
+from schemas.deadletter import dead_letter_record
 from schemas.registry import AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
 from streams.normalize.envelope import RawContext
@@ -50,7 +50,7 @@ class NormalizeMetrics:
         )
         self.dead_letters = dead_letters(registry)
         self.latency = stage_latency(registry).labels("normalize")
-        # Children of the per-record metrics, looked up once (see affluent.metrics.Labelled).
+        # Children of the per-record metrics, looked up once (see affluent.core.metrics.Labelled).
         self.records_in_of = Labelled(self.records_in)
         self.records_out_of = Labelled(self.records_out)
 

@@ -14,11 +14,10 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry
 
-from affluent.compacted import CompactedView
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import Settings
-from affluent.telemetry import dependencies
-from affluent.topics import (
+from affluent.core.compacted import CompactedView
+from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.core.settings import Settings
+from affluent.core.topics import (
     COMPACTED_CONFIG,
     CONTROL_DEVICES,
     INGEST_DEVICE_RAW,
@@ -26,6 +25,7 @@ from affluent.topics import (
     INGEST_HL7V2_RAW,
 )
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
+from schemas.readiness import dependencies
 from schemas.registry import Registry
 from streams.app import StageSpec, StageWorker, run_until_signalled
 from streams.normalize.options import MappingOptions
@@ -48,8 +48,8 @@ def default_mappers(device: Mapper | None = None) -> dict[str, Mapper]:
 
 def device_mapper(settings: Settings) -> Mapper:
     """The device mapper over the templates and the device registry (read to its end before starting)."""
-    from connectors.devices.registry import DeviceRegistry
-    from connectors.devices.templates import load_templates
+    from formats.devices.registry import DeviceRegistry
+    from formats.devices.templates import load_templates
     from streams.normalize.device import DeviceMapper
 
     templates = load_templates(settings.devices.templates_dir)

@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from affluent.auth import StaticTokens
-from affluent.compacted import CompactedView
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import Settings
-from affluent.telemetry import dependencies
-from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
-from connectors.lifecycle import wait_for_signal
+from affluent.core.auth import StaticTokens
+from affluent.core.compacted import CompactedView
+from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.core.lifecycle import wait_for_signal
+from affluent.core.settings import Settings
+from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from schemas.readiness import dependencies
 from streams.opposition.http import OppositionEndpoint
 from streams.opposition.objection import Objection
 from streams.opposition.service import OppositionMetrics, OppositionService, Registered

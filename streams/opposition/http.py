@@ -21,9 +21,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from affluent.auth import StaticTokens
-from affluent.errors import KafkaUnavailable
-from affluent.telemetry import ReadyCheck, ready_response, serve_app
+from affluent.core.auth import StaticTokens
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.telemetry import ReadyCheck, ready_response, serve_app
 from streams.opposition.objection import InvalidObjection, Objection
 from streams.opposition.service import OppositionService
 

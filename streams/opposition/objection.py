@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
+from formats.clinical.identity import valid_matricule
 from streams.normalize.envelope import SCHEMA_VERSION, event_id_of
-from streams.normalize.identity import valid_matricule
 from streams.pseudonymize.keys import Key, KeyProvider, PinnedKey
 from streams.pseudonymize.pseudonym import ins_form, ipp_form, opposition_key
 from streams.pseudonymize.transform import Feed, apply

@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter
 
-from affluent.compacted import CompactedView
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.metrics import retractions
-from affluent.settings import Settings
-from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
-from connectors.producer import DurableProducer
+from affluent.core.compacted import CompactedView
+from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.core.metrics import retractions
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import Settings
+from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.registry import Registry
 from streams.opposition.objection import (
     Objection,

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-from affluent.errors import AffluentError, ConfigError
-from affluent.kafka import make_consumer, wait_for_kafka
-from affluent.settings import Settings, load_settings
+from affluent.core.errors import AffluentError, ConfigError
+from affluent.core.kafka import make_consumer, wait_for_kafka
+from affluent.core.settings import Settings, load_settings
 from schemas.registry import Registry, decode, load_schema
 from streams.opposition.cli import count, register, withdraw
 from streams.opposition.objection import Objection, registry_entries

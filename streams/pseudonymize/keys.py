@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 
 ENV_PREFIX = "AFFLUENT_PSEUDO_KEY__"
 MIN_SECRET_BYTES = 32  # HMAC-SHA-256 gains nothing above 32 bytes and loses strength below

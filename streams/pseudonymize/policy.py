@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 from schemas.registry import load_schema
 from streams.normalize.result import CANONICAL_KINDS
 from streams.pseudonymize.methods import (

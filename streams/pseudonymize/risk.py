@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 
 # Quasi-identifiers each shipped destination receives in its patient records (docs/pseudonymization.md).
 DEFAULT_QUASI_IDENTIFIERS: dict[str, tuple[str, ...]] = {

@@ -20,11 +20,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from affluent.errors import AffluentError, RegistryUnavailable
-from affluent.metrics import Labelled, dead_letters, retractions, stage_latency
-from affluent.topics import value_subject
-from connectors.deadletter import dead_letter_record
+from affluent.core.errors import AffluentError, RegistryUnavailable
+from affluent.core.metrics import Labelled, dead_letters, retractions, stage_latency
+from affluent.core.topics import value_subject
 from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
+from schemas.deadletter import dead_letter_record
 from schemas.registry import MAGIC_BYTE, AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
 from streams.normalize.stage import Output
@@ -54,7 +54,7 @@ def national_headers(registry: Registry, feeds: Sequence[Feed]) -> dict[str, byt
 
 class PseudonymizeMetrics:
     """The stage's metrics; the dead-letter counter and stage latency are shared per registry
-    (:mod:`affluent.metrics`)."""
+    (:mod:`affluent.core.metrics`)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.records_in = Counter(
@@ -92,7 +92,7 @@ class PseudonymizeMetrics:
             registry=registry,
         )
         self.latency = stage_latency(registry).labels(STAGE)
-        # Children of the per-record metrics, looked up once (see affluent.metrics.Labelled).
+        # Children of the per-record metrics, looked up once (see affluent.core.metrics.Labelled).
         self.records_in_of = Labelled(self.records_in)
         self.national_records_of = Labelled(self.national_records)
         self.end_to_end_of = Labelled(self.end_to_end)

@@ -22,7 +22,7 @@ from typing import Any
 
 import fastavro
 
-from affluent.errors import AffluentError, ConfigError, SchemaError
+from affluent.core.errors import AffluentError, ConfigError, SchemaError
 from schemas.fastwriter import NotCompilable, compile_writer
 from schemas.registry import load_schema, parse_schema
 from streams.normalize.result import CANONICAL_KINDS

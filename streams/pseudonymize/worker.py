@@ -17,13 +17,13 @@ import os
 
 from prometheus_client import CollectorRegistry
 
-from affluent.compacted import CompactedView
-from affluent.errors import ConfigError
-from affluent.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.settings import Settings
-from affluent.telemetry import dependencies
-from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from affluent.core.compacted import CompactedView
+from affluent.core.errors import ConfigError
+from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.core.settings import Settings
+from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
+from schemas.readiness import dependencies
 from schemas.registry import Registry
 from streams.app import StageSpec, StageWorker, run_until_signalled
 from streams.pseudonymize.keys import (

@@ -10,10 +10,10 @@ import pytest
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from affluent.demo import demo_record
-from affluent.errors import SchemaError
-from affluent.kafka import make_producer
-from affluent.topics import value_subject
+from affluent.core.errors import SchemaError
+from affluent.core.kafka import make_producer
+from affluent.core.topics import value_subject
+from affluent.sim.demo import demo_record
 from schemas.registry import AvroCodec, load_schema
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import make_consumer
-from affluent.settings import DeviceSettings, DeviceToken, KafkaSettings, Settings
-from affluent.synthetic import HOSPITAL_OID
-from connectors.devices.cli import link
+from affluent.core.kafka import make_consumer
+from affluent.core.settings import DeviceSettings, DeviceToken, KafkaSettings, Settings
+from affluent.devices_cli import link
+from affluent.sim.synthetic import HOSPITAL_OID
 from connectors.devices.intake import token_hash
-from connectors.devices.registry import Link
 from connectors.devices.service import DeviceService
+from formats.devices.registry import Link
 from schemas.catalog import DLQ_NORMALIZE
 from schemas.registry import Registry, decode
 from streams.normalize.device import FLAG_SYSTEM

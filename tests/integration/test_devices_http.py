@@ -14,14 +14,14 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.settings import DeviceSettings, DeviceToken, KafkaSettings, Settings
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import DeviceSettings, DeviceToken, KafkaSettings, Settings
 from connectors.devices.http import DeviceHttpServer
 from connectors.devices.intake import token_hash
 from connectors.devices.metrics import DeviceMetrics
 from connectors.devices.service import DeviceService
-from connectors.devices.templates import load_templates
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
+from formats.devices.templates import load_templates
 from schemas.registry import AvroCodec, Registry, decode, load_schema
 from tests.support.devices import SHAPES, normalize_raw, sample
 

@@ -18,14 +18,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from affluent.settings import DeviceMqttSettings, DeviceSettings, KafkaSettings, Settings
-from connectors.deadletter import DeadLetterWriter
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import DeviceMqttSettings, DeviceSettings, KafkaSettings, Settings
 from connectors.devices.metrics import DeviceMetrics
 from connectors.devices.mqtt import DeviceMqttDoor
 from connectors.devices.service import DeviceService
-from connectors.devices.templates import load_templates
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
+from formats.devices.templates import load_templates
+from schemas.deadletter import DeadLetterWriter
 from schemas.registry import AvroCodec, Registry, decode, load_schema
 from tests.support.devices import normalize_raw, sample
 from tests.support.mosquitto import BrokerTls, Mosquitto, free_port

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.settings import MllpSettings, Settings
+from affluent.core.settings import MllpSettings, Settings
 from connectors.mllp.service import MllpService
 from schemas.registry import Registry, decode
 from streams.normalize.hl7 import map_hl7

@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from affluent.compacted import CompactedView
-from affluent.errors import ConfigError
-from affluent.settings import Settings
-from affluent.synthetic import HOSPITAL_OID
-from affluent.topics import CONTROL_DEVICES
-from connectors.devices.cli import link, listing, unlink
-from connectors.devices.registry import DeviceRegistry, Link
+from affluent.core.compacted import CompactedView
+from affluent.core.errors import ConfigError
+from affluent.core.settings import Settings
+from affluent.core.topics import CONTROL_DEVICES
+from affluent.devices_cli import link, listing, unlink
+from affluent.sim.synthetic import HOSPITAL_OID
+from formats.devices.registry import DeviceRegistry, Link
 
 pytestmark = [pytest.mark.integration]
 

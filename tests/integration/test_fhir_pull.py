@@ -25,16 +25,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import CollectorRegistry
 
-from affluent.compacted import CompactedView
-from affluent.errors import FhirSourceError, KafkaUnavailable
-from affluent.kafka import make_consumer
-from affluent.settings import FhirPollSettings, KafkaSettings, Settings
-from affluent.topics import COMPACTED_CONFIG
+from affluent.core.compacted import CompactedView
+from affluent.core.errors import FhirSourceError, KafkaUnavailable
+from affluent.core.kafka import make_consumer
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import FhirPollSettings, KafkaSettings, Settings
+from affluent.core.topics import COMPACTED_CONFIG
 from connectors.fhir_poll.checkpoint import Checkpoint, checkpoint_key
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.puller import open_puller
 from connectors.fhir_poll.search import TypeReport
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
 from schemas.registry import Registry, decode
 from streams.normalize.fhir import map_fhir

@@ -20,9 +20,9 @@ import pytest_asyncio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from affluent import synthetic
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import FhirNotifierSettings, FhirRestSettings
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.settings import FhirNotifierSettings, FhirRestSettings
+from affluent.sim import synthetic
 from connectors.fhir_rest.auth import Authenticator, Unauthenticated, token_digest
 from connectors.fhir_rest.service import FhirRestService
 from streams.normalize.fhir import validate_resource

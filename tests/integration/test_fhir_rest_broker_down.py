@@ -18,16 +18,16 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent import synthetic
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import FhirRestSettings, KafkaSettings
-from affluent.topics import ACK_CACHE_CONFIG, value_subject
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import FhirRestSettings, KafkaSettings
+from affluent.core.topics import ACK_CACHE_CONFIG, value_subject
+from affluent.sim import synthetic
 from connectors.fhir_rest.auth import Authenticator, token_digest
 from connectors.fhir_rest.commit import Committer
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.fhir_rest.server import FhirRestServer
 from connectors.mllp.ackcache import AckCache
-from connectors.producer import DurableProducer
 from connectors.raw import RawWriter
 from schemas.registry import AvroCodec, load_schema
 from tests.support.fhir_door import TOKEN, read_topic

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent import synthetic
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import FhirRestSettings
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.settings import FhirRestSettings
+from affluent.sim import synthetic
 from connectors.fhir_rest.auth import token_digest
 from connectors.fhir_rest.service import FhirRestService
 from tests.support.certs import TestPki

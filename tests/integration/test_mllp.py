@@ -8,9 +8,9 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.settings import MllpSettings, Settings
-from connectors.hl7 import er7
+from affluent.core.settings import MllpSettings, Settings
 from connectors.mllp.service import MllpService
+from formats.hl7 import er7
 from schemas.registry import decode
 from tests.support.mllp_client import CORPUS, MllpClient, control_id_of_ack, with_control_id
 

@@ -7,9 +7,9 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from connectors.hl7 import er7
 from connectors.mllp.framing import encode_frame
 from connectors.mllp.service import MllpService
+from formats.hl7 import er7
 from schemas.registry import decode
 from tests.integration.test_mllp import mllp_settings
 from tests.support.mllp_client import MllpClient

@@ -13,8 +13,8 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.settings import KafkaSettings, MllpSettings, StackSettings
-from affluent.stack import LocalStack
+from affluent.core.settings import KafkaSettings, MllpSettings, StackSettings
+from affluent.local.stack import LocalStack
 from connectors.mllp.service import MllpService
 from schemas.registry import decode
 from tests.conftest import read_all

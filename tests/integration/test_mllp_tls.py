@@ -8,9 +8,9 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.settings import MllpSettings
-from connectors.hl7 import er7
+from affluent.core.settings import MllpSettings
 from connectors.mllp.service import MllpService
+from formats.hl7 import er7
 from tests.support.certs import TestPki
 from tests.support.mllp_client import MllpClient, control_id_of_ack
 

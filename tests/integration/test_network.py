@@ -22,8 +22,10 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from affluent.kafka import TopicSpec, ensure_topics, make_producer
-from affluent.netprobe import (
+from affluent.core.kafka import TopicSpec, ensure_topics, make_producer
+from affluent.core.settings import Settings
+from affluent.core.topics import CORE_TOPICS, INGEST_HL7V2_RAW
+from affluent.local.netprobe import (
     PROBE_TOPIC,
     collect_events,
     new_event_ids,
@@ -31,9 +33,7 @@ from affluent.netprobe import (
     probe_codec,
     produce_events,
 )
-from affluent.network import Network, foreign_topics
-from affluent.settings import Settings
-from affluent.topics import CORE_TOPICS, INGEST_HL7V2_RAW
+from affluent.local.network import Network, foreign_topics
 from schemas.catalog import CANONICAL_OBSERVATION, CANONICAL_TOPICS
 from schemas.registry import parse_schema
 

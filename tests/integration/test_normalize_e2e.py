@@ -20,8 +20,8 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import make_consumer
-from affluent.settings import KafkaSettings, MllpSettings
+from affluent.core.kafka import make_consumer
+from affluent.core.settings import KafkaSettings, MllpSettings
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.mllp.service import MllpService
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE

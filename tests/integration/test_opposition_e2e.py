@@ -28,15 +28,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from affluent.auth import new_token
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import OppositionSettings
-from affluent.topics import value_subject
-from connectors.producer import DurableProducer
+from affluent.core.auth import new_token
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import OppositionSettings
+from affluent.core.topics import value_subject
+from formats.clinical.identity import ins_key
 from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS
 from schemas.registry import AvroCodec, decode, load_schema
 from streams.normalize.envelope import event_id_of
-from streams.normalize.identity import ins_key
 from streams.opposition.cli import build_service
 from streams.opposition.http import OppositionEndpoint
 from streams.pseudonymize.pseudonym import CONTEXT_PATIENT, pseudonym
@@ -235,7 +235,7 @@ async def test_objection_during_traffic_retracts_stops_and_withdrawal_restores(
 
 
 def _tokens(digests: dict[str, str]) -> Any:
-    from affluent.auth import StaticTokens
+    from affluent.core.auth import StaticTokens
 
     return StaticTokens(OppositionSettings(tokens=digests).tokens)
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.auth import StaticTokens, new_token
-from affluent.settings import KafkaSettings, Settings
-from connectors.producer import DurableProducer
+from affluent.core.auth import StaticTokens, new_token
+from affluent.core.producer import DurableProducer
+from affluent.core.settings import KafkaSettings, Settings
 from streams.opposition.http import MAX_BODY, OppositionEndpoint
 from streams.opposition.service import OppositionMetrics, OppositionService
 from streams.pseudonymize.worker import build_feeds

@@ -38,18 +38,17 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from affluent import synthetic
-from affluent.auth import StaticTokens, new_token
-from affluent.kafka import TopicSpec, ensure_topics
-from affluent.settings import DeviceSettings, DeviceToken, FhirRestSettings, MllpSettings
-from affluent.telemetry import dependencies
-from affluent.topics import (
+from affluent.core.auth import StaticTokens, new_token
+from affluent.core.kafka import TopicSpec, ensure_topics
+from affluent.core.settings import DeviceSettings, DeviceToken, FhirRestSettings, MllpSettings
+from affluent.core.topics import (
     COMPACTED_CONFIG,
     CONTROL_OPPOSITION,
     INGEST_DEVICE_RAW,
     INGEST_FHIR_RAW,
     INGEST_HL7V2_RAW,
 )
+from affluent.sim import synthetic
 from connectors.devices.intake import token_hash
 from connectors.devices.service import DeviceService
 from connectors.fhir_rest.auth import token_digest
@@ -58,6 +57,7 @@ from connectors.mllp.client import send_all
 from connectors.mllp.framing import encode_frame
 from connectors.mllp.service import MllpService
 from schemas.catalog import CANONICAL_TOPICS
+from schemas.readiness import dependencies
 from streams.opposition.cli import build_service
 from streams.opposition.http import OppositionEndpoint
 from streams.pseudonymize.cli import opposition_remove

@@ -28,11 +28,11 @@ from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from affluent import synthetic
-from affluent.accounting import collect
-from affluent.kafka import TopicSpec, ensure_topics, make_consumer
-from affluent.settings import KafkaSettings, MllpSettings
-from affluent.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from affluent.core.kafka import TopicSpec, ensure_topics, make_consumer
+from affluent.core.settings import KafkaSettings, MllpSettings
+from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from affluent.sim import synthetic
+from affluent.sim.accounting import collect
 from connectors.mllp.client import send_all
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.mllp.service import MllpService

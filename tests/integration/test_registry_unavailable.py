@@ -10,9 +10,9 @@ import struct
 import pytest
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import RegistryError, RegistryUnavailable
-from affluent.settings import RegistrySettings
-from affluent.topics import INGEST_HL7V2_RAW
+from affluent.core.errors import RegistryError, RegistryUnavailable
+from affluent.core.settings import RegistrySettings
+from affluent.core.topics import INGEST_HL7V2_RAW
 from schemas.registry import Registry
 from streams.normalize.options import MappingOptions
 from streams.normalize.stage import NormalizeMetrics, Normalizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from affluent.kafka import producer_config
+from affluent.core.kafka import producer_config
 from schemas.registry import decode
 from streams.pseudonymize.cli import read_window
 from streams.pseudonymize.policy import load_policy

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from affluent.demo import demo_record
-from affluent.kafka import make_producer
-from affluent.synthetic import adt, cohort
-from affluent.topics import value_subject
+from affluent.core.kafka import make_producer
+from affluent.core.topics import value_subject
+from affluent.sim.demo import demo_record
+from affluent.sim.synthetic import adt, cohort
 from connectors.mllp.client import MllpClient, ack_code
 from schemas.registry import AvroCodec, load_schema
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from affluent.demo import (
+from affluent.local.mosquitto import Mosquitto
+from affluent.sim.demo import (
     DEMO_COMPONENTS,
     channel_environment,
     demo_keys,
@@ -24,9 +25,8 @@ from affluent.demo import (
     stop_run,
     wait_ready,
 )
-from affluent.mosquitto import Mosquitto
-from affluent.simulate import Plan, report_lines, simulate, traffic
-from affluent.synthetic import cohort
+from affluent.sim.simulate import Plan, report_lines, simulate, traffic
+from affluent.sim.synthetic import cohort
 
 pytestmark = [pytest.mark.integration]
 

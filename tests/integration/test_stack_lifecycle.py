@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from affluent.kafka import TopicSpec, ensure_topics, make_admin
-from affluent.settings import RegistrySettings, StackSettings
-from affluent.stack import LocalStack
+from affluent.core.kafka import TopicSpec, ensure_topics, make_admin
+from affluent.core.settings import RegistrySettings, StackSettings
+from affluent.local.stack import LocalStack
 from schemas.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

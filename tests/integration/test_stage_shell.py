@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from affluent.kafka import make_consumer, make_producer
-from affluent.settings import KafkaSettings, StreamsSettings
+from affluent.core.kafka import make_consumer, make_producer
+from affluent.core.settings import KafkaSettings, StreamsSettings
 from streams.app import BatchProducer, StageDeliveryFailed, StageSpec, StageWorker, next_offsets
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from affluent.errors import KafkaUnavailable
-from affluent.kafka import TopicSpec, ensure_topics, make_admin, make_producer
-from affluent.settings import StackSettings
-from affluent.stack import LocalStack
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.kafka import TopicSpec, ensure_topics, make_admin, make_producer
+from affluent.core.settings import StackSettings
+from affluent.local.stack import LocalStack
 from tests.conftest import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -28,13 +28,10 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from affluent import synthetic
-from affluent.accounting import collect
-from affluent.errors import KafkaUnavailable
-from affluent.kafka import TopicSpec, ensure_topics, make_admin, make_consumer
-from affluent.settings import KafkaSettings
-from affluent.stack import LocalStack
-from affluent.topics import (
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.kafka import TopicSpec, ensure_topics, make_admin, make_consumer
+from affluent.core.settings import KafkaSettings
+from affluent.core.topics import (
     ACK_CACHE_CONFIG,
     COMPACTED_CONFIG,
     CONTROL_ACK,
@@ -43,6 +40,9 @@ from affluent.topics import (
     DLQ_INGEST,
     INGEST_HL7V2_RAW,
 )
+from affluent.local.stack import LocalStack
+from affluent.sim import synthetic
+from affluent.sim.accounting import collect
 from bench.report import markdown_table
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS

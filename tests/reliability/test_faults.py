@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import ConsumerGroupState
 
-from affluent.kafka import make_admin
-from affluent.settings import RegistrySettings, StackSettings
-from affluent.stack import LocalStack
-from affluent.topics import INGEST_HL7V2_RAW
+from affluent.core.kafka import make_admin
+from affluent.core.settings import RegistrySettings, StackSettings
+from affluent.core.topics import INGEST_HL7V2_RAW
+from affluent.local.stack import LocalStack
 from bench.sections import write_section
 from schemas.registry import Registry
 from streams.normalize.worker import RAW_TOPICS

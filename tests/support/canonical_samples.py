@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from formats.clinical.identity import ins_key
 from streams.normalize.envelope import event_id_of
-from streams.normalize.identity import ins_key
 from streams.pseudonymize.keys import StaticKeyProvider, file_provider
 
 TEST_OID = "1.2.250.1.213.1.4.10"  # INS-NIR-TEST

@@ -15,9 +15,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from affluent.synthetic import HOSPITAL_OID
-from connectors.devices.registry import DeviceRegistry, Link, add_link, encode_links
-from connectors.devices.templates import load_templates
+from affluent.sim.synthetic import HOSPITAL_OID
+from formats.devices.registry import DeviceRegistry, Link, add_link, encode_links
+from formats.devices.templates import load_templates
 from schemas.registry import Registry, decode
 from streams.normalize.device import DeviceMapper
 from streams.normalize.envelope import RawContext
@@ -87,7 +87,7 @@ def _free_port() -> int:
 def normalize_worker(raw_topic: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real normalize worker in its own process, its own consumer group, reading one raw topic."""
     code = (
-        "from affluent.settings import load_settings\n"
+        "from affluent.core.settings import load_settings\n"
         "from streams.normalize.worker import run\n"
         f"run(load_settings(), ({raw_topic!r},))\n"
     )

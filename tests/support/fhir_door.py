@@ -12,8 +12,8 @@ import jwt
 from confluent_kafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from affluent.kafka import make_consumer
-from affluent.settings import KafkaSettings
+from affluent.core.kafka import make_consumer
+from affluent.core.settings import KafkaSettings
 from schemas.registry import Registry, decode
 
 TOKEN = "test-token-not-a-secret-" + "0" * 8  # obviously a test credential

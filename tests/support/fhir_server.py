@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from affluent import synthetic
+from affluent.sim import synthetic
 
 Resource = dict[str, Any]
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.hl7.er7 import parse
-from connectors.mllp.charset import decode
+from formats.hl7.charset import decode
+from formats.hl7.er7 import parse
 from streams.normalize.envelope import RawContext
 from streams.normalize.result import CanonicalEvent
 

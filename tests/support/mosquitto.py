@@ -1,5 +1,5 @@
-"""The MQTT tests' broker: :mod:`affluent.mosquitto` (the demo starts the same one)."""
+"""The MQTT tests' broker: :mod:`affluent.local.mosquitto` (the demo starts the same one)."""
 
-from affluent.mosquitto import BrokerTls, Mosquitto, free_port
+from affluent.local.mosquitto import BrokerTls, Mosquitto, free_port
 
 __all__ = ["BrokerTls", "Mosquitto", "free_port"]

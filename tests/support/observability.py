@@ -98,7 +98,7 @@ NON_SETTINGS_ENV = {"AFFLUENT_HEALTH_PORT", "AFFLUENT_PSEUDO_KEY_FILE", "AFFLUEN
 
 def unknown_settings(names: Any) -> list[str]:
     """The AFFLUENT_* names among ``names`` that name no Settings field (pydantic ignores them silently)."""
-    from affluent.settings import Settings
+    from affluent.core.settings import Settings
 
     bad = []
     for key in names:

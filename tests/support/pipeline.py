@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from affluent.kafka import make_consumer
-from affluent.settings import KafkaSettings
+from affluent.core.kafka import make_consumer
+from affluent.core.settings import KafkaSettings
 
 KEY_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "test-keys.json"
 

@@ -12,7 +12,7 @@ import jsonschema
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from affluent.settings import MllpSettings, OppositionSettings, StreamsSettings
+from affluent.core.settings import MllpSettings, OppositionSettings, StreamsSettings
 from streams.pseudonymize.worker import DEFAULT_METRICS_PORT as PSEUDONYMIZE_PORT
 from tests.support.observability import ROOT, unknown_settings
 

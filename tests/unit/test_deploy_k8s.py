@@ -13,14 +13,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from affluent.settings import (
+from affluent.core.settings import (
     DeviceSettings,
     FhirRestSettings,
     MllpSettings,
     OppositionSettings,
     StreamsSettings,
 )
-from affluent.topics import (
+from affluent.core.topics import (
     ACK_CACHE_CONFIG,
     COMPACTED_CONFIG,
     CONTROL_ACK,

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from affluent.errors import ConfigError
-from affluent.synthetic import HOSPITAL_OID, INS_TEST_OID
-from connectors.devices.registry import DeviceRegistry, Link, add_link, decode_links, encode_links, end_link
-from connectors.devices.templates import load_templates
+from affluent.core.errors import ConfigError
+from affluent.sim.synthetic import HOSPITAL_OID, INS_TEST_OID
+from formats.clinical.identity import ins_key
+from formats.devices.registry import DeviceRegistry, Link, add_link, decode_links, encode_links, end_link
+from formats.devices.templates import load_templates
 from streams.normalize.device import FLAG_SYSTEM, DeviceMapper
-from streams.normalize.identity import ins_key
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import Rejection, run_mapper
 from tests.support.devices import SHAPES, context, registry_entries, sample
@@ -147,7 +147,7 @@ def test_a_linked_qualified_ins_reaches_the_patient_ref() -> None:
 
 
 def test_bearer_tokens_are_matched_by_hash_only() -> None:
-    from affluent.settings import DeviceToken
+    from affluent.core.settings import DeviceToken
     from connectors.devices.intake import authenticate, bearer, may_post, token_hash
 
     tokens = [DeviceToken(sha256=token_hash("a-token"), sender="GW-1", mappings=["bp-single"])]

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from connectors.devices import expr
-from connectors.devices.expr import MISSING, ExpressionError
-from connectors.devices.templates import (
+from formats.devices import expr
+from formats.devices.expr import MISSING, ExpressionError
+from formats.devices.templates import (
     TEMPLATES_DIR,
     PayloadError,
     TemplateError,

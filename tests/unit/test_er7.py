@@ -19,7 +19,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from connectors.hl7.er7 import (
+from formats.hl7.er7 import (
     Delimiters,
     Er7Error,
     Message,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.hl7.er7 import Delimiters, Er7Error, Message, escape, parse, unescape
+from formats.hl7.er7 import Delimiters, Er7Error, Message, escape, parse, unescape
 
 SETTINGS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 # Generated messages are costly to draw; fewer examples keep the suite well under a minute.

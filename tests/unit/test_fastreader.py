@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affluent.demo import demo_record
+from affluent.sim.demo import demo_record
 from schemas.fastreader import compile_reader
 from schemas.fastwriter import NotCompilable
 from schemas.registry import load_schema

@@ -10,8 +10,8 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from affluent.demo import demo_record
-from connectors.deadletter import dead_letter_record
+from affluent.sim.demo import demo_record
+from schemas.deadletter import dead_letter_record
 from schemas.fastwriter import NotCompilable, compile_writer
 from schemas.registry import load_schema
 from streams.normalize.envelope import RawContext

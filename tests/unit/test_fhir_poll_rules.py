@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 from connectors.fhir_poll.auth import client_assertion
 from connectors.fhir_poll.checkpoint import MAX_BOUNDARY_KEYS, Checkpoint
 from connectors.fhir_poll.config import SmartAuth, SourceConfig, parse_sources

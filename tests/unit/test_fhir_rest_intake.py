@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from affluent import synthetic
-from affluent.settings import FhirNotifierSettings, FhirRestSettings
-from connectors.fhir_common import media_type_accepted, operation_outcome
+from affluent.core.settings import FhirNotifierSettings, FhirRestSettings
+from affluent.sim import synthetic
 from connectors.fhir_rest import fetch, intake
 from connectors.fhir_rest.auth import Authenticator, Unauthenticated, token_digest
 from connectors.fhir_rest.intake import Refusal
 from connectors.fhir_rest.notification import read_notification
+from formats.fhir.common import media_type_accepted, operation_outcome
 
 RNG = random.Random(3)
 PATIENT = synthetic.patient(RNG, 1)

@@ -16,9 +16,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from affluent import synthetic
-from affluent.metrics import MAX_SENDERS, NIR_LIKE, SenderActivity, consumer_lag, rebalances, sender_label
+from affluent.core.metrics import (
+    MAX_SENDERS,
+    NIR_LIKE,
+    SenderActivity,
+    consumer_lag,
+    rebalances,
+    sender_label,
+)
 from affluent.run import RunMetrics
+from affluent.sim import synthetic
 from connectors.devices.metrics import DeviceMetrics
 from connectors.fhir_poll.puller import PullMetrics
 from connectors.fhir_rest.metrics import FhirRestMetrics

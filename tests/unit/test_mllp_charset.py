@@ -1,4 +1,4 @@
-"""Tests for MSH-18 character set handling (connectors.mllp.charset)."""
+"""Tests for MSH-18 character set handling (formats.hl7.charset)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.mllp.charset import (
+from formats.hl7.charset import (
     Decoded,
     UnknownCharset,
     codec_for,

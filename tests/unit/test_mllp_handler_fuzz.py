@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import KafkaUnavailable
-from affluent.settings import MllpSettings
-from connectors.hl7 import er7
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.settings import MllpSettings
 from connectors.mllp.framing import Frame, FrameDecoder
 from connectors.mllp.server import MllpServer, Peer
+from formats.hl7 import er7
 
 
 class FakeProducer:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.hl7 import er7
 from connectors.mllp import ack
 from connectors.mllp.intake import Accepted, Ignored, IntakePolicy, Rejected, assess, salvage_header
+from formats.hl7 import er7
 
 POLICY = IntakePolicy()
 NOW = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from affluent.errors import AffluentError
-from affluent.network import (
+from affluent.core.errors import AffluentError
+from affluent.core.settings import NetworkSettings
+from affluent.local.network import (
     Flow,
     cluster_ports,
     foreign_topics,
@@ -17,7 +18,6 @@ from affluent.network import (
     schema_parity,
     task_states,
 )
-from affluent.settings import NetworkSettings
 from schemas.catalog import NATIONAL_TOPICS
 
 POLICY = (NetworkSettings().deploy_dir / "mm2-policy.properties").read_text()

@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 import fastavro
 import pytest
 
+from formats.clinical.identity import ins_key
 from schemas.registry import load_schema, parse_schema
 from streams.normalize.envelope import RawContext, event_id
 from streams.normalize.fhir import map_fhir, resource_event_id
-from streams.normalize.identity import ins_key
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CANONICAL_KINDS, CanonicalEvent, MappingError, Rejection, run_mapper
 from tests.support.golden import dumps, to_jsonable

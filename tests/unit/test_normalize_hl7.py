@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from formats.clinical.identity import ins_key
 from schemas.catalog import CANONICAL_TOPICS
 from streams.normalize.envelope import RawContext
 from streams.normalize.hl7 import map_hl7
-from streams.normalize.identity import ins_key
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError, Rejection, run_mapper
 from tests.support.golden import (

@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from formats.clinical.times import TimeFormatError, hl7_date_text, parse_hl7_ts
 from streams.normalize.envelope import RawContext
 from streams.normalize.hl7 import fast_hl7_date_text, fast_hl7_ts, map_hl7
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, Rejection, run_mapper
-from streams.normalize.times import TimeFormatError, hl7_date_text, parse_hl7_ts
 from tests.support.golden import hl7_cases, hl7_text, schema_errors
 
 OPTIONS = MappingOptions()

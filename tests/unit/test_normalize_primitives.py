@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from formats.clinical.identity import IdentityError, LocalId, ins_from, ins_key, patient_ref, valid_matricule
+from formats.clinical.times import TimeFormatError, hl7_date_text, parse_fhir_datetime, parse_hl7_ts
+from formats.clinical.units import quantity, to_ucum
 from streams.normalize.envelope import RawContext, envelope, event_id
-from streams.normalize.identity import IdentityError, LocalId, ins_from, ins_key, patient_ref, valid_matricule
 from streams.normalize.result import MappingError, Rejection, run_mapper
-from streams.normalize.times import TimeFormatError, hl7_date_text, parse_fhir_datetime, parse_hl7_ts
-from streams.normalize.units import quantity, to_ucum
 
 
 def with_key(nir13: str) -> str:

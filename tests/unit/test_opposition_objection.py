@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import fastavro
 import pytest
 
-from affluent.auth import StaticTokens, new_token, token_digest
-from affluent.errors import ConfigError
+from affluent.core.auth import StaticTokens, new_token, token_digest
+from affluent.core.errors import ConfigError
 from schemas.registry import MAGIC_BYTE, load_schema, parse_schema
 from streams.opposition.objection import (
     InvalidObjection,

@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 from streams.pseudonymize import Feed, load_policy
 from streams.pseudonymize.keys import (
     ENV_PREFIX,

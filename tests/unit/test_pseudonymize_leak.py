@@ -12,7 +12,7 @@ import fastavro
 import pytest
 import yaml
 
-from affluent.errors import SchemaError
+from affluent.core.errors import SchemaError
 from schemas.registry import load_schema, parse_schema
 from streams.pseudonymize import Feed, TransformError, apply, load_policy, parse_policy
 from tests.support.canonical_samples import (

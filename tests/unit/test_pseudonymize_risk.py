@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 from schemas.registry import load_schema
 from streams.pseudonymize.risk import (
     DEFAULT_QUASI_IDENTIFIERS,

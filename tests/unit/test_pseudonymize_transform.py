@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affluent.errors import ConfigError, SchemaError
+from affluent.core.errors import ConfigError, SchemaError
 from schemas import catalog as cat
 from schemas.fastwriter import NotCompilable, compile_writer
 from schemas.registry import load_schema, parse_schema

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from affluent.accounting import Tally
 from affluent.components import COMPONENTS, select
-from affluent.errors import ConfigError
+from affluent.core.errors import ConfigError
 from affluent.run import backoff
-from affluent.simulate import Plan, accounting_lines, traffic
-from affluent.synthetic import MALFORMED, adt, cohort, malformed
+from affluent.sim.accounting import Tally
+from affluent.sim.simulate import Plan, accounting_lines, traffic
+from affluent.sim.synthetic import MALFORMED, adt, cohort, malformed
 from affluent.tail import json_line
 from streams.normalize.envelope import RawContext
 from streams.normalize.hl7 import map_hl7

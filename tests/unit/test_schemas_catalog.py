@@ -12,7 +12,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from affluent.errors import SchemaError
+from affluent.core.errors import SchemaError
 from schemas import catalog as cat
 from schemas.catalog import CheckResult, SchemaEntry, check_all, compatibility_for, entry_for
 from schemas.registry import load_schema, parse_schema

@@ -14,17 +14,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from affluent.accounting import Tally
-from affluent.sim_devices import HTTP, MQTT, DeviceTarget, device_links, gateway_topic
-from affluent.sim_fhir import FhirMessage, FhirTarget, fhir_message, fhir_raw_id
-from affluent.simulate import Accounts, Plan, channel_lines, report_lines, run_tag, traffic
-from affluent.synthetic import HOSPITAL_OID, INS_TEST_OID, cohort
+from affluent.sim.accounting import Tally
+from affluent.sim.devices import HTTP, MQTT, DeviceTarget, device_links, gateway_topic
+from affluent.sim.fhir import FhirMessage, FhirTarget, fhir_message, fhir_raw_id
+from affluent.sim.simulate import Accounts, Plan, channel_lines, report_lines, run_tag, traffic
+from affluent.sim.synthetic import HOSPITAL_OID, INS_TEST_OID, cohort
 from connectors.devices.intake import raw_message
-from connectors.devices.registry import DeviceRegistry, encode_links
-from connectors.devices.templates import PayloadError, load_templates, read_payload
 from connectors.fhir_rest import intake
 from connectors.raw import RawMessage
-from streams.normalize.identity import ins_key
+from formats.clinical.identity import ins_key
+from formats.devices.registry import DeviceRegistry, encode_links
+from formats.devices.templates import PayloadError, load_templates, read_payload
 
 START = datetime(2026, 11, 24, 9)
 TEMPLATES = load_templates(None)

@@ -8,8 +8,8 @@ import time
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from affluent.errors import KafkaUnavailable
-from affluent.telemetry import Readiness, TelemetryServer
+from affluent.core.errors import KafkaUnavailable
+from affluent.core.telemetry import Readiness, TelemetryServer
 
 
 class Clock:

@@ -1,0 +1,384 @@
+"""One settings object for every process.
+
+Values come, strongest first, from keyword arguments, ``AFFLUENT_*`` environment variables (nested with
+``__``, e.g. ``AFFLUENT_KAFKA__BOOTSTRAP_SERVERS``), a ``.env`` file, and a YAML file named by
+``AFFLUENT_CONFIG``. Defaults point at the local stack (``make up``) so that a fresh clone works
+without any configuration, while a production deployment only sets variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from affluent.core.errors import ConfigError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class KafkaSettings(BaseModel):
+    """How to reach Kafka and how durable writes must be."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "affluent"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # A sender waits for our answer: past this many ms without a delivery report we NAK rather than hang.
+    delivery_timeout_ms: int = Field(default=15_000, ge=1_000)
+    # Doors wait for each delivery report before answering a sender, so batching delay is paid per
+    # message: keep it near zero (under load, records still batch while a request is in flight).
+    linger_ms: float = Field(default=0.0, ge=0)
+    default_partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL") and self.sasl_mechanism != "OAUTHBEARER"
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        if self.min_insync_replicas and self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        return self
+
+
+class RegistrySettings(BaseModel):
+    """The Confluent-API schema registry (Apicurio's ccompat endpoint in the local stack)."""
+
+    url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class MllpSettings(BaseModel):
+    """The HL7 v2 MLLP door."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=2575, ge=0, le=65535)
+    max_frame_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # MSH-9.1 values we store; anything else is refused with AR so the sender knows at once.
+    allowed_message_types: list[str] = ["ADT", "ORU"]
+    # Identity the hub uses in ACKs when the message did not name a receiver (MSH-5/MSH-6).
+    receiving_application: str = "AFFLUENT"
+    receiving_facility: str = "AFFLUENT"
+    # Charset assumed when MSH-18 is absent and the bytes are not valid UTF-8 (French systems: latin-1).
+    default_charset: str = "latin-1"
+    # Seconds a connection may stay silent before we close it (interface engines reconnect).
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_require_client_certificate: bool = False
+    # Sending facility (MSH-4.1) -> certificate subjects (CN) allowed to send as that facility.
+    tls_allowed_subjects: dict[str, list[str]] = {}
+    metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MllpSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_require_client_certificate and self.tls_client_ca is None:
+            raise ValueError("tls_require_client_certificate needs tls_client_ca")
+        if self.tls_allowed_subjects and self.tls_client_ca is None:
+            raise ValueError("tls_allowed_subjects needs client certificates (tls_client_ca)")
+        return self
+
+
+class FhirNotifierSettings(BaseModel):
+    """A FHIR server whose Subscription notifications this door accepts, for fetching id-only payloads."""
+
+    base_url: str  # only references under this base are fetched (never an arbitrary URL from a payload)
+    bearer_token: SecretStr | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class FhirRestSettings(BaseModel):
+    """The FHIR REST door (env ``AFFLUENT_FHIR_REST__*``). Senders are ``"<facility>|<application>"``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    base_path: str = "/fhir"
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(default=5, ge=1)
+    # Processes that validate Bundles off the event loop (a 100-entry Bundle is ~20-30 ms of CPU, which
+    # would stall every other request); 0 validates them in the door's own loop.
+    validation_processes: int = Field(default=0, ge=0)
+    # Static bearer tokens, by SHA-256 (hex) of the token -> the one sender it may write as.
+    token_sha256: dict[str, str] = {}
+    # JWT bearer tokens: signature by the issuer's JWKS (a file or a URL); the ``sub`` claim names the
+    # client, and this map binds each client to one sender.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: list[str] = ["RS256", "ES256"]
+    jwt_subjects: dict[str, str] = {}
+    # mTLS: client certificate subject CN -> sender.
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_subjects: dict[str, str] = {}
+    # Sender -> the FHIR server that notifies for it (id-only fetches).
+    notifiers: dict[str, FhirNotifierSettings] = {}
+    metrics_port: int | None = Field(default=9467, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FhirRestSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_subjects and self.tls_client_ca is None:
+            raise ValueError("tls_subjects needs client certificates (tls_client_ca)")
+        if self.jwt_subjects and not (self.jwt_issuer and (self.jwt_jwks_file or self.jwt_jwks_url)):
+            raise ValueError("jwt_subjects needs jwt_issuer and jwt_jwks_file or jwt_jwks_url")
+        senders = [*self.token_sha256.values(), *self.jwt_subjects.values(), *self.tls_subjects.values()]
+        senders += list(self.notifiers)
+        if any(s.count("|") != 1 or "" in s.split("|") for s in senders):
+            raise ValueError("a sender is written '<facility>|<application>'")
+        if not self.base_path.startswith("/") or self.base_path.endswith("/"):
+            raise ValueError("base_path starts with '/' and does not end with one")
+        return self
+
+
+class StreamsSettings(BaseModel):
+    """The stream workers (normalize, pseudonymize): the stage shell of streams/app.py."""
+
+    # Consumer groups: every worker of one stage shares its group, so partitions spread over workers.
+    normalize_group: str = "affluent-normalize"
+    # Hospitals' local time zone, for times sent without an offset.
+    timezone: str = "Europe/Paris"
+    # Records per batch at most: outputs of a batch are confirmed by Kafka before its inputs are committed.
+    # A batch is what the consumer has already fetched (it grows with the load); when nothing is there,
+    # the worker waits up to batch_window_s for the first record (also how often it checks for a stop).
+    batch_size: int = Field(default=500, ge=1)
+    batch_window_s: float = Field(default=0.05, gt=0)
+    # A worker that stops heartbeating (killed) loses its partitions to the others after this long.
+    session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9465, ge=0, le=65535)
+
+
+class FhirPollSettings(BaseModel):
+    """The FHIR puller (``affluent pull``): where its sources are listed and how patient it is."""
+
+    # The sources file (YAML, see README "being pulled"); ``affluent pull --sources`` overrides it.
+    sources: Path | None = None
+    raw_topic: str = "ingest.fhir.raw"
+    dlq_topic: str = "dlq.ingest"
+    checkpoint_topic: str = "control.fhir_poll.checkpoints"
+    # Seconds between passes in ``--follow`` mode (a source may set its own ``interval_s``).
+    interval_s: float = Field(default=60.0, gt=0)
+    http_timeout_s: float = Field(default=30.0, gt=0)
+    # Retries of one request (429, 5xx, transport errors) before the pass gives up with an error.
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # Bulk $export: status polling interval when the server sends no Retry-After, and the overall bound.
+    bulk_poll_s: float = Field(default=5.0, gt=0)
+    bulk_timeout_s: float = Field(default=3600.0, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9469, ge=0, le=65535)
+
+
+class DeviceToken(BaseModel):
+    """A bearer token of one device or gateway, stored only as its SHA-256 (hex), never in clear."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Gateway or device id: the raw record's source facility (one Kafka key, so one sender's order).
+    sender: str = Field(min_length=1)
+    # Mapping templates this token may post to; empty = any.
+    mappings: list[str] = []
+
+
+class DeviceMqttSettings(BaseModel):
+    """The MQTT door: subscriptions on a broker (QoS 1), PUBACK only after Kafka holds the reading."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    # A fixed client id with a persistent session: the broker keeps unacknowledged readings for us.
+    client_id: str = "affluent-devices"
+    # Topic filter -> mapping template name, e.g. {"telemonitoring/+/bp": "bp-single"}.
+    topics: dict[str, str] = {}
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DeviceMqttSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        if self.enabled and not self.topics:
+            raise ValueError("the MQTT door needs at least one topic (topic filter -> template)")
+        return self
+
+
+class DeviceSettings(BaseModel):
+    """The telemonitoring door (HTTPS JSON + MQTT) and the device mapping in the normalize stage."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8082, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9468, ge=0, le=65535)
+    # Folder of mapping templates (*.yaml); None = the templates shipped in connectors/devices/mappings.
+    templates_dir: Path | None = None
+    tokens: list[DeviceToken] = []
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(default=5, ge=1)
+    # Readings later than their arrival by more than this are flagged (interpretation future-time).
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    # Mutual TLS: when set, a client certificate signed by this CA is required (bearer tokens still are).
+    tls_client_ca: Path | None = None
+    mqtt: DeviceMqttSettings = DeviceMqttSettings()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> DeviceSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_key (HTTPS)")
+        return self
+
+
+class RunSettings(BaseModel):
+    """``affluent run``: the supervisor of the doors and workers of one box."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9460, ge=0, le=65535)
+    # Children's output goes to <log_dir>/<component>.log; default: <state_dir>/run.
+    log_dir: Path | None = None
+    # On shutdown each child gets SIGTERM, then SIGKILL after this many seconds.
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    # A crashed child is restarted after 0.5 s, 1 s, 2 s … up to this many seconds between tries.
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    # A child that stayed up this long is healthy again: its next crash restarts it at once.
+    stable_after_s: float = Field(default=30.0, gt=0)
+
+
+class StackSettings(BaseModel):
+    """The embedded local stack: where it keeps jars, data and logs, and where it listens."""
+
+    state_dir: Path = REPO_ROOT / ".state"
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "affluent"
+    deploy_dir: Path = REPO_ROOT / "deploy" / "local"
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    registry_port: int = 8081
+    registry_management_port: int = 9001
+    kafka_version: str = "4.0.2"
+    registry_version: str = "3.3.3"
+    broker_heap: str = "512m"
+    registry_heap: str = "512m"
+    java_home: Path | None = None
+    # Apicurio 3.3 is built for Java 21+; found automatically under /usr/lib/jvm when not set.
+    registry_java_home: Path | None = None
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class OppositionSettings(BaseModel):
+    """The HTTP endpoint where objections are registered and withdrawn (``affluent opposition serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    # principal (a service account, e.g. the DPO's tool) → hex SHA-256 of its bearer token
+    # (``affluent opposition token`` makes one). No token configured → the endpoint refuses to start.
+    tokens: dict[str, str] = {}
+
+
+class NetworkSettings(BaseModel):
+    """The local three-level network (hospital -> region -> national): independent clusters + MirrorMaker 2.
+
+    Cluster k of the network listens on ``base_port + 10*k`` (Kafka), ``+1`` (KRaft controller), ``+2``
+    (registry), ``+3`` (registry management) and ``+4`` (the MirrorMaker metrics of the flows into it), so
+    the network never collides with the single-cluster stack (9092/9093/8081/9001).
+    """
+
+    state_dir: Path = REPO_ROOT / ".state" / "network"
+    deploy_dir: Path = REPO_ROOT / "deploy" / "mirror"
+    base_port: int = Field(default=19100, ge=1024, le=65000)
+    broker_heap: str = "384m"
+    registry_heap: str = "384m"
+    mirror_heap: str = "384m"
+    jmx_agent_version: str = "1.0.1"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs, validated once at start so mistakes surface before traffic flows."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AFFLUENT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    mllp: MllpSettings = MllpSettings()
+    fhir_rest: FhirRestSettings = FhirRestSettings()
+    streams: StreamsSettings = StreamsSettings()
+    fhir_poll: FhirPollSettings = FhirPollSettings()
+    stack: StackSettings = StackSettings()
+    opposition: OppositionSettings = OppositionSettings()
+    devices: DeviceSettings = DeviceSettings()
+    run: RunSettings = RunSettings()
+    network: NetworkSettings = NetworkSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("AFFLUENT_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings, turning pydantic's report into one readable ConfigError."""
+    config_file = os.environ.get("AFFLUENT_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"AFFLUENT_CONFIG names {config_file}, which is not a readable file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
