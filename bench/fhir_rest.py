@@ -55,7 +55,7 @@ from bench.report import (
 )
 from connectors.fhir_rest.auth import token_digest
 from connectors.fhir_rest.service import FhirRestService
-from streams.normalize.fhir import parse_json, validate_resource
+from formats.fhir.validate import parse_json, validate_resource
 
 SINGLE_TARGET = 2_000  # acknowledged single Observations/s, 16 clients
 BUNDLE_TARGET = 10_000  # resources/s in 100-entry Bundles, 16 clients

@@ -14,6 +14,7 @@ from typing import Any
 
 from affluent.core.errors import AffluentError
 from affluent.core.producer import DurableProducer
+from formats.reasons import ReasonCode
 from schemas.registry import AvroCodec
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 def dead_letter_record(
     *,
     stage: str,
-    reason_code: str,
+    reason_code: ReasonCode,
     reason: str,
     location: str = "",
     rule: str = "",
@@ -40,7 +41,7 @@ def dead_letter_record(
 ) -> dict[str, Any]:
     return {
         "stage": stage,
-        "reason_code": reason_code,
+        "reason_code": ReasonCode(reason_code).value,
         "reason": reason,
         "location": location or None,
         "rule": rule or None,

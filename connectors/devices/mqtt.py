@@ -30,6 +30,7 @@ from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, payload_raw_id, ra
 from connectors.devices.metrics import DeviceMetrics
 from connectors.raw import RawMessage, RawWriter
 from formats.devices.templates import PayloadError, Template, read_payload
+from formats.reasons import ReasonCode
 from schemas.deadletter import DeadLetterWriter
 
 log = logging.getLogger(__name__)
@@ -178,13 +179,15 @@ class DeviceMqttDoor:
             template = self.templates.get(name)
             try:
                 if template is None:
-                    raise PayloadError("unknown_mapping", "no mapping template for this MQTT topic")
+                    raise PayloadError(ReasonCode.UNKNOWN_MAPPING, "no mapping template for this MQTT topic")
                 readings = read_payload(template, item.payload)
             except PayloadError as exc:
                 rejected.append((item, name, exc))
                 continue
             except Exception as exc:  # a bug must not stop the door: the message becomes a dead letter
-                bug = PayloadError("mapping_failed", f"unexpected {type(exc).__name__} reading the payload")
+                bug = PayloadError(
+                    ReasonCode.MAPPING_FAILED, f"unexpected {type(exc).__name__} reading the payload"
+                )
                 rejected.append((item, name, bug))
                 continue
             raws.append(raw_message(CONNECTOR, item.topic, template, item.payload, len(readings)))

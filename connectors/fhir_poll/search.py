@@ -35,6 +35,7 @@ from connectors.fhir_poll.records import (
     sort_out,
 )
 from connectors.raw import RawWriter
+from formats.reasons import ReasonCode
 from schemas.deadletter import DeadLetterWriter
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ async def store_page(
     for bad in unusable:
         written = await dead.write(
             stage="ingest",
-            reason_code="fhir_unusable_resource",
+            reason_code=ReasonCode.FHIR_UNUSABLE_RESOURCE,
             reason=bad.reason,
             payload=bad.payload,
             content_type=FHIR_JSON,

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from formats.fhir.common import Issue, content_digest, resource_message_id, version_id
-from streams.normalize.fhir import parse_json, validate_bundle_shell, validate_resource
-from streams.normalize.result import MappingError
+from formats.fhir.validate import parse_json, validate_bundle_shell, validate_resource
+from formats.reasons import ReasonCode, Refused
 
 # Resource types the door takes at /fhir/{type}: what the normalize stage maps, plus Bundle.
 MAPPED_TYPES: Final = frozenset(
@@ -86,14 +86,15 @@ class Plan:
     entries: list[Entry] = field(default_factory=list)
 
 
-def _invalid(exc: MappingError, status: int = 400) -> Refusal:
-    return Refusal(status, Issue("invalid", exc.reason, exc.location or None))
+def _invalid(exc: Refused) -> Refusal:
+    """The answer its reason code gives (formats/reasons.py): the same words as the dead letter's."""
+    return Refusal(exc.code.http_status, Issue(exc.code.fhir_issue, exc.reason, exc.location or None))
 
 
 def parse(body: bytes) -> dict[str, Any]:
     try:
         data = parse_json(body)
-    except MappingError as exc:
+    except Refused as exc:
         raise _invalid(exc) from None
     if not isinstance(data, dict):
         raise Refusal(400, Issue("structure", "the body is not a JSON object", "resourceType"))
@@ -109,7 +110,7 @@ def _validate(resource: dict[str, Any], rtype: str, where: str = "") -> None:
             _validate_bundle(resource)
         else:
             validate_resource(resource, rtype, where)
-    except MappingError as exc:
+    except Refused as exc:
         raise _invalid(exc) from None
 
 
@@ -121,7 +122,7 @@ def _validate_bundle(bundle: dict[str, Any]) -> None:
             continue
         where = f"Bundle.entry[{index}].resource"
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise MappingError("invalid_resource", f"{where} has no resourceType", where, "FHIR JSON")
+            raise Refused(ReasonCode.INVALID_RESOURCE, f"{where} has no resourceType", where, "FHIR JSON")
         validate_resource(resource, resource["resourceType"], f"Bundle.entry[{index}]: ")
 
 
@@ -176,7 +177,7 @@ def bundle_plan(body: bytes) -> Plan:
     if btype == "batch":
         try:
             validate_bundle_shell(bundle)
-        except MappingError as exc:
+        except Refused as exc:
             raise _invalid(exc) from None
         entries = [_batch_entry(i, e) for i, e in enumerate(_entries(bundle))]
         return Plan("batch", [e.item for e in entries if e.item is not None], entries)

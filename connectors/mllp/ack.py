@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from connectors.mllp.intake import Header
 from formats.hl7 import er7
+from formats.reasons import TABLE_0357
 
 Outcome = Literal["accepted", "error", "reject"]
 PARIS = ZoneInfo("Europe/Paris")
@@ -100,7 +101,7 @@ def build_ack(
             "ERR",
             "",  # ERR-1 (deprecated in 2.5)
             _location(error.location, d),  # ERR-2 error location
-            cs.join([error.hl7_error, esc(_TABLE_0357.get(error.hl7_error, "")), "HL70357"]),  # ERR-3
+            cs.join([error.hl7_error, esc(TABLE_0357.get(error.hl7_error, "")), "HL70357"]),  # ERR-3
             severity,  # ERR-4
             "",
             "",
@@ -118,17 +119,3 @@ def _location(location: str, d: er7.Delimiters) -> str:
     if len(location) == 3 and location.isalnum():
         return d.component.join([location, "1"])
     return ""
-
-
-_TABLE_0357 = {
-    "0": "Message accepted",
-    "100": "Segment sequence error",
-    "101": "Required field missing",
-    "102": "Data type error",
-    "103": "Table value not found",
-    "200": "Unsupported message type",
-    "201": "Unsupported event code",
-    "202": "Unsupported processing id",
-    "203": "Unsupported version id",
-    "207": "Application internal error",
-}

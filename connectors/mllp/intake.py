@@ -13,23 +13,7 @@ from dataclasses import dataclass, field
 from connectors.raw import raw_id_of
 from formats.hl7 import er7
 from formats.hl7.charset import Decoded, UnknownCharset, decode
-
-# HL7 table 0357 (message error condition codes) entries the door uses.
-ERR_SEGMENT_SEQUENCE = "100"
-ERR_REQUIRED_FIELD_MISSING = "101"
-ERR_DATA_TYPE = "102"
-ERR_UNSUPPORTED_MESSAGE_TYPE = "200"
-ERR_INTERNAL = "207"
-
-_ER7_TO_0357 = {
-    "empty": ERR_SEGMENT_SEQUENCE,
-    "no_msh": ERR_SEGMENT_SEQUENCE,
-    "msh_too_short": ERR_REQUIRED_FIELD_MISSING,
-    "bad_delimiters": ERR_DATA_TYPE,
-    "bad_segment_name": ERR_SEGMENT_SEQUENCE,
-    "nul_character": ERR_DATA_TYPE,
-}
-
+from formats.reasons import ReasonCode
 
 DEFAULT_DELIMITERS = er7.Delimiters()
 
@@ -83,12 +67,15 @@ class Accepted:
 class Rejected:
     """A message the hub will not store. ``severity`` picks AR (reject) or AE (error) in original mode."""
 
-    reason_code: str  # machine code for metrics and dead letters, e.g. "no_msh", "unsupported_type"
-    hl7_error: str  # HL7 table 0357 code for ERR-3
+    reason_code: ReasonCode  # metric label, dead letter reason and ERR-3 (its HL7 table 0357 code)
     reason: str  # human-readable, content-free
     location: str = ""  # e.g. "MSH-10"
     severity: str = "reject"  # "reject" -> AR/CR, "error" -> AE/CE
     header: Header = field(default_factory=Header)
+
+    @property
+    def hl7_error(self) -> str:
+        return self.reason_code.hl7_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +137,12 @@ def salvage_header(payload: bytes) -> Header:
 def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
     """Classify one frame's payload; never raises."""
     if not payload.strip(b"\r\n\t "):
-        return Rejected("empty", ERR_SEGMENT_SEQUENCE, "empty message")
+        return Rejected(ReasonCode.EMPTY, "empty message")
     try:
         decoded = decode(payload, policy.default_charset)
     except UnknownCharset:
         return Rejected(
-            "unknown_charset",
-            ERR_DATA_TYPE,
+            ReasonCode.UNKNOWN_CHARSET,
             "unsupported character set declared in MSH-18",
             "MSH-18",
             header=salvage_header(payload),
@@ -166,7 +152,6 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
     except er7.Er7Error as exc:
         return Rejected(
             exc.code,
-            _ER7_TO_0357.get(exc.code, ERR_INTERNAL),
             f"message cannot be tokenized: {exc.code}",
             exc.location,
             header=salvage_header(payload),
@@ -174,8 +159,7 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
     header = read_header(msg)
     if len(msg.segments_named("MSH")) > 1:
         return Rejected(
-            "several_messages",
-            ERR_SEGMENT_SEQUENCE,
+            ReasonCode.SEVERAL_MESSAGES,
             "more than one MSH segment in one frame: send one message per MLLP frame",
             "MSH",
             header=header,
@@ -183,13 +167,10 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
     if header.message_type == "ACK":
         return Ignored(header)
     if not header.message_type:
-        return Rejected(
-            "missing_field", ERR_REQUIRED_FIELD_MISSING, "message type is empty", "MSH-9", "error", header
-        )
+        return Rejected(ReasonCode.MISSING_FIELD, "message type is empty", "MSH-9", "error", header)
     if not header.control_id:
         return Rejected(
-            "missing_field",
-            ERR_REQUIRED_FIELD_MISSING,
+            ReasonCode.MISSING_FIELD,
             "message control id is empty",
             "MSH-10",
             "error",
@@ -199,8 +180,7 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
         allowed = ", ".join(sorted(policy.allowed_message_types))
         shown = "".join(c for c in header.message_type[:8] if c.isalnum())
         return Rejected(
-            "unsupported_type",
-            ERR_UNSUPPORTED_MESSAGE_TYPE,
+            ReasonCode.UNSUPPORTED_TYPE,
             f"message type {shown} not accepted by this hub (accepted: {allowed})",
             "MSH-9",
             header=header,

@@ -31,7 +31,6 @@ from connectors.mllp import ack as acks
 from connectors.mllp.ackcache import AckCache
 from connectors.mllp.framing import Frame, FrameDecoder, FrameError, encode_frame
 from connectors.mllp.intake import (
-    ERR_INTERNAL,
     Accepted,
     Header,
     Ignored,
@@ -42,6 +41,7 @@ from connectors.mllp.intake import (
 from connectors.mllp.metrics import MllpMetrics
 from connectors.raw import stream_key
 from formats.hl7.charset import encode_for_reply
+from formats.reasons import ReasonCode
 from schemas.deadletter import DeadLetterWriter
 from schemas.registry import AvroCodec
 
@@ -161,9 +161,10 @@ class MllpServer:
                 # Answer at once so the sender does not wait for a timeout; MSH is unknown here.
                 started = time.perf_counter()
                 error = acks.AckError(
-                    ERR_INTERNAL, f"frame larger than the {self.settings.max_frame_bytes} bytes allowed"
+                    ReasonCode.OVERSIZE.hl7_error,
+                    f"frame larger than the {self.settings.max_frame_bytes} bytes allowed",
                 )
-                self.metrics.rejects.labels("oversize").inc()
+                self.metrics.rejects.labels(ReasonCode.OVERSIZE).inc()
                 reply = self._encode_acks(Header(), "reject", error)
                 self.metrics.ack_latency.observe(time.perf_counter() - started)
                 return reply
@@ -194,8 +195,7 @@ class MllpServer:
             allowed is None or peer.certificate_subject not in allowed
         ):
             return Rejected(
-                "sender_not_allowed",
-                ERR_INTERNAL,
+                ReasonCode.SENDER_NOT_ALLOWED,
                 "the client certificate is not allowed to send for this facility",
                 "MSH-4",
                 "error",
@@ -246,7 +246,8 @@ class MllpServer:
         except KafkaUnavailable:
             self._count(accepted.header, "kafka_unavailable")
             error = acks.AckError(
-                ERR_INTERNAL, "message not stored: the hub's storage is unavailable, resend later"
+                ReasonCode.STORAGE_UNAVAILABLE.hl7_error,
+                "message not stored: the hub's storage is unavailable, resend later",
             )
             return self._encode_acks(accepted.header, "reject", error)
         finally:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from formats.reasons import ReasonCode
+
 INS_OIDS = {
     "1.2.250.1.213.1.4.8": "NIR",
     "1.2.250.1.213.1.4.9": "NIA",
@@ -27,7 +29,7 @@ QUALIFIED_STATUSES = frozenset({"QUAL"})
 class IdentityError(ValueError):
     """An identifier that claims to be an INS but is not valid; text names the rule, never the value."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: ReasonCode, reason: str) -> None:
         self.code = code
         super().__init__(reason)
 
@@ -64,7 +66,9 @@ def ins_from(matricule: str, system: str) -> dict[str, Any] | None:
         return None
     value = matricule.strip().replace(" ", "")
     if not valid_matricule(value):
-        raise IdentityError("bad_ins_key", "INS matricule is not 15 characters with a valid control key")
+        raise IdentityError(
+            ReasonCode.BAD_INS_KEY, "INS matricule is not 15 characters with a valid control key"
+        )
     return {"matricule": value.upper(), "oid": oid, "kind": kind}
 
 
@@ -98,7 +102,9 @@ def patient_ref(ids: Iterable[LocalId], reliability: Iterable[str] = ()) -> dict
         else:
             local.append(ident)
     if not local:
-        raise IdentityError("no_local_identifier", "no hospital patient identifier (IPP) besides the INS")
+        raise IdentityError(
+            ReasonCode.NO_LOCAL_IDENTIFIER, "no hospital patient identifier (IPP) besides the INS"
+        )
     ipp = next((i for i in local if (i.type_code or "").upper() == "PI"), local[0])
     authority = ipp.authority_oid or ipp.authority_name or ""
     codes = [c.strip().upper() for c in reliability if c and c.strip()]

@@ -19,6 +19,7 @@ from typing import Any
 
 from affluent.core.errors import ConfigError
 from formats.clinical.identity import IdentityError, ins_from
+from formats.reasons import ReasonCode
 
 _OID = re.compile(r"\d+(\.\d+)+")
 
@@ -137,7 +138,7 @@ def end_link(links: list[Link], at: datetime) -> list[Link]:
 @dataclass(frozen=True, slots=True)
 class Resolution:
     patient: dict[str, Any] | None
-    reason_code: str = ""  # unknown_device | unlinked_device when patient is None
+    reason_code: ReasonCode | None = None  # UNKNOWN_DEVICE | UNLINKED_DEVICE when patient is None
 
 
 class DeviceRegistry:
@@ -163,8 +164,8 @@ class DeviceRegistry:
     def resolve(self, device_id: str, when: datetime) -> Resolution:
         links = self.links(device_id)
         if not links:
-            return Resolution(None, "unknown_device")
+            return Resolution(None, ReasonCode.UNKNOWN_DEVICE)
         for link in links:
             if link.covers(when):
                 return Resolution(link.patient_ref())
-        return Resolution(None, "unlinked_device")
+        return Resolution(None, ReasonCode.UNLINKED_DEVICE)

@@ -29,6 +29,7 @@ from formats.clinical.times import ClinicalTime, TimeFormatError, parse_fhir_dat
 from formats.clinical.units import can_convert, quantity, to_ucum
 from formats.devices import expr
 from formats.devices.expr import MISSING, ExpressionError
+from formats.reasons import ReasonCode
 
 TEMPLATES_DIR: Final = Path(__file__).resolve().parent / "mappings"
 # The raw record attribute naming the template a payload was read with: the door writes it, normalize
@@ -69,7 +70,7 @@ class PayloadError(ValueError):
     """A payload the template cannot read. ``code`` is a small closed set (metric label, DLQ reason);
     ``reason`` and ``location`` hold positions and rules only, never a value from the payload."""
 
-    def __init__(self, code: str, reason: str, location: str = "") -> None:
+    def __init__(self, code: ReasonCode, reason: str, location: str = "") -> None:
         super().__init__(f"{reason} ({location})" if location else reason)
         self.code, self.reason, self.location = code, reason, location
 
@@ -307,16 +308,16 @@ def parse_json(payload: bytes) -> Any:
     try:
         return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PayloadError("not_json", "the payload is not UTF-8 JSON") from None
+        raise PayloadError(ReasonCode.NOT_JSON, "the payload is not UTF-8 JSON") from None
     except RecursionError:
-        raise PayloadError("not_json", "the payload nests deeper than the parser allows") from None
+        raise PayloadError(ReasonCode.NOT_JSON, "the payload nests deeper than the parser allows") from None
 
 
 def documents(body: Any) -> list[tuple[str, Any]]:
     """A top-level array holds several documents (one per element); anything else is one document."""
     if isinstance(body, list):
         if not body:
-            raise PayloadError("no_reading", "the payload is an empty list", "$")
+            raise PayloadError(ReasonCode.NO_READING, "the payload is an empty list", "$")
         return [(f"$[{i}]", item) for i, item in enumerate(body)]
     return [("$", body)]
 
@@ -335,18 +336,18 @@ def _time(template: Template, value: Any, location: str, seen: dict[Any, Clinica
 
 def _parse_time(template: Template, value: Any, location: str) -> ClinicalTime:
     if value is MISSING or value is None:
-        raise PayloadError("missing_timestamp", "the reading has no timestamp", location)
+        raise PayloadError(ReasonCode.MISSING_TIMESTAMP, "the reading has no timestamp", location)
     try:
         if template.time_format == "iso8601":
             if not isinstance(value, str):
-                raise PayloadError("bad_timestamp", "the timestamp is not ISO 8601 text", location)
+                raise PayloadError(ReasonCode.BAD_TIMESTAMP, "the timestamp is not ISO 8601 text", location)
             parsed = parse_fhir_datetime(value, template.timezone)
             if parsed is None or parsed.precision in ("year", "month", "day"):
-                raise PayloadError("bad_timestamp", "the timestamp has no time of day", location)
+                raise PayloadError(ReasonCode.BAD_TIMESTAMP, "the timestamp has no time of day", location)
             return parsed
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise PayloadError(
-                "bad_timestamp", f"the timestamp is not a number ({template.time_format})", location
+                ReasonCode.BAD_TIMESTAMP, f"the timestamp is not a number ({template.time_format})", location
             )
         seconds = value / 1000 if template.time_format == "epoch_ms" else value
         instant = datetime.fromtimestamp(seconds, UTC)
@@ -354,7 +355,9 @@ def _parse_time(template: Template, value: Any, location: str) -> ClinicalTime:
     except (TimeFormatError, ValueError, OverflowError, OSError) as exc:
         if isinstance(exc, PayloadError):
             raise
-        raise PayloadError("bad_timestamp", "the timestamp is not a valid date and time", location) from None
+        raise PayloadError(
+            ReasonCode.BAD_TIMESTAMP, "the timestamp is not a valid date and time", location
+        ) from None
 
 
 def _scalar_text(value: Any) -> str | None:
@@ -375,31 +378,33 @@ def _measure(spec: ObservationSpec, document: Any, reading: Any, location: str) 
     if value is MISSING or value is None:
         if spec.optional:
             return None
-        raise PayloadError("missing_value", f"no value at {spec.value.text}", where)
+        raise PayloadError(ReasonCode.MISSING_VALUE, f"no value at {spec.value.text}", where)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PayloadError("wrong_type", f"the value at {spec.value.text} is not a number", where)
+        raise PayloadError(ReasonCode.WRONG_TYPE, f"the value at {spec.value.text} is not a number", where)
     if not math.isfinite(value):
-        raise PayloadError("wrong_type", f"the value at {spec.value.text} is not a finite number", where)
+        raise PayloadError(
+            ReasonCode.WRONG_TYPE, f"the value at {spec.value.text} is not a finite number", where
+        )
     unit = unit_text = spec.unit
     if spec.unit_path is not None:
         unit_text = _scalar_text(spec.unit_path.get(document, reading))
         if unit_text is None:
-            raise PayloadError("missing_unit", f"no unit at {spec.unit_path.text}", where)
+            raise PayloadError(ReasonCode.MISSING_UNIT, f"no unit at {spec.unit_path.text}", where)
         unit = to_ucum(unit_text)
         if unit is None:
             raise PayloadError(
-                "unknown_unit", f"the unit at {spec.unit_path.text} is not a known unit", where
+                ReasonCode.UNKNOWN_UNIT, f"the unit at {spec.unit_path.text} is not a known unit", where
             )
         if spec.convert_to and not can_convert(unit, spec.convert_to):
             raise PayloadError(
-                "unknown_unit", f"the unit at {spec.unit_path.text} cannot be converted", where
+                ReasonCode.UNKNOWN_UNIT, f"the unit at {spec.unit_path.text} cannot be converted", where
             )
     assert unit is not None and unit_text is not None  # compile_template: unit or unit_path
     conversions = {unit: spec.convert_to} if spec.convert_to and spec.convert_to != unit else {}
     q = quantity(float(value), unit_text, conversions)  # keeps the unit as the sender wrote it
     if (spec.low is not None and q.value < spec.low) or (spec.high is not None and q.value > spec.high):
         raise PayloadError(
-            "implausible_value", f"the value is outside the plausible range of {spec.name}", where
+            ReasonCode.IMPLAUSIBLE_VALUE, f"the value is outside the plausible range of {spec.name}", where
         )
     return Measurement(spec, q.as_record())
 
@@ -409,13 +414,15 @@ def _reading(
 ) -> Reading:
     device_id = _scalar_text(template.device_id.get(document, reading))
     if device_id is None:
-        raise PayloadError("missing_device", f"no device id at {template.device_id.text}", location)
+        raise PayloadError(ReasonCode.MISSING_DEVICE, f"no device id at {template.device_id.text}", location)
     when = _time(template, template.time.get(document, reading), location, seen)
     ipp = None
     if template.patient_ipp is not None:
         ipp = _scalar_text(template.patient_ipp.get(document, reading))
         if ipp is None:
-            raise PayloadError("missing_patient", f"no patient id at {template.patient_ipp.text}", location)
+            raise PayloadError(
+                ReasonCode.MISSING_PATIENT, f"no patient id at {template.patient_ipp.text}", location
+            )
     model = _scalar_text(template.device_model.get(document, reading)) if template.device_model else None
     measurements: list[Measurement] = []
     matched = False
@@ -427,9 +434,11 @@ def _reading(
         if measured is not None:
             measurements.append(measured)
     if not matched:
-        raise PayloadError("no_observation", "the reading matches no observation of the template", location)
+        raise PayloadError(
+            ReasonCode.NO_OBSERVATION, "the reading matches no observation of the template", location
+        )
     if not measurements:
-        raise PayloadError("missing_value", "the reading carries no value", location)
+        raise PayloadError(ReasonCode.MISSING_VALUE, "the reading carries no value", location)
     return Reading(
         location,
         device_id,
@@ -445,13 +454,13 @@ def _reading(
 def extract(template: Template, document: Any, location: str = "$") -> list[Reading]:
     """Every reading of one document, all or nothing: the first unreadable reading raises PayloadError."""
     if not isinstance(document, dict):
-        raise PayloadError("wrong_type", "a document must be a JSON object", location)
+        raise PayloadError(ReasonCode.WRONG_TYPE, "a document must be a JSON object", location)
     seen: dict[Any, ClinicalTime] = {}
     if template.readings is None:
         return [_reading(template, document, document, location, seen)]
     found = template.readings.all(document)
     if not found:
-        raise PayloadError("no_reading", f"nothing at {template.readings.text}", location)
+        raise PayloadError(ReasonCode.NO_READING, f"nothing at {template.readings.text}", location)
     return [_reading(template, document, item, f"{location}{where[1:]}", seen) for where, item in found]
 
 

@@ -35,6 +35,8 @@ from dataclasses import field as dataclass_field
 from operator import itemgetter
 from typing import Final
 
+from formats.reasons import ReasonCode
+
 __all__ = [
     "Component",
     "Delimiters",
@@ -86,13 +88,13 @@ class Er7Error(ValueError):
     exception ends up in logs and dead-letter metadata, where patient data must never go.
     """
 
-    def __init__(self, code: str, location: str, detail: str = "") -> None:
+    def __init__(self, code: ReasonCode, location: str, detail: str = "") -> None:
         self.code = code
         self.location = location
         self.detail = detail
         super().__init__(f"{code} at {location}: {detail}" if detail else f"{code} at {location}")
 
-    def __reduce__(self) -> tuple[type[Er7Error], tuple[str, str, str]]:
+    def __reduce__(self) -> tuple[type[Er7Error], tuple[ReasonCode, str, str]]:
         # Exceptions cross process boundaries (worker pools); the default reduce would call
         # __init__ with the formatted message only.
         return (type(self), (self.code, self.location, self.detail))
@@ -259,10 +261,12 @@ def _delimiters_from(msh: str) -> Delimiters:
     if msh.startswith(_DEFAULT_MSH):
         return _DEFAULT
     if msh[:3] != "MSH":
-        raise Er7Error("no_msh", "segment 1", "message does not start with an MSH segment")
+        raise Er7Error(ReasonCode.NO_MSH, "segment 1", "message does not start with an MSH segment")
     if len(msh) < 8:
         raise Er7Error(
-            "msh_too_short", "MSH-2", f"MSH is {len(msh)} characters, at least 8 are needed for delimiters"
+            ReasonCode.MSH_TOO_SHORT,
+            "MSH-2",
+            f"MSH is {len(msh)} characters, at least 8 are needed for delimiters",
         )
     fs = msh[3]
     end = msh.find(fs, 4)
@@ -272,14 +276,18 @@ def _delimiters_from(msh: str) -> Delimiters:
         return cached
     enc = key[1:]
     if len(enc) not in (4, 5):
-        raise Er7Error("bad_delimiters", "MSH-2", f"expected 4 or 5 encoding characters, found {len(enc)}")
+        raise Er7Error(
+            ReasonCode.BAD_DELIMITERS, "MSH-2", f"expected 4 or 5 encoding characters, found {len(enc)}"
+        )
     trunc = enc[4] if len(enc) == 5 else None
     try:
         d = Delimiters(fs, enc[0], enc[1], enc[2], enc[3], trunc)
     except ValueError:
         location = "MSH-1" if fs.isalnum() or fs.isspace() or not fs.isprintable() else "MSH-2"
         raise Er7Error(
-            "bad_delimiters", location, "delimiters must be distinct printable non-alphanumeric characters"
+            ReasonCode.BAD_DELIMITERS,
+            location,
+            "delimiters must be distinct printable non-alphanumeric characters",
         ) from None
     if len(_DELIMITER_CACHE) < _CACHE_LIMIT:
         _DELIMITER_CACHE[key] = d
@@ -304,7 +312,7 @@ def _validate_segments(raws: list[str], fs: str) -> tuple[list[str], list[str]]:
                 continue  # blank line between or after segments: a transport artefact
             if not _SEGMENT_NAME.fullmatch(raw[:3]) or (len(raw) > 3 and raw[3] != fs):
                 raise Er7Error(
-                    "bad_segment_name",
+                    ReasonCode.BAD_SEGMENT_NAME,
                     f"segment {index}",
                     f"segment must start with [A-Z][A-Z0-9]{{2}} and the field separator (length {len(raw)})",
                 )
@@ -323,7 +331,7 @@ def _parse_slow(raws: list[str]) -> Message:
         raws[0] = raws[0][1:]
     raws = [raw for raw in raws if raw and not raw.isspace()]
     if not raws:
-        raise Er7Error("empty", "message", "no segment found")
+        raise Er7Error(ReasonCode.EMPTY, "message", "no segment found")
     d = _delimiters_from(raws[0])
     kept, heads = _validate_segments(raws, d.field)
     # Segments are keyed "NAME|" whatever the separator, so that paths compile to one key.
@@ -339,7 +347,7 @@ def parse(text: str) -> Message:
     the business of later stages, which can report it with proper context.
     """
     if "\x00" in text:
-        raise Er7Error("nul_character", f"offset {text.index(chr(0))}", "NUL character in message")
+        raise Er7Error(ReasonCode.NUL_CHARACTER, f"offset {text.index(chr(0))}", "NUL character in message")
     if "\n" in text:
         text = text.replace("\r\n", "\r").replace("\n", "\r")
     raws = text.split("\r")

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 
 from formats.devices.registry import Resolution, patient_ref_of
 from formats.devices.templates import MAPPING_ATTRIBUTE, PayloadError, Reading, Template, read_payload
+from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext, envelope, event_id_of
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError
@@ -63,7 +64,9 @@ class DeviceMapper:
         name = ctx.attributes.get(MAPPING_ATTRIBUTE, "")
         template = self.templates.get(name)
         if template is None:
-            raise MappingError("unknown_mapping", "the raw record names no known mapping template", "mapping")
+            raise MappingError(
+                ReasonCode.UNKNOWN_MAPPING, "the raw record names no known mapping template", "mapping"
+            )
         try:
             readings = read_payload(template, payload)
         except PayloadError as exc:
@@ -85,10 +88,15 @@ class DeviceMapper:
         if found.patient is None:
             reason = (
                 "the device is not in the device registry"
-                if found.reason_code == "unknown_device"
+                if found.reason_code == ReasonCode.UNKNOWN_DEVICE
                 else "the device is linked to no patient at the reading's time"
             )
-            raise MappingError(found.reason_code, reason, reading.location, rule="device registry")
+            raise MappingError(
+                found.reason_code or ReasonCode.UNKNOWN_DEVICE,
+                reason,
+                reading.location,
+                rule="device registry",
+            )
         return found.patient
 
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
 from formats.clinical import codes as common
@@ -41,6 +40,8 @@ from formats.clinical.codes import Record
 from formats.clinical.identity import INS_OIDS, IdentityError, LocalId, oid_of, patient_ref
 from formats.clinical.times import ClinicalTime, TimeFormatError, parse_fhir_datetime
 from formats.clinical.units import UCUM_SYSTEM, Quantity, quantity
+from formats.fhir.validate import parse_json, validate_bundle_shell, validate_resource
+from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext, envelope, event_id_of
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError
@@ -102,32 +103,6 @@ _REFERENCE: Final = re.compile(
 )
 _ETAG: Final = re.compile(r'(?:W/)?"?(?P<version>[A-Za-z0-9\-.]{1,64})"?')
 _LINKAGE: Final = "patient linkage"
-_SAFE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_FHIR_PRIMITIVES: Final = frozenset(
-    {
-        "Decimal",
-        "Date",
-        "DateTime",
-        "Instant",
-        "Time",
-        "Uri",
-        "Url",
-        "Id",
-        "Code",
-        "Oid",
-        "Uuid",
-        "Base64Binary",
-    }
-)
-_PYDANTIC_MEANINGS: Final = {
-    "missing": "required element absent",
-    "extra_forbidden": "element not defined in FHIR R4",
-    "list_type": "must be an array",
-    "string_type": "must be a string",
-    "string_pattern_mismatch": "string does not match its FHIR type",
-    "model_type": "must be an object",
-    "dict_type": "must be an object",
-}
 _TRUE: Final = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE: Final = frozenset({"false", "0", "no", "off", "f", "n"})
 
@@ -159,11 +134,11 @@ def _number(value: Any, location: str) -> float | None:
         return None
     except OverflowError:
         raise MappingError(
-            "invalid_resource", f"{location} is too large for a double", location, "decimal range"
+            ReasonCode.INVALID_RESOURCE, f"{location} is too large for a double", location, "decimal range"
         ) from None
     if not math.isfinite(number):
         raise MappingError(
-            "invalid_resource", f"{location} is not a finite number", location, "decimal range"
+            ReasonCode.INVALID_RESOURCE, f"{location} is not a finite number", location, "decimal range"
         )
     return number
 
@@ -239,116 +214,6 @@ def _etag_version(value: Any) -> str | None:
         return None
     match = _ETAG.fullmatch(text.strip())
     return match.group("version") if match else None
-
-
-class _NotJsonNumber(ValueError):
-    """NaN, Infinity or a number a double cannot hold: Python's json accepts them, JSON does not."""
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise _NotJsonNumber
-    return number
-
-
-def _no_json_constant(_: str) -> Any:
-    raise _NotJsonNumber
-
-
-_DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_json_constant)
-
-
-def _load(payload: bytes) -> Any:
-    try:
-        text = bytes(payload).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise MappingError("invalid_json", "payload is not UTF-8 text", rule="FHIR JSON is UTF-8") from None
-    except TypeError:
-        raise MappingError("invalid_json", "payload is not bytes", rule="FHIR JSON") from None
-    try:
-        return _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise MappingError(
-            "invalid_json", f"payload is not JSON (line {exc.lineno}, column {exc.colno})", rule="RFC 8259"
-        ) from None
-    except _NotJsonNumber:
-        raise MappingError(
-            "invalid_json", "payload holds NaN, Infinity or a number out of double range", rule="RFC 8259"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        raise MappingError(
-            "invalid_json", f"payload is not usable JSON ({type(exc).__name__})", rule="RFC 8259"
-        ) from None
-
-
-# --- validation ---------------------------------------------------------------------------------------
-
-
-def _validation_rule(error: Mapping[str, Any]) -> str:
-    """pydantic's error type, plus a fixed explanation for fhir_core's value errors (never their text)."""
-    kind = str(error.get("type", "invalid"))
-    if kind != "value_error":
-        return f"{kind}: {_PYDANTIC_MEANINGS[kind]}" if kind in _PYDANTIC_MEANINGS else kind
-    message = str(error.get("msg", ""))
-    match = re.search(r"(\w+) value string does not match spec regex", message)
-    if match and match.group(1) in _FHIR_PRIMITIVES:
-        return f"value_error: not a FHIR {match.group(1)}"
-    for needle, meaning in (
-        ("Any of one field value is expected", "more than one value of a choice element [x]"),
-        ("Expect any of field value", "required choice element [x] missing"),
-        ("timezone aware", "time without UTC offset"),
-        ("does not parse to datetime", "not a valid instant"),
-    ):
-        if needle in message:
-            return f"value_error: {meaning}"
-    return "value_error"
-
-
-def _error_path(root: str, error: Mapping[str, Any]) -> str:
-    """A FHIRPath-like location from pydantic's loc; element names only, never an unknown key's text."""
-    loc = list(error.get("loc", ()))
-    if error.get("type") == "extra_forbidden" and loc:
-        loc = loc[:-1]  # the unknown key is input text
-    path = root
-    for item in loc:
-        if isinstance(item, int):
-            path += f"[{item}]"
-        elif isinstance(item, str) and item != "root" and _SAFE_NAME.fullmatch(item):
-            path += f".{item}"
-    return path
-
-
-def _validate(resource: Record, rtype: str, where: str) -> None:
-    try:
-        get_fhir_model_class(rtype).model_validate(resource)
-    except pydantic.ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        first: Mapping[str, Any] = errors[0] if errors else {}
-        location = _error_path(rtype, first)
-        rule = _validation_rule(first)
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise MappingError(
-            "invalid_resource", f"{where}{location}: {rule}{more}", location, f"FHIR R4 (R4B model): {rule}"
-        ) from None
-    except Exception as exc:  # fhir_core lets KeyError/TypeError through for malformed contained resources
-        raise MappingError(
-            "invalid_resource",
-            f"{where}{rtype} rejected by the FHIR R4 model ({type(exc).__name__})",
-            rtype,
-            "FHIR R4 (R4B model)",
-        ) from None
-
-
-def _validate_bundle_shell(bundle: Record) -> None:
-    """The Bundle's own structure, without re-validating every entry's resource a second time."""
-    shell = dict(bundle)
-    entries = bundle.get("entry")
-    if isinstance(entries, list):
-        shell["entry"] = [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e for e in entries
-        ]
-    _validate(shell, "Bundle", "")
 
 
 # --- the document being mapped --------------------------------------------------------------------------
@@ -493,7 +358,10 @@ class _Doc:
             return parse_fhir_datetime(text, self.options.timezone)
         except TimeFormatError as exc:
             raise MappingError(
-                "bad_time", f"{location} is not a valid FHIR date/time: {exc}", location, "FHIR dateTime"
+                ReasonCode.BAD_TIME,
+                f"{location} is not a valid FHIR date/time: {exc}",
+                location,
+                "FHIR dateTime",
             ) from None
 
     def date_text(self, value: Any, location: str) -> str | None:
@@ -546,7 +414,7 @@ class _Doc:
         except IdentityError as exc:
             if exc.code == "no_local_identifier":
                 raise MappingError(
-                    "no_patient",
+                    ReasonCode.NO_PATIENT,
                     "no hospital patient identifier (IPP) besides the INS",
                     "Patient.identifier",
                     "IPP required",
@@ -561,17 +429,21 @@ class _Doc:
         Patient, then the reference itself as a facility-scoped key (docs/mapping-fhir.md, linkage)."""
         ref = _dict(value)
         if ref is None:
-            raise MappingError("no_patient", f"{location} is missing", location, "a Reference(Patient)")
+            raise MappingError(
+                ReasonCode.NO_PATIENT, f"{location} is missing", location, "a Reference(Patient)"
+            )
         text = _str(ref.get("reference"))
         declared = _str(ref.get("type"))
         if declared is not None and declared != "Patient":
-            raise MappingError("no_patient", f"{location} does not reference a Patient", location, _LINKAGE)
+            raise MappingError(
+                ReasonCode.NO_PATIENT, f"{location} does not reference a Patient", location, _LINKAGE
+            )
         if text:
             target = self.resolve(text, holder)
             if target is not None:
                 if target.rtype != "Patient":
                     raise MappingError(
-                        "no_patient", f"{location} does not reference a Patient", location, _LINKAGE
+                        ReasonCode.NO_PATIENT, f"{location} does not reference a Patient", location, _LINKAGE
                     )
                 return self.patient_identity(target)
         parsed = _parse_reference(text) if text else None
@@ -588,13 +460,15 @@ class _Doc:
                         raise MappingError(exc.code, str(exc), f"{location}.identifier", "INS") from None
         if parsed is None:
             raise MappingError(
-                "no_patient",
+                ReasonCode.NO_PATIENT,
                 f"{location} cannot be resolved to a patient identifier",
                 location,
                 _LINKAGE,
             )
         if parsed[0] != "Patient":
-            raise MappingError("no_patient", f"{location} does not reference a Patient", location, _LINKAGE)
+            raise MappingError(
+                ReasonCode.NO_PATIENT, f"{location} does not reference a Patient", location, _LINKAGE
+            )
         return patient_ref([LocalId(f"Patient/{parsed[1]}", self.ctx.facility, None)])
 
     def encounter_identity(self, entry: _Entry) -> Record | None:
@@ -829,7 +703,7 @@ def _status(resource: Record, rtype: str) -> str:
         return "unknown"  # absent with a data-absent extension (_status): FHIR allows it
     if not isinstance(status, str) or status not in _STATUSES[rtype]:
         raise MappingError(
-            "invalid_resource",
+            ReasonCode.INVALID_RESOURCE,
             f"{rtype}.status: code outside the required value set",
             f"{rtype}.status",
             "required binding",
@@ -840,7 +714,9 @@ def _status(resource: Record, rtype: str) -> str:
 def _observation_code(concept: Any, location: str) -> tuple[Record, list[Record]]:
     codings = _codings(concept)
     if not codings:
-        raise MappingError("no_code", f"{location} has no coding with a code", location, "coded observation")
+        raise MappingError(
+            ReasonCode.NO_CODE, f"{location} has no coding with a code", location, "coded observation"
+        )
     primary, others, standard = _split_primary(codings, common.STANDARD_OBSERVATION_SYSTEMS)
     code = common.observation_code(primary["system"], primary["code"], primary["display"], not standard)
     return code, others
@@ -885,7 +761,7 @@ def _map_patient(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     gender = r.get("gender")
     if gender is not None and (not isinstance(gender, str) or gender not in _GENDERS):
         raise MappingError(
-            "invalid_resource",
+            ReasonCode.INVALID_RESOURCE,
             "Patient.gender: code outside the required value set",
             "Patient.gender",
             "required binding",
@@ -970,7 +846,7 @@ def _map_encounter(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     visit = doc.encounter_identity(entry)
     if visit is None:
         raise MappingError(
-            "no_visit",
+            ReasonCode.NO_VISIT,
             "Encounter has neither an identifier nor an id",
             "Encounter.identifier",
             "visit number",
@@ -1035,7 +911,7 @@ def _value_fields(doc: _Doc, r: Record, location: str) -> Record:
         for name in ("valueRange", "valueRatio", "valueSampledData", "valuePeriod"):
             if name in r:
                 raise MappingError(
-                    "unsupported_value",
+                    ReasonCode.UNSUPPORTED_VALUE,
                     f"{location}.{name} has no canonical form",
                     f"{location}.{name}",
                     "canonical Observation value",
@@ -1158,7 +1034,10 @@ def _map_condition(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     codings = _codings(r.get("code"))
     if not codings:
         raise MappingError(
-            "no_code", "Condition.code has no coding with a code", "Condition.code", "CIM-10 diagnosis"
+            ReasonCode.NO_CODE,
+            "Condition.code has no coding with a code",
+            "Condition.code",
+            "CIM-10 diagnosis",
         )
     primary, others, _ = _split_primary(codings, _CIM10_SYSTEMS | _cim10_option_systems(doc.options))
     onset = None
@@ -1199,7 +1078,7 @@ def _map_procedure(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     codings = _codings(r.get("code"))
     if not codings:
         raise MappingError(
-            "no_code", "Procedure.code has no coding with a code", "Procedure.code", "CCAM act"
+            ReasonCode.NO_CODE, "Procedure.code has no coding with a code", "Procedure.code", "CCAM act"
         )
     ccam = _CCAM_SYSTEMS | {_norm_system(doc.options.code_systems.get("CCAM"))}
     primary, others, _ = _split_primary(codings, ccam)
@@ -1237,7 +1116,7 @@ def _map_diagnostic_report(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     codings = _codings(r.get("code"))
     if not codings:
         raise MappingError(
-            "no_code",
+            ReasonCode.NO_CODE,
             "DiagnosticReport.code has no coding with a code",
             "DiagnosticReport.code",
             "coded report",
@@ -1313,14 +1192,16 @@ def _retraction(doc: _Doc, position: int, raw: Record) -> CanonicalEvent | None:
     url = _str(request.get("url"))
     if url is None or "?" in url:
         raise MappingError(
-            "unsupported_request",
+            ReasonCode.UNSUPPORTED_REQUEST,
             "conditional or empty DELETE cannot be resolved to events",
             location,
             "DELETE Type/id",
         )
     parsed = _parse_reference(url.strip())
     if parsed is None:
-        raise MappingError("unsupported_request", "DELETE url is not <Type>/<id>", location, "DELETE Type/id")
+        raise MappingError(
+            ReasonCode.UNSUPPORTED_REQUEST, "DELETE url is not <Type>/<id>", location, "DELETE Type/id"
+        )
     rtype, rid, _ = parsed
     if rtype not in MAPPED_TYPES:
         return None  # nothing was ever emitted for it
@@ -1364,12 +1245,12 @@ def _known_type(rtype: str) -> str:
 def _resource_type(resource: Any, location: str) -> str:
     if not isinstance(resource, dict):
         raise MappingError(
-            "invalid_resource", f"{location} is not a JSON object", location, "FHIR JSON resource"
+            ReasonCode.INVALID_RESOURCE, f"{location} is not a JSON object", location, "FHIR JSON resource"
         )
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str) or not rtype:
         raise MappingError(
-            "invalid_resource", f"{location} has no resourceType", location, "FHIR JSON resource"
+            ReasonCode.INVALID_RESOURCE, f"{location} has no resourceType", location, "FHIR JSON resource"
         )
     return rtype
 
@@ -1380,7 +1261,7 @@ def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> lis
     for position, raw in enumerate(entries_in):
         if isinstance(raw, dict) and "resource" in raw:
             _resource_type(raw["resource"], f"Bundle.entry[{position}].resource")
-    _validate_bundle_shell(bundle)
+    validate_bundle_shell(bundle)
     start = 0
     if entries_in and bundle.get("type") in ("history", "subscription-notification"):
         first = entries_in[0].get("resource") if isinstance(entries_in[0], dict) else None
@@ -1398,7 +1279,7 @@ def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> lis
             continue
         if method == "PATCH":
             raise MappingError(
-                "unsupported_request",
+                ReasonCode.UNSUPPORTED_REQUEST,
                 "PATCH cannot be applied without the current resource",
                 f"Bundle.entry[{position}].request.method",
                 "stateless mapping",
@@ -1412,7 +1293,7 @@ def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> lis
         carried += 1
         if rtype not in MAPPED_TYPES and rtype not in SUPPORTING_TYPES:
             continue
-        _validate(resource, rtype, f"Bundle.entry[{position}]: ")
+        validate_resource(resource, rtype, f"Bundle.entry[{position}]: ")
         response = _dict(raw.get("response")) or {}
         entry = _Entry(
             resource, rtype, position, _str(raw.get("fullUrl")), _etag_version(response.get("etag"))
@@ -1431,7 +1312,7 @@ def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> lis
             events.append(_MAPPERS[action_entry.rtype](doc, action_entry))
     if carried and not any(e is not None for _, _, e in actions) and not events:
         raise MappingError(
-            "unsupported_resource",
+            ReasonCode.UNSUPPORTED_RESOURCE,
             "the Bundle holds no resource type this hub maps",
             "Bundle.entry",
             "mapped types",
@@ -1441,35 +1322,17 @@ def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> lis
 
 def map_fhir(payload: bytes, ctx: RawContext, options: MappingOptions) -> list[CanonicalEvent]:
     """Map one raw FHIR JSON payload; raises MappingError with a content-free reason."""
-    data = _load(payload)
+    data = parse_json(payload)
     rtype = _resource_type(data, "payload")
     if rtype == "Bundle":
         return _map_bundle(data, ctx, options)
     if rtype not in MAPPED_TYPES:
         raise MappingError(
-            "unsupported_resource",
+            ReasonCode.UNSUPPORTED_RESOURCE,
             f"{_known_type(rtype)} is not a resource type this hub maps",
             "resourceType",
             "mapped types",
         )
-    _validate(data, rtype, "")
+    validate_resource(data, rtype, "")
     entry = _Entry(data, rtype, None)
     return [_MAPPERS[rtype](_Doc(ctx, options, [entry]), entry)]
-
-
-# --- shared with the FHIR doors (connectors/fhir_rest validates with the same rules before storing) -----
-
-
-def parse_json(payload: bytes) -> Any:
-    """Strict RFC 8259 JSON (no NaN/Infinity); raises MappingError with a content-free reason."""
-    return _load(payload)
-
-
-def validate_resource(resource: Record, rtype: str, where: str = "") -> None:
-    """The R4 (R4B model) check this mapper applies; raises MappingError naming path and rule only."""
-    _validate(resource, rtype, where)
-
-
-def validate_bundle_shell(bundle: Record) -> None:
-    """A Bundle's own structure, entries' resources excluded (they are validated one by one)."""
-    _validate_bundle_shell(bundle)

@@ -33,6 +33,7 @@ from formats.clinical.identity import IdentityError, LocalId, patient_ref
 from formats.clinical.times import ClinicalTime, TimeFormatError, hl7_date_text, parse_hl7_ts
 from formats.clinical.units import UCUM_SYSTEM, quantity, to_ucum
 from formats.hl7.er7 import Delimiters, Er7Error, Message, Segment, parse, unescape
+from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext, envelope, event_id
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError
@@ -479,7 +480,7 @@ class _Mapping:
             parsed = fast_hl7_ts(value, zone) or parse_hl7_ts(value, zone)
         except TimeFormatError as exc:
             raise MappingError(
-                "bad_time", f"{location} is not a valid HL7 date/time: {exc}", location, "HL7 DTM"
+                ReasonCode.BAD_TIME, f"{location} is not a valid HL7 date/time: {exc}", location, "HL7 DTM"
             ) from None
         self.times[value] = parsed
         return parsed
@@ -492,7 +493,7 @@ class _Mapping:
             return fast_hl7_date_text(value) or hl7_date_text(value)
         except TimeFormatError as exc:
             raise MappingError(
-                "bad_time", f"{location} is not a valid HL7 date: {exc}", location, "HL7 DT"
+                ReasonCode.BAD_TIME, f"{location} is not a valid HL7 date: {exc}", location, "HL7 DT"
             ) from None
 
     def system_uri(self, name: str) -> str | None:
@@ -555,7 +556,9 @@ class _Mapping:
         except IdentityError as exc:
             if exc.code == "no_local_identifier":
                 raise MappingError(
-                    "no_patient", "no hospital patient identifier (IPP) in the identifier list", location
+                    ReasonCode.NO_PATIENT,
+                    "no hospital patient identifier (IPP) in the identifier list",
+                    location,
                 ) from None
             raise MappingError(exc.code, str(exc), location, "INS") from None
 
@@ -615,7 +618,7 @@ def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> list[Canonic
         message = parse(text)
     except Er7Error as exc:
         raise MappingError(
-            "unparsable", f"not a readable ER7 message ({exc.code})", exc.location, "ER7"
+            ReasonCode.UNPARSABLE, f"not a readable ER7 message ({exc.code})", exc.location, "ER7"
         ) from None
     m = _Mapping(message, ctx, options)
     code = message.get("MSH-9.1") or ""
@@ -627,7 +630,9 @@ def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> list[Canonic
             return _map_adt(m, trigger)
     elif code == "ORU" and trigger == "R01":
         return _map_oru(m)
-    raise MappingError("unsupported_event", "message type or trigger event is not one this hub maps", "MSH-9")
+    raise MappingError(
+        ReasonCode.UNSUPPORTED_EVENT, "message type or trigger event is not one this hub maps", "MSH-9"
+    )
 
 
 # --- ADT ----------------------------------------------------------------------------------------------
@@ -638,7 +643,7 @@ def _map_adt(m: _Mapping, trigger: str) -> list[CanonicalEvent]:
     d = m.d
     pid = msg.segment("PID")
     if pid is None:
-        raise MappingError("no_patient", "the message has no PID segment", "PID-3")
+        raise MappingError(ReasonCode.NO_PATIENT, "the message has no PID segment", "PID-3")
     pid_parts = _fields(pid, d, _PID_SIZE)
     ref = m.patient(pid_parts[3], pid_parts[32], "PID-3")
     evn = msg.segment("EVN")
@@ -659,7 +664,7 @@ def _map_adt(m: _Mapping, trigger: str) -> list[CanonicalEvent]:
     if visit is None:
         if trigger == "A08":
             return events  # an identity update without a visit: nothing to say about an encounter
-        raise MappingError("no_visit", "a movement needs a visit number", "PV1-19")
+        raise MappingError(ReasonCode.NO_VISIT, "a movement needs a visit number", "PV1-19")
     events.append(_encounter(m, trigger, ref, visit, pv1_parts, occurred, when))
     return events
 
@@ -905,7 +910,7 @@ def _merges(m: _Mapping, when: ClinicalTime | None) -> list[CanonicalEvent]:
             events.append(m.event("retraction", index, "retraction.issued", when, retraction))
     if mrg_count == 0:
         raise MappingError(
-            "no_merged_patient", "a merge needs an MRG segment with the retired identifier", "MRG-1"
+            ReasonCode.NO_MERGED_PATIENT, "a merge needs an MRG segment with the retired identifier", "MRG-1"
         )
     return events
 
@@ -944,7 +949,7 @@ def _map_oru(m: _Mapping) -> list[CanonicalEvent]:
         if name == "OBX":
             obx_count += 1
             if ref is None:
-                raise MappingError("no_patient", "results come before any PID segment", "PID-3")
+                raise MappingError(ReasonCode.NO_PATIENT, "results come before any PID segment", "PID-3")
             if order is not None:
                 obx_in_order += 1
                 index = f"OBR[{order.index}]/OBX[{obx_in_order}]"
@@ -960,7 +965,7 @@ def _map_oru(m: _Mapping) -> list[CanonicalEvent]:
         elif name == "OBR":
             obr_count += 1
             if ref is None:
-                raise MappingError("no_patient", "results come before any PID segment", "PID-3")
+                raise MappingError(ReasonCode.NO_PATIENT, "results come before any PID segment", "PID-3")
             if order is not None:
                 events.extend(_close_order(m, order, specimen, ref, visit, facility))
             order = _Order(m, obr_count, _fields(seg, d, _OBR_SIZE))
@@ -986,7 +991,7 @@ def _map_oru(m: _Mapping) -> list[CanonicalEvent]:
             specimen = m.first_coding(_fields(seg, d, _SPM_SIZE)[4])
         # ORC, TQ1, Z-segments...: nothing canonical, and never a reason to fail
     if ref is None:
-        raise MappingError("no_patient", "the message has no PID segment", "PID-3")
+        raise MappingError(ReasonCode.NO_PATIENT, "the message has no PID segment", "PID-3")
     if order is not None:
         events.extend(_close_order(m, order, specimen, ref, visit, facility))
     return events
@@ -1025,7 +1030,7 @@ def _close_order(
     code = m.first_coding(parts[4])
     if code is None:
         raise MappingError(
-            "no_code", "the report has no universal service identifier", f"OBR({order.index})-4"
+            ReasonCode.NO_CODE, "the report has no universal service identifier", f"OBR({order.index})-4"
         )
     status = _OBR_STATUS.get(_first(parts[25], d).upper(), "unknown") if parts[25] else "unknown"
     event_type = _REPORT_EVENT_TYPES.get(status, "diagnostic_report.issued")
@@ -1227,7 +1232,7 @@ def _observation(
         order.devices.setdefault(mds, device)
     code, local, other = m.best_coding(_leaves(_first_rep(parts[3], d), d, 6))
     if code is None:
-        raise MappingError("no_code", "the result has no observation identifier", f"{location}-3")
+        raise MappingError(ReasonCode.NO_CODE, "the result has no observation identifier", f"{location}-3")
     if hierarchy and not has_value and not value_type and hierarchy.endswith(".0"):
         # PCD-01 containment rows (MDS, VMD, channel) describe the device tree, not a measurement.
         return None

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from formats.reasons import ReasonCode, Refused
+
 CANONICAL_KINDS = (
     "patient",
     "encounter",
@@ -34,18 +36,14 @@ class CanonicalEvent:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    reason_code: str  # small closed set, a metric label
+    reason_code: ReasonCode  # the closed vocabulary of formats/reasons.py: dead letter and metric label
     reason: str  # for an operator; never a value from the message
     location: str = ""  # PID-7, OBX(2)-5, Observation.valueQuantity, ...
     rule: str = ""
 
 
-class MappingError(Exception):
+class MappingError(Refused):
     """A rule the message breaks. Text must hold positions and rules only, never message values."""
-
-    def __init__(self, code: str, reason: str, location: str = "", rule: str = "") -> None:
-        super().__init__(reason)
-        self.code, self.reason, self.location, self.rule = code, reason, location, rule
 
     def rejection(self) -> Rejection:
         return Rejection(self.code, self.reason, self.location, self.rule)
@@ -60,10 +58,12 @@ def run_mapper(mapper: Callable[..., list[CanonicalEvent]], *args: Any) -> Mappi
         events = mapper(*args)
     except MappingError as exc:
         return exc.rejection()
+    except Refused as exc:  # the shared formats' checks (FHIR R4, device templates)
+        return Rejection(exc.code, exc.reason, exc.location, exc.rule)
     except Exception as exc:
         return Rejection(
-            "mapping_failed", f"unexpected {type(exc).__name__} in {mapper.__name__}", rule="bug"
+            ReasonCode.MAPPING_FAILED, f"unexpected {type(exc).__name__} in {mapper.__name__}", rule="bug"
         )
     if not events:
-        return Rejection("nothing_to_map", "the message holds no event this hub maps")
+        return Rejection(ReasonCode.NOTHING_TO_MAP, "the message holds no event this hub maps")
     return events

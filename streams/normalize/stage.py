@@ -19,6 +19,7 @@ from affluent.core.errors import AffluentError, RegistryUnavailable
 from affluent.core.metrics import Labelled, dead_letters, stage_latency
 from affluent.core.topics import value_subject
 from formats.hl7.charset import UnknownCharset, decode
+from formats.reasons import ReasonCode
 from schemas.catalog import DLQ_NORMALIZE
 from schemas.deadletter import dead_letter_record
 from schemas.registry import AvroCodec, Registry, load_schema
@@ -93,7 +94,9 @@ class Normalizer:
     def _process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
         lineage = {"topic": topic, "partition": partition, "offset": offset}
         if value is None:
-            return [self._dead(Rejection("empty_record", "raw record has no value"), None, lineage, None)]
+            return [
+                self._dead(Rejection(ReasonCode.EMPTY_RECORD, "raw record has no value"), None, lineage, None)
+            ]
         try:
             raw = decode_avro(self.registry, value)
         except RegistryUnavailable:
@@ -101,7 +104,7 @@ class Normalizer:
         except AffluentError:
             return [
                 self._dead(
-                    Rejection("undecodable_raw", "raw record is not a registered RawMessage"),
+                    Rejection(ReasonCode.UNDECODABLE_RAW, "raw record is not a registered RawMessage"),
                     None,
                     lineage,
                     value,
@@ -114,7 +117,10 @@ class Normalizer:
         if mapper is None:
             return [
                 self._dead(
-                    Rejection("unsupported_protocol", "no mapper for this protocol"), raw, lineage, None
+                    Rejection(ReasonCode.UNSUPPORTED_PROTOCOL, "no mapper for this protocol"),
+                    raw,
+                    lineage,
+                    None,
                 )
             ]
         outcome = run_mapper(mapper, self._payload(raw, protocol), ctx, self.options)
@@ -128,7 +134,10 @@ class Normalizer:
                 reason = str(exc) if isinstance(exc, AffluentError) else f"unknown kind {event.kind}"
                 return [
                     self._dead(
-                        Rejection("schema_mismatch", reason, rule="canonical schema"), raw, lineage, None
+                        Rejection(ReasonCode.SCHEMA_MISMATCH, reason, rule="canonical schema"),
+                        raw,
+                        lineage,
+                        None,
                     )
                 ]
             outputs.append(Output(canonical_topic(event.kind), event.key.encode("utf-8"), encoded))

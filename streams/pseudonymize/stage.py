@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from affluent.core.errors import AffluentError, RegistryUnavailable
 from affluent.core.metrics import Labelled, dead_letters, retractions, stage_latency
 from affluent.core.topics import value_subject
+from formats.reasons import ReasonCode
 from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
 from schemas.deadletter import dead_letter_record
 from schemas.registry import MAGIC_BYTE, AvroCodec, Registry, load_schema
@@ -142,21 +143,25 @@ class Pseudonymizer:
         lineage = {"topic": topic, "partition": partition, "offset": offset}
         kind = topic.removeprefix(CANONICAL_PREFIX)
         if value is None:
-            return [self._dead("empty_record", "canonical record has no value", None, lineage)]
+            return [self._dead(ReasonCode.EMPTY_RECORD, "canonical record has no value", None, lineage)]
         try:
             record = decode_avro(self.registry, value)
         except RegistryUnavailable:
             raise  # the record is fine, the registry is away: the shell waits and retries
         except AffluentError:
-            return [self._dead("undecodable_canonical", "not a registered canonical record", None, lineage)]
+            return [
+                self._dead(
+                    ReasonCode.UNDECODABLE_CANONICAL, "not a registered canonical record", None, lineage
+                )
+            ]
         self.metrics.records_in_of(kind).inc()
         envelope = record.get("envelope")
         if not isinstance(envelope, Mapping) or not isinstance(record.get("patient"), Mapping):
-            return [self._dead("not_canonical", "record has no envelope or patient", None, lineage)]
+            return [self._dead(ReasonCode.NOT_CANONICAL, "record has no envelope or patient", None, lineage)]
         try:
             opposed = is_opposed(self.opposition, record["patient"], self.keys)
         except IdentityMissing as exc:  # content-free by construction
-            return [self._dead("identity_missing", str(exc), record, lineage)]
+            return [self._dead(ReasonCode.IDENTITY_MISSING, str(exc), record, lineage)]
         if opposed and not (kind == "retraction" and record.get("kind") == "OPPOSITION"):
             for feed in self.feeds:
                 if self._takes(feed, kind, record):
@@ -177,14 +182,17 @@ class Pseudonymizer:
                     continue
                 body = feed.encode(national)
             except TransformError as exc:
-                return [self._dead("national_transform", str(exc), record, lineage)]
+                return [self._dead(ReasonCode.NATIONAL_TRANSFORM, str(exc), record, lineage)]
             except AffluentError as exc:  # SchemaError from the encoder: names schema and field only
-                return [self._dead("national_schema", str(exc), record, lineage)]
+                return [self._dead(ReasonCode.NATIONAL_SCHEMA, str(exc), record, lineage)]
             header = self.headers.get(national.topic)
             if header is None:
                 return [
                     self._dead(
-                        "national_schema", f"no registered schema for {national.topic}", record, lineage
+                        ReasonCode.NATIONAL_SCHEMA,
+                        f"no registered schema for {national.topic}",
+                        record,
+                        lineage,
                     )
                 ]
             outputs.append(Output(national.topic, national.key.encode("utf-8"), header + body))
@@ -208,7 +216,7 @@ class Pseudonymizer:
         return not policy.select or bool(policy.selects(kind, record))
 
     def _dead(
-        self, reason_code: str, reason: str, record: Mapping[str, Any] | None, lineage: dict[str, Any]
+        self, reason_code: ReasonCode, reason: str, record: Mapping[str, Any] | None, lineage: dict[str, Any]
     ) -> Output:
         """A dead letter naming the failure; the canonical content stays out of the reason (and the
         canonical value is not copied into the dead letter either: replay from the canonical topic with

@@ -25,7 +25,7 @@ from affluent.core.settings import FhirNotifierSettings, FhirRestSettings
 from affluent.sim import synthetic
 from connectors.fhir_rest.auth import Authenticator, Unauthenticated, token_digest
 from connectors.fhir_rest.service import FhirRestService
-from streams.normalize.fhir import validate_resource
+from formats.fhir.validate import validate_resource
 from streams.normalize.options import MappingOptions
 from streams.normalize.stage import NormalizeMetrics, Normalizer
 from streams.normalize.worker import default_mappers

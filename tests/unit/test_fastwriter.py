@@ -11,6 +11,7 @@ import fastavro
 import pytest
 
 from affluent.sim.demo import demo_record
+from formats.reasons import ReasonCode
 from schemas.deadletter import dead_letter_record
 from schemas.fastwriter import NotCompilable, compile_writer
 from schemas.registry import load_schema
@@ -58,12 +59,17 @@ def test_byte_identical_to_fastavro_on_every_golden_record():
 def test_byte_identical_on_raw_and_dead_letter_records():
     for name, record in (
         ("raw_message", demo_record()),
-        ("dead_letter", dead_letter_record(stage="ingest", reason_code="x", reason="y", payload=b"\x00\xff")),
+        (
+            "dead_letter",
+            dead_letter_record(
+                stage="ingest", reason_code=ReasonCode.UNPARSABLE, reason="y", payload=b"\x00\xff"
+            ),
+        ),
         (
             "dead_letter",
             dead_letter_record(
                 stage="normalize",
-                reason_code="x",
+                reason_code=ReasonCode.UNPARSABLE,
                 reason="y",
                 lineage={"topic": "t", "partition": 1, "offset": 2**40},
                 attributes={"a": "é"},
