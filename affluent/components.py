@@ -32,16 +32,10 @@ class Component:
     default: bool = True
 
 
-def _pseudonymize_port(_: Settings) -> int | None:
-    from streams.pseudonymize.worker import metrics_port
-
-    return metrics_port()
-
-
 COMPONENTS: tuple[Component, ...] = (
     Component("mllp", ("mllp",), "door", lambda s: s.mllp.metrics_port),
     Component("normalize", ("normalize",), "worker", lambda s: s.streams.metrics_port),
-    Component("pseudonymize", ("pseudonymize",), "worker", _pseudonymize_port),
+    Component("pseudonymize", ("pseudonymize",), "worker", lambda s: s.streams.pseudonymize_metrics_port),
     Component("fhir", ("fhir",), "door", lambda s: s.fhir_rest.metrics_port),
     Component("devices", ("devices", "serve"), "door", lambda s: s.devices.metrics_port),
     # Needs bearer tokens configured (AFFLUENT_OPPOSITION__TOKENS): started only when asked for.

@@ -10,7 +10,7 @@ come back. Should the supervisor itself be killed, Linux sends its children SIGT
 no orphan keeps a port or a consumer group.
 
 Children's output goes to ``<log_dir>/<name>.log``; they log at WARNING by default, and affluent's log
-texts carry no message content (DESIGN §6).
+texts carry no message content (design §6).
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from affluent.core.settings import Settings
+from affluent.local.procs import stop_run
 from affluent.sim.demo import (
     demo_keys,
     prepare_groups,
     run_environment,
     run_health,
     start_run,
-    stop_run,
     wait_ready,
 )
 
@@ -50,7 +50,7 @@ def running_pipeline(
     env, mllp_port, run_port = run_environment(settings, key_file)
     run = uuid.uuid4().hex[:8]
     env["AFFLUENT_STREAMS__NORMALIZE_GROUP"] = f"bench-normalize-{run}"
-    env["AFFLUENT_PSEUDONYMIZE_GROUP"] = f"bench-pseudonymize-{run}"
+    env["AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP"] = f"bench-pseudonymize-{run}"
     env["AFFLUENT_RUN__LOG_DIR"] = str(log)
     env |= extra_env or {}
     prepare_groups(settings, env)

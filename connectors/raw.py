@@ -6,7 +6,7 @@ sender. The rules that must not differ between doors live here:
 
 - ``raw_id`` is deterministic — SHA-256 of ``<protocol>|<facility>|<application>|<message id>`` — so a
   resend of the same message by the same sender gets the same id and collapses downstream;
-- the Kafka key is ``<facility>|<application>`` (DESIGN §4): one sender's messages stay in order;
+- the Kafka key is ``<facility>|<application>`` (design §4): one sender's messages stay in order;
 - :meth:`RawWriter.write` returns only once Kafka holds the record (``acks=all``); anything else raises
   :class:`affluent.core.errors.KafkaUnavailable`, and the door answers negatively.
 """

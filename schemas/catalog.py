@@ -1,4 +1,4 @@
-"""Which Avro schema goes with which topic, and how strictly the registry guards it (DESIGN §4).
+"""Which Avro schema goes with which topic, and how strictly the registry guards it (design §4).
 
 One list drives registration, the compatibility gate of CI and the subjects producers write to, so a
 topic cannot be fed a schema the registry was never told to guard, and a breaking change to a ``.avsc``
@@ -48,7 +48,7 @@ CANONICAL_TOPICS: tuple[str, ...] = (
 DLQ_NORMALIZE = "dlq.normalize"
 DLQ_PSEUDONYMIZE = "dlq.pseudonymize"
 
-# National topics (DESIGN §4): pseudonymized, keyed by the patient pseudonym, one per destination and kind.
+# National topics (design §4): pseudonymized, keyed by the patient pseudonym, one per destination and kind.
 # The kinds follow each destination's policy (streams/pseudonymize/policies/<destination>.yaml), and each
 # schema holds exactly what that policy emits (a unit test derives it from the policy and compares).
 NATIONAL_HDH_KINDS: tuple[str, ...] = tuple(topic.removeprefix("canonical.") for topic in CANONICAL_TOPICS)

@@ -34,8 +34,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -45,6 +44,7 @@ from affluent.core.kafka import consumer_config, producer_config
 from affluent.core.metrics import consumer_lag, rebalances
 from affluent.core.settings import KafkaSettings, StreamsSettings
 from affluent.core.telemetry import ReadyCheck, TelemetryServer
+from streams.contract import Output, StageSpec
 from streams.transient import when_registry_back
 
 log = logging.getLogger(__name__)
@@ -58,27 +58,6 @@ LAG_EVERY_S = 5.0
 
 class StageDeliveryFailed(AffluentError):
     """Kafka did not confirm a batch's outputs after every attempt."""
-
-
-class Output(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-
-
-Process = Callable[[bytes | None, str, int, int], Sequence[Output]]
-
-
-@dataclass(frozen=True, slots=True)
-class StageSpec:
-    """What makes one stage: its consumer group, what it reads, and the function it applies."""
-
-    group: str
-    sources: tuple[str, ...]
-    process: Process
 
 
 class BatchProducer:

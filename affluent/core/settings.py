@@ -178,6 +178,9 @@ class StreamsSettings(BaseModel):
     session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9465, ge=0, le=65535)
+    # The pseudonymize worker's own group and /metrics port (the normalize worker's are the two above).
+    pseudonymize_group: str = "affluent-pseudonymize"
+    pseudonymize_metrics_port: int | None = Field(default=9466, ge=0, le=65535)
 
 
 class FhirPollSettings(BaseModel):

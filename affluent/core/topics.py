@@ -1,4 +1,4 @@
-"""Topic names and how each topic is created: the contract between the hops (DESIGN §4).
+"""Topic names and how each topic is created: the contract between the hops (design §4).
 
 Names are constants so that a typo is an import error, not a silently empty topic.
 """

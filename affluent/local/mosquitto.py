@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from affluent.local.procs import stop_run
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -97,8 +99,6 @@ class Mosquitto:
 
     def stop(self) -> None:
         """SIGTERM: mosquitto writes its persistence file (queued messages, sessions) before exiting."""
-        from affluent.sim.demo import stop_run
-
         if self.proc is not None:
             stop_run(self.proc, 10)
             self.proc = None

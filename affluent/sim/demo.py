@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from affluent.core.errors import AffluentError
 from affluent.core.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from affluent.core.settings import Settings
 from affluent.core.topics import CORE_TOPICS, INGEST_HL7V2_RAW, value_subject
+from affluent.local.procs import stop_run
 from schemas.catalog import CANONICAL_TOPICS, register_all
 from schemas.registry import AvroCodec, Registry, load_schema
 
@@ -154,7 +154,7 @@ DEMO_GROUPS = {
     # Stable groups of the demo's own: a worker of another checkout on a shared broker (default groups)
     # must not take half of the demo's partitions, and the committed offsets skip older demos' records.
     "AFFLUENT_STREAMS__NORMALIZE_GROUP": "affluent-demo-normalize",
-    "AFFLUENT_PSEUDONYMIZE_GROUP": "affluent-demo-pseudonymize",
+    "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": "affluent-demo-pseudonymize",
 }
 
 
@@ -165,7 +165,7 @@ def prepare_groups(settings: Settings, env: dict[str, str]) -> None:
     from streams.normalize.worker import RAW_TOPICS
 
     normalize = env["AFFLUENT_STREAMS__NORMALIZE_GROUP"]
-    pseudonymize = env["AFFLUENT_PSEUDONYMIZE_GROUP"]
+    pseudonymize = env["AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP"]
     start_group_at_end(settings.kafka, normalize, RAW_TOPICS, skip_backlog=True)
     start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS, skip_backlog=True)
 
@@ -183,7 +183,7 @@ def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str],
         "AFFLUENT_DEVICES__PORT": str(_free_port()),
         "AFFLUENT_DEVICES__METRICS_PORT": str(_free_port()),
         "AFFLUENT_STREAMS__METRICS_PORT": str(_free_port()),
-        "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(_free_port()),
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(_free_port()),
         "AFFLUENT_RUN__METRICS_PORT": str(supervisor),
         **{name: os.environ.get(name, group) for name, group in DEMO_GROUPS.items()},
     }
@@ -268,17 +268,6 @@ def wait_ready(process: subprocess.Popen[str], port: int, timeout_s: float) -> d
             return health
         time.sleep(0.5)
     raise AffluentError(f"affluent run was not ready within {timeout_s:.0f} s (see .state/run/*.log)")
-
-
-def stop_run(process: subprocess.Popen[Any], timeout_s: float) -> int:
-    """SIGTERM and wait (the supervisor stops doors, then workers); SIGKILL past the timeout."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return -signal.SIGKILL
 
 
 DEMO_COMPONENTS = ("mllp", "fhir", "devices", "normalize", "pseudonymize")

@@ -235,14 +235,14 @@ async def open_channels(plan: Plan) -> dict[tuple[str, int], Channel]:
 def national_of(keys: Any, opposition: Any) -> Callable[[str, dict[str, Any]], list[tuple[str, str, bool]]]:
     """What the pseudonymize stage must do with one canonical record, computed with the same policies,
     keys and opposition registry: (destination, national event id, dropped by opposition) per feed."""
-    from streams.pseudonymize.pseudonym import is_opposed
+    from streams.pseudonymize.opposition import withheld
     from streams.pseudonymize.transform import TransformError
     from streams.pseudonymize.worker import build_feeds
 
     feeds = build_feeds(keys)
 
     def outcomes(kind: str, record: dict[str, Any]) -> list[tuple[str, str, bool]]:
-        opposed = is_opposed(opposition, record["patient"], keys)
+        opposed = withheld(kind, record, opposition, keys)
         out = []
         for feed in feeds:
             try:

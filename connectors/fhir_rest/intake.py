@@ -3,7 +3,7 @@
 A request becomes a :class:`Plan`: the raw records to store (:class:`Item`) and, for a batch, the
 entries refused on their own. The HTTP shell only authenticates, reads the body, commits the items and
 writes the answer this module prepared. How Bundles are stored follows what the normalize stage maps
-(``streams/normalize/fhir.py``):
+(``streams/normalize/fhir/``):
 
 * a single resource, a ``transaction`` and a ``collection`` are stored as **one raw record** with their
   bytes untouched — a transaction is all or nothing, so one invalid entry refuses the whole Bundle;

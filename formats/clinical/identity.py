@@ -1,4 +1,4 @@
-"""French patient identity: **where the INS is recognised** (DESIGN §6).
+"""French patient identity: **where the INS is recognised** (design §6).
 
 The INS (Identité Nationale de Santé) is recognised by its assigning-authority OID only — never by the
 CX-5 type code, which senders fill with INS, NH or NI inconsistently — and its 15-character matricule
@@ -10,7 +10,8 @@ authority) is what identifies the patient, and downstream pseudonyms are local.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,11 @@ INS_OIDS = {
     "1.2.250.1.213.1.4.10": "TEST",
     "1.2.250.1.213.1.4.11": "DEMO",
 }
+INS_NIR_OID = "1.2.250.1.213.1.4.8"
 RETIRED_INS_C_OID = "1.2.250.1.213.1.4.2"
-QUALIFIED_STATUSES = frozenset({"QUAL"})
+QUALIFIED = "QUAL"
+QUALIFIED_STATUSES = frozenset({QUALIFIED})
+_OID_SHAPE = re.compile(r"\d+(\.\d+)+")
 
 
 class IdentityError(ValueError):
@@ -113,5 +117,52 @@ def patient_ref(ids: Iterable[LocalId], reliability: Iterable[str] = ()) -> dict
         "ipp": {"id": ipp.value, "authority_name": ipp.authority_name, "authority_oid": ipp.authority_oid},
         "ins": ins,
         "identity_reliability": codes[0] if codes else None,
-        "ins_qualified": ins is not None and any(c in QUALIFIED_STATUSES for c in codes),
+        "ins_qualified": is_qualified(ins, codes),
+    }
+
+
+def reliability_of(statuses: list[str], methods: Iterable[str], has_ins: bool) -> str | None:
+    """The identity status (PID-32 vocabulary) from FR Core's identity-reliability statuses and methods.
+
+    FR Core's code system (HL7 table 0445 as published by Interop'Santé) has no QUAL code: a qualified
+    identity (RNIV) is a *validated* one (VALI) whose INS was obtained from the INSi teleservice
+    (``methodCollection`` INSI). That combination, with an INS present, becomes QUAL; a QUAL sent as such
+    (PAM France vocabulary) stays QUAL. Any other status next to it (DOUT, FICT, USUR...) forbids
+    qualification and is what is reported.
+    """
+    if not statuses:
+        return None
+    trusted = set(statuses) <= {"VALI", QUALIFIED}
+    if trusted and (QUALIFIED in statuses or ("INSI" in methods and has_ins)):
+        return QUALIFIED
+    return next((s for s in statuses if s not in ("VALI", QUALIFIED)), statuses[0])
+
+
+def is_qualified(ins: Mapping[str, Any] | None, reliability: Iterable[str]) -> bool:
+    """Is this identity qualified? The one answer, for every mapper, the device registry and objections.
+
+    Only an INS whose identity was checked against the national INSi teleservice (reliability ``QUAL``)
+    may be used to link a patient nationally: linking on an unchecked INS could merge two people.
+    """
+    return ins is not None and any(c in QUALIFIED_STATUSES for c in reliability)
+
+
+def patient_ref_of(
+    ipp: str, authority: str, ins: dict[str, Any] | None = None, ins_qualified: bool = False
+) -> dict[str, Any]:
+    """The canonical PatientRef from an IPP, its authority (an OID or a namespace) and an optional INS
+    with its status, shaped as :func:`patient_ref` shapes it from message identifiers (key IPP@authority).
+    """
+    is_oid = bool(_OID_SHAPE.fullmatch(authority))
+    reliability = [QUALIFIED] if ins_qualified else []
+    return {
+        "key": f"{ipp}@{authority}" if ipp else "",
+        "ipp": {
+            "id": ipp,
+            "authority_name": authority if authority and not is_oid else None,
+            "authority_oid": authority if is_oid else None,
+        },
+        "ins": ins,
+        "identity_reliability": QUALIFIED if is_qualified(ins, reliability) else None,
+        "ins_qualified": is_qualified(ins, reliability),
     }

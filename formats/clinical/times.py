@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
+from typing import Final
 from zoneinfo import ZoneInfo
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -140,3 +142,93 @@ def hl7_date_text(value: str) -> str | None:
     except ValueError:
         raise TimeFormatError("date out of range") from None
     return "-".join(p for p in (y, mo, d) if p)
+
+
+# --- Fast paths: the shapes feeds send most, read without the regex ------------------------------------
+# parse_hl7_ts costs a regex and two time-zone conversions per value (several microseconds, a large share
+# of an HL7 message's mapping budget). The functions below read the common all-digit shapes by slicing
+# and answer None for anything else, so that the general function decides, and raises, exactly as it
+# always does: callers write ``fast_hl7_ts(v, zone) or parse_hl7_ts(v, zone)``. They add no rule of
+# their own: the local-time offset comes from parse_hl7_ts itself, and property tests check that both
+# agree wherever the fast path answers.
+
+_PRECISION_BY_LENGTH: Final[dict[int, str]] = {8: "day", 10: "hour", 12: "minute", 14: "second"}
+_DATE_LENGTHS: Final = frozenset({4, 6, 8, 10, 12, 14})
+
+
+# Feeds cluster in time, so nearly every value falls in a local hour already met. The cache only saves
+# work: the answer is a pure function of (zone, hour).
+@lru_cache(maxsize=8192)
+def _hour_offset(zone: tzinfo, hour: str) -> timedelta | None:
+    """The offset local wall time has from UTC during one local hour, or None when it is not uniform.
+
+    Computed with :func:`parse_hl7_ts` itself (start and end of the hour), so the spring gap and the
+    autumn fold keep exactly its documented semantics; an hour in which the offset changes (a zone
+    whose transitions fall inside an hour) is left to the general path.
+    """
+    first = parse_hl7_ts(hour + "0000", zone)
+    last = parse_hl7_ts(hour + "5959", zone)
+    if first is None or last is None:
+        return None
+    naive_first = datetime(int(hour[:4]), int(hour[4:6]), int(hour[6:8]), int(hour[8:10]), tzinfo=UTC)
+    offset = naive_first - first.instant
+    if naive_first + timedelta(minutes=59, seconds=59) - last.instant != offset:
+        return None
+    return offset
+
+
+def fast_hl7_ts(value: str, zone: tzinfo) -> ClinicalTime | None:
+    """parse_hl7_ts for ``YYYYMMDD[HH[MM[SS]]][+/-ZZZZ]``, or None to let parse_hl7_ts handle the rest.
+
+    Slices digits and reuses one offset per local hour. Anything unusual (fractions, partial dates,
+    bad digits, out-of-range values) returns None so that parse_hl7_ts decides, and raises, as always.
+    """
+    n = len(value)
+    offset_text = ""
+    if n > 13 and value[-5] in "+-":
+        offset_text = value[-5:]
+        value = value[:-5]
+        n -= 5
+    precision = _PRECISION_BY_LENGTH.get(n)
+    if precision is None or not value.isdigit() or not value.isascii():
+        return None
+    try:
+        naive = datetime(
+            int(value[:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[8:10] or 0),
+            int(value[10:12] or 0),
+            int(value[12:14] or 0),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        return None
+    if offset_text:
+        digits = offset_text[1:]
+        if not digits.isdigit() or not digits.isascii():
+            return None
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 14 or minutes > 59:
+            return None
+        offset = timedelta(hours=hours, minutes=minutes)
+        return ClinicalTime(naive - offset if offset_text[0] == "+" else naive + offset, precision)
+    hour_offset = _hour_offset(zone, (value + "00")[:10])
+    if hour_offset is None:
+        return None
+    return ClinicalTime(naive - hour_offset, precision)
+
+
+def fast_hl7_date_text(value: str) -> str | None:
+    """hl7_date_text for plain digit values, or None to let hl7_date_text handle (or reject) the rest."""
+    n = len(value)
+    if n not in _DATE_LENGTHS or not value.isdigit() or not value.isascii():
+        return None
+    year, month, day = value[:4], value[4:6], value[6:8]
+    try:
+        datetime(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        return None
+    if not month:
+        return year
+    return f"{year}-{month}" if not day else f"{year}-{month}-{day}"

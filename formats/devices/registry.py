@@ -11,17 +11,14 @@ history as JSON, so the last record per key is all one needs. Workers hold it in
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from affluent.core.errors import ConfigError
-from formats.clinical.identity import IdentityError, ins_from
+from formats.clinical.identity import IdentityError, ins_from, patient_ref_of
 from formats.reasons import ReasonCode
-
-_OID = re.compile(r"\d+(\.\d+)+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +48,6 @@ class Link:
             "ins_oid": self.ins_oid,
             "ins_qualified": self.ins_qualified,
         }
-
-
-def patient_ref_of(
-    ipp: str, authority: str, ins: dict[str, Any] | None = None, ins_qualified: bool = False
-) -> dict[str, Any]:
-    """The canonical PatientRef, shaped as the HL7 and FHIR mappers shape theirs (key IPP@authority)."""
-    is_oid = bool(_OID.fullmatch(authority))
-    return {
-        "key": f"{ipp}@{authority}",
-        "ipp": {
-            "id": ipp,
-            "authority_name": None if is_oid else authority,
-            "authority_oid": authority if is_oid else None,
-        },
-        "ins": ins,
-        "identity_reliability": "QUAL" if ins is not None and ins_qualified else None,
-        "ins_qualified": ins is not None and ins_qualified,
-    }
 
 
 def _instant(text: str) -> datetime:

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final, Protocol
 
-from formats.devices.registry import Resolution, patient_ref_of
+from formats.clinical.identity import patient_ref_of
+from formats.devices.registry import Resolution
 from formats.devices.templates import MAPPING_ATTRIBUTE, PayloadError, Reading, Template, read_payload
 from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext, envelope, event_id_of

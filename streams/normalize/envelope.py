@@ -1,4 +1,4 @@
-"""The envelope every canonical record carries, and the deterministic event id (DESIGN §4).
+"""The envelope every canonical record carries, and the deterministic event id (design §4).
 
 ``event_id`` = SHA-256 over (protocol, sending facility, sending application, the sender's message id,
 the index of the event within that message), hex. Replaying a raw record, or receiving the same message

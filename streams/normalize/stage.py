@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -24,18 +23,12 @@ from schemas.catalog import DLQ_NORMALIZE
 from schemas.deadletter import dead_letter_record
 from schemas.registry import AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
+from streams.contract import Output, dead_letter_output
 from streams.normalize.envelope import RawContext
 from streams.normalize.options import MappingOptions
 from streams.normalize.result import CANONICAL_KINDS, CanonicalEvent, Rejection, run_mapper
 
 Mapper = Callable[[Any, RawContext, MappingOptions], list[CanonicalEvent]]
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    topic: str
-    key: bytes
-    value: bytes
 
 
 class NormalizeMetrics:
@@ -179,5 +172,4 @@ class Normalizer:
             lineage=lineage,
             attributes={"message_type": str(raw.get("message_type") or "")} if raw else {},
         )
-        key = f"{record['source']['facility']}|{record['source']['application']}".encode()
-        return Output(self.dlq_topic, key, self.dlq_codec.encode(record))
+        return dead_letter_output(self.dlq_codec, self.dlq_topic, record)

@@ -27,7 +27,8 @@ from affluent.core.topics import (
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE
 from schemas.readiness import dependencies
 from schemas.registry import Registry
-from streams.app import StageSpec, StageWorker, run_until_signalled
+from streams.app import StageWorker, run_until_signalled
+from streams.contract import StageSpec
 from streams.normalize.options import MappingOptions
 from streams.normalize.stage import Mapper, NormalizeMetrics, Normalizer
 

@@ -1,4 +1,4 @@
-"""An objection to research use, as the pure data the opposition service writes (DESIGN §6).
+"""An objection to research use, as the pure data the opposition service writes (design §6).
 
 Two things follow from one objection, and both are computed here without Kafka:
 
@@ -19,10 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from affluent.core.errors import ConfigError
-from formats.clinical.identity import valid_matricule
+from formats.clinical.identity import INS_NIR_OID, patient_ref_of, valid_matricule
 from streams.normalize.envelope import SCHEMA_VERSION, event_id_of
 from streams.pseudonymize.keys import Key, KeyProvider, PinnedKey
-from streams.pseudonymize.pseudonym import ins_form, ipp_form, opposition_key
+from streams.pseudonymize.opposition import opposition_key
+from streams.pseudonymize.pseudonym import ins_form, ipp_form
 from streams.pseudonymize.transform import Feed, apply
 
 PROTOCOL = "control"
@@ -30,7 +31,6 @@ APPLICATION = "opposition"
 REASON_CODE = "patient-objection"
 # What the INS block says when the objection gives a bare matricule: the kind only matters to
 # policies that keep it, and no shipped policy keeps anything of the INS but its pseudonym.
-_INS_OID = "1.2.250.1.213.1.4.8"
 
 
 class InvalidObjection(ConfigError):
@@ -78,23 +78,13 @@ class Objection:
 
     def patient_refs(self) -> list[dict[str, Any]]:
         """One canonical PatientRef per identity the patient may have been published under."""
-        ipp = {"id": self.ipp or "", "authority_name": None, "authority_oid": self.authority}
-        key = f"{self.ipp}@{self.authority}" if self.ipp else ""
         refs: list[dict[str, Any]] = []
+        authority = self.authority or ""
         if self.ins:
-            refs.append(
-                {
-                    "key": key,
-                    "ipp": ipp,
-                    "ins": {"matricule": self.ins, "oid": _INS_OID, "kind": "NIR"},
-                    "identity_reliability": "QUAL",
-                    "ins_qualified": True,
-                }
-            )
+            ins = {"matricule": self.ins, "oid": INS_NIR_OID, "kind": "NIR"}
+            refs.append(patient_ref_of(self.ipp or "", authority, ins, ins_qualified=True))
         if self.ipp:
-            refs.append(
-                {"key": key, "ipp": ipp, "ins": None, "identity_reliability": None, "ins_qualified": False}
-            )
+            refs.append(patient_ref_of(self.ipp, authority))
         return refs
 
     def forms(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""The national feed's pure core: keys, keyed pseudonyms, declarative policies and the transform (DESIGN §6).
+"""The national feed's pure core: keys, keyed pseudonyms, declarative policies and the transform (design §6).
 
 No Kafka here. The worker builds one :class:`Feed` per destination at start-up (which fails if the
 destination has no key), drops events of objecting patients with :func:`is_opposed`, and produces what
@@ -17,16 +17,14 @@ from streams.pseudonymize.keys import (
     file_provider,
     require_key,
 )
+from streams.pseudonymize.opposition import is_opposed, opposition_key, opposition_keys, withheld
 from streams.pseudonymize.policy import Policy, PolicyError, load_policy, parse_policy
 from streams.pseudonymize.pseudonym import (
     OPPOSITION_KEYRING,
     PatientIdentity,
     chain,
     date_shift_days,
-    is_opposed,
     national_event_id,
-    opposition_key,
-    opposition_keys,
     patient_identity,
     pseudonym,
 )
@@ -60,4 +58,5 @@ __all__ = [
     "patient_identity",
     "pseudonym",
     "require_key",
+    "withheld",
 ]

@@ -1,4 +1,4 @@
-"""Where pseudonymization keys come from, and how they are kept out of every text (DESIGN §6, §8).
+"""Where pseudonymization keys come from, and how they are kept out of every text (design §6, §8).
 
 A national pseudonym is only as safe as its key: anyone holding the key of a destination can recompute
 every pseudonym of that destination from a NIR, and the NIR space is small enough to enumerate. So keys

@@ -1,4 +1,4 @@
-"""Keyed pseudonyms, per-patient date offsets and the opposition registry's hashes (DESIGN §6).
+"""Keyed pseudonyms, per-patient date offsets and the opposition registry's hashes (design §6).
 
 Why keyed: a NIR has 13 significant digits, most of them predictable (sex, birth year and month,
 département, commune), so a plain SHA-256 of an INS is reversed by enumerating a few billion candidates
@@ -16,11 +16,11 @@ because identifiers that only differ in case are a trap in case-insensitive stor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.pseudonymize.keys import Key, KeyProvider
+from streams.pseudonymize.keys import Key
 
 SEP = "\x1f"
 
@@ -150,7 +150,7 @@ def patient_identity(patient_ref: Mapping[str, Any]) -> PatientIdentity:
     """``INS|<matricule>`` for a qualified INS (linkable), else ``IPP|<authority>|<ipp>`` (local).
 
     An INS on an unqualified identity is not used: the identity behind it has not been checked against
-    the national teleservice, and linking on it could merge two people nationally (DESIGN §6).
+    the national teleservice, and linking on it could merge two people nationally (design §6).
     """
     if patient_ref.get("ins_qualified") and patient_ref.get("ins"):
         return PatientIdentity(f"INS|{patient_ref['ins']['matricule']}", True)
@@ -183,54 +183,3 @@ def date_shift_days(key: Key, patient_identity: PatientIdentity | str, max_days:
     value = patient_identity.value if isinstance(patient_identity, PatientIdentity) else patient_identity
     n = int.from_bytes(key.mac(_message(CONTEXT_DATE_SHIFT, value))[:8], "big") % (2 * max_days)
     return n - max_days if n < max_days else n - max_days + 1
-
-
-# ------------------------------------------------------------------ opposition (right to object)
-
-
-def identity_forms(patient_ref: Mapping[str, Any]) -> tuple[str, ...]:
-    """Every identity an objection may have been registered under: the INS whether qualified or not
-    (an objection must err on the side of stopping data) and the local IPP."""
-    forms = [ipp_form(patient_ref)]
-    ins = ins_form(patient_ref)
-    if ins is not None:
-        forms.insert(0, ins)
-    return tuple(forms)
-
-
-def opposition_key(keys: KeyProvider, identity: str, key: Key | None = None) -> str:
-    """The only form in which an objection is stored: ``<key_id>:<HMAC>`` of the identity string.
-
-    The compacted ``control.opposition`` topic is read by every worker and kept forever; holding
-    identities in clear there would turn the registry of people who refused research into a list of
-    them. ``key`` defaults to the current opposition key.
-    """
-    use = key if key is not None else keys.current(OPPOSITION_KEYRING)
-    return remembered_pseudonym(use, CONTEXT_OPPOSITION, identity)
-
-
-def opposition_keys(keys: KeyProvider, patient_ref: Mapping[str, Any]) -> tuple[str, ...]:
-    """The registry entries to write when this patient objects (current opposition key)."""
-    key = keys.current(OPPOSITION_KEYRING)
-    return tuple(opposition_key(keys, form, key) for form in identity_forms(patient_ref))
-
-
-def is_opposed(
-    table_lookup: Container[str] | Callable[[str], object],
-    patient_ref: Mapping[str, Any],
-    keys: KeyProvider,
-) -> bool:
-    """Whether the registry holds an objection under the INS form or the IPP form of this patient.
-
-    Checked under every opposition key still kept, because entries written before a rotation cannot be
-    re-keyed (the registry holds no identity to re-hash). ``table_lookup`` is anything answering ``in``
-    (a set, the compacted registry view) or a callable returning a truthy value for a registered entry.
-    """
-    forms = identity_forms(patient_ref)
-    contains: Callable[[str], object]
-    contains = table_lookup.__contains__ if isinstance(table_lookup, Container) else table_lookup
-    for key in keys.all(OPPOSITION_KEYRING):
-        for form in forms:
-            if contains(opposition_key(keys, form, key)):
-                return True
-    return False

@@ -1,6 +1,6 @@
 """The pseudonymize stage without Kafka: one canonical record in, national records or one dead letter out.
 
-This is the step between ``canonical.<kind>`` and ``national.<destination>.<kind>.v1`` (DESIGN §6):
+This is the step between ``canonical.<kind>`` and ``national.<destination>.<kind>.v1`` (design §6):
 decode the canonical record (registry), drop it when the patient objected (an OPPOSITION retraction
 still passes: it tells the platforms to delete), and for each destination that takes the kind, apply
 the destination's policy and frame the Avro body with the id of the national schema registered at
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,16 +28,15 @@ from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
 from schemas.deadletter import dead_letter_record
 from schemas.registry import MAGIC_BYTE, AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
-from streams.normalize.stage import Output
+from streams.contract import Output, dead_letter_output
 from streams.pseudonymize.keys import KeyProvider
-from streams.pseudonymize.pseudonym import IdentityMissing, is_opposed
+from streams.pseudonymize.opposition import OppositionLookup, withheld
+from streams.pseudonymize.pseudonym import IdentityMissing
 from streams.pseudonymize.transform import Feed, TransformError
 
 STAGE = "pseudonymize"
 CANONICAL_PREFIX = "canonical."
 _HEADER = struct.Struct(">bI")
-
-OppositionLookup = Container[str] | Callable[[str], object]
 
 
 def national_headers(registry: Registry, feeds: Sequence[Feed]) -> dict[str, bytes]:
@@ -159,10 +158,10 @@ class Pseudonymizer:
         if not isinstance(envelope, Mapping) or not isinstance(record.get("patient"), Mapping):
             return [self._dead(ReasonCode.NOT_CANONICAL, "record has no envelope or patient", None, lineage)]
         try:
-            opposed = is_opposed(self.opposition, record["patient"], self.keys)
+            dropped = withheld(kind, record, self.opposition, self.keys)
         except IdentityMissing as exc:  # content-free by construction
             return [self._dead(ReasonCode.IDENTITY_MISSING, str(exc), record, lineage)]
-        if opposed and not (kind == "retraction" and record.get("kind") == "OPPOSITION"):
+        if dropped:
             for feed in self.feeds:
                 if self._takes(feed, kind, record):
                     self.metrics.opposition_drops.labels(feed.destination).inc()
@@ -238,5 +237,4 @@ class Pseudonymizer:
             event_id=str(envelope["event_id"]) if envelope.get("event_id") else None,
             lineage=lineage,
         )
-        key = f"{dead['source']['facility']}|{dead['source']['application']}".encode()
-        return Output(self.dlq_topic, key, self.dlq_codec.encode(dead))
+        return dead_letter_output(self.dlq_codec, self.dlq_topic, dead)

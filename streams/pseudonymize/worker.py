@@ -20,12 +20,13 @@ from prometheus_client import CollectorRegistry
 from affluent.core.compacted import CompactedView
 from affluent.core.errors import ConfigError
 from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
-from affluent.core.settings import Settings
+from affluent.core.settings import Settings, StreamsSettings
 from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.readiness import dependencies
 from schemas.registry import Registry
-from streams.app import StageSpec, StageWorker, run_until_signalled
+from streams.app import StageWorker, run_until_signalled
+from streams.contract import StageSpec
 from streams.pseudonymize.keys import (
     FirstOf,
     KeyConfigError,
@@ -41,32 +42,10 @@ from streams.pseudonymize.transform import Feed
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = "affluent-pseudonymize"
-DEFAULT_METRICS_PORT = 9466
-GROUP_ENV = "AFFLUENT_PSEUDONYMIZE_GROUP"
-METRICS_PORT_ENV = "AFFLUENT_PSEUDONYMIZE_METRICS_PORT"
+DEFAULT_GROUP = StreamsSettings.model_fields["pseudonymize_group"].default
+DEFAULT_METRICS_PORT = StreamsSettings.model_fields["pseudonymize_metrics_port"].default
 KEY_FILE_ENV = "AFFLUENT_PSEUDO_KEY_FILE"
 DESTINATIONS = ("hdh", "inca")
-
-
-def group_name() -> str:
-    return os.environ.get(GROUP_ENV) or DEFAULT_GROUP
-
-
-def metrics_port() -> int | None:
-    """The /metrics port: ``AFFLUENT_PSEUDONYMIZE_METRICS_PORT`` (empty or ``none`` disables it)."""
-    text = os.environ.get(METRICS_PORT_ENV)
-    if text is None:
-        return DEFAULT_METRICS_PORT
-    if text.strip().lower() in ("", "none", "off"):
-        return None
-    try:
-        port = int(text)
-    except ValueError:
-        raise ConfigError(f"{METRICS_PORT_ENV} must be a port number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{METRICS_PORT_ENV} must be between 0 and 65535")
-    return port
 
 
 def load_keys(environ: dict[str, str] | None = None) -> KeyProvider:
@@ -106,7 +85,7 @@ def build_worker(
     keys: KeyProvider | None = None,
 ) -> tuple[StageWorker, CompactedView]:
     s = settings
-    group = group_name()
+    group = s.streams.pseudonymize_group
     keys = keys if keys is not None else load_keys()
     feeds = build_feeds(keys)
     wait_for_kafka(s.kafka, 30)
@@ -124,7 +103,7 @@ def build_worker(
         s.kafka,
         s.streams,
         metrics_registry,
-        metrics_port(),
+        s.streams.pseudonymize_metrics_port,
         ready=dependencies(s.kafka, s.registry),
     )
     return worker, opposition

@@ -19,7 +19,7 @@ def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     run = uuid.uuid4().hex[:8]
     groups = {
         "AFFLUENT_STREAMS__NORMALIZE_GROUP": f"test-demo-normalize-{run}",
-        "AFFLUENT_PSEUDONYMIZE_GROUP": f"test-demo-pseudonymize-{run}",
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": f"test-demo-pseudonymize-{run}",
     }
     result = subprocess.run(
         [sys.executable, "-m", "affluent.cli", "demo", "--duration", "12", "--rate", "30"],

@@ -118,8 +118,8 @@ async def test_objection_during_traffic_retracts_stops_and_withdrawal_restores(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")},
         KEY_FILE_ENV: str(KEY_FILE),
-        "AFFLUENT_PSEUDONYMIZE_GROUP": group,
-        "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(metrics_port),
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": group,
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(metrics_port),
     }
     log = tmp_path / "pseudonymize.log"
     withdrawn = False

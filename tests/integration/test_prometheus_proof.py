@@ -263,8 +263,8 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
     pseudo_env = {
         **base_env,
         KEY_FILE_ENV: str(KEY_FILE),
-        "AFFLUENT_PSEUDONYMIZE_GROUP": pseudo_group,
-        "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(ports["pseudonymize"]),
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": pseudo_group,
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(ports["pseudonymize"]),
     }
     config = render_prometheus(tmp_path, ports)
     prom_port = free_port()

@@ -167,8 +167,8 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
     pseudo_env = {
         **base_env,
         KEY_FILE_ENV: str(KEY_FILE),
-        "AFFLUENT_PSEUDONYMIZE_GROUP": pseudo_group,
-        "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(metrics_port),
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": pseudo_group,
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(metrics_port),
     }
     pseudo_log = tmp_path / "pseudonymize.log"
     pseudo_cmd = [sys.executable, "-c", "from streams.pseudonymize.cli import main; main()"]

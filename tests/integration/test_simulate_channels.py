@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from affluent.local.mosquitto import Mosquitto
+from affluent.local.procs import stop_run
 from affluent.sim.demo import (
     DEMO_COMPONENTS,
     channel_environment,
@@ -22,7 +23,6 @@ from affluent.sim.demo import (
     prepare_groups,
     run_environment,
     start_run,
-    stop_run,
     wait_ready,
 )
 from affluent.sim.simulate import Plan, report_lines, simulate, traffic
@@ -54,7 +54,7 @@ def test_every_channel_balances_and_malformed_messages_end_where_they_must(
     run = uuid.uuid4().hex[:8]
     env |= extra | {
         "AFFLUENT_STREAMS__NORMALIZE_GROUP": f"test-sim-normalize-{run}",
-        "AFFLUENT_PSEUDONYMIZE_GROUP": f"test-sim-pseudonymize-{run}",
+        "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": f"test-sim-pseudonymize-{run}",
         "AFFLUENT_RUN__LOG_DIR": str(tmp_path / "logs"),
     }
     prepare_groups(settings, env)

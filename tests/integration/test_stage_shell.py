@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from affluent.core.kafka import make_consumer, make_producer
 from affluent.core.settings import KafkaSettings, StreamsSettings
-from streams.app import BatchProducer, StageDeliveryFailed, StageSpec, StageWorker, next_offsets
+from streams.app import BatchProducer, StageDeliveryFailed, StageWorker, next_offsets
+from streams.contract import StageSpec
 
 pytestmark = pytest.mark.integration
 

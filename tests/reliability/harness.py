@@ -3,7 +3,7 @@ processes (MLLP door, normalize, pseudonymize), the hospital's resending lanes, 
 
 Scenarios share one cluster (module fixture), so each starts its worker groups at the current end of
 their input topics and reads national records from the positions it noted before sending: it sees its
-own records only. Pass (DESIGN §7), the same for every scenario: every message the senders saw
+own records only. Pass (design §7), the same for every scenario: every message the senders saw
 acknowledged reaches its canonical events (or ``dlq.normalize``) and every national record those events
 imply is on its national topic; after deduplication by ``event_id`` no canonical or national record
 appears twice with different content; each patient's national records keep the order in which the
@@ -60,7 +60,7 @@ FULL = os.environ.get("AFFLUENT_CHAOS_FULL") == "1"  # `make chaos`: full durati
 SESSION_TIMEOUT_MS = "15000"
 METRICS_PORTS = {
     "normalize": "AFFLUENT_STREAMS__METRICS_PORT",
-    "pseudonymize": "AFFLUENT_PSEUDONYMIZE_METRICS_PORT",
+    "pseudonymize": "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT",
 }
 # What a scenario reads back (raw first), from the positions it noted before sending.
 OUTPUTS = (INGEST_HL7V2_RAW, *CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE)
@@ -228,8 +228,8 @@ class Pipeline:
             "AFFLUENT_MLLP__METRICS_PORT": str(self.door_metrics_port),
             "AFFLUENT_STREAMS__NORMALIZE_GROUP": self.groups[0],
             "AFFLUENT_STREAMS__METRICS_PORT": str(free_port()),
-            "AFFLUENT_PSEUDONYMIZE_GROUP": self.groups[1],
-            "AFFLUENT_PSEUDONYMIZE_METRICS_PORT": str(free_port()),
+            "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": self.groups[1],
+            "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(free_port()),
             "AFFLUENT_STREAMS__SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS,
             KEY_FILE_ENV: str(KEY_FILE),
         }
@@ -299,7 +299,7 @@ class Pipeline:
 class Versions:
     """How the distinct versions of each event id differ. A message the door stored twice (it was
     killed after the raw record was durable, before the ACK-cache entry was) is *re-received*: same
-    event ids, same content, another reception time and raw offset (DESIGN §4: ids collapse it). Any
+    event ids, same content, another reception time and raw offset (design §4: ids collapse it). Any
     other difference is a conflict."""
 
     rereceived: int = 0

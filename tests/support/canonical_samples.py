@@ -1,6 +1,6 @@
 """Realistic canonical records of every kind, full of canaries, for the pseudonymization tests.
 
-Synthetic French data only (DESIGN §11): NIRs with valid keys under the INS-NIR-TEST OID, names with
+Synthetic French data only (design §11): NIRs with valid keys under the INS-NIR-TEST OID, names with
 accents, a Jura address. Every directly identifying value is a *canary*: a string distinctive enough
 that finding it anywhere in a national record — decoded, encoded, in an exception — can only mean a
 leak. ``CANARIES`` lists them; the tests search for each in several encodings.

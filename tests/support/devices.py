@@ -72,6 +72,7 @@ def normalize_raw(
     dead: list[dict[str, Any]] = []
     for offset, value in enumerate(raw_values):
         for out in normalizer.process(value, topic, 0, offset):
+            assert out.value is not None  # a stage's outputs always carry a value (no tombstones)
             record = decode(registry, out.value)
             (observations if out.topic == "canonical.observation" else dead).append(record)
     return observations, dead

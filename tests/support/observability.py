@@ -93,7 +93,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 # Environment variables the processes read that are not Settings fields (see the modules that read them).
-NON_SETTINGS_ENV = {"AFFLUENT_HEALTH_PORT", "AFFLUENT_PSEUDO_KEY_FILE", "AFFLUENT_PSEUDONYMIZE_METRICS_PORT"}
+NON_SETTINGS_ENV = {"AFFLUENT_HEALTH_PORT", "AFFLUENT_PSEUDO_KEY_FILE"}
 
 
 def unknown_settings(names: Any) -> list[str]:

@@ -17,8 +17,8 @@ from streams.opposition.objection import (
     registry_entries,
     retraction_records,
 )
+from streams.pseudonymize.opposition import is_opposed
 from streams.pseudonymize.policy import load_policy
-from streams.pseudonymize.pseudonym import is_opposed
 from streams.pseudonymize.transform import Feed
 from tests.support import canonical_samples as cs
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 
 from streams.pseudonymize.keys import Key, KeyConfigError, StaticKeyProvider
+from streams.pseudonymize.opposition import identity_forms, is_opposed, opposition_key, opposition_keys
 from streams.pseudonymize.pseudonym import (
     CONTEXT_PATIENT,
     OPPOSITION_KEYRING,
-    identity_forms,
-    is_opposed,
-    opposition_key,
-    opposition_keys,
     patient_identity,
     pseudonym,
 )

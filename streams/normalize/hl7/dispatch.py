@@ -1,0 +1,78 @@
+"""The entry point: which message types and trigger events this hub maps, and to which sections.
+
+Apart so that what is accepted (and what is refused as an unsupported event) is decided in one short
+module, above every section and imported by none of them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from formats.hl7.er7 import Er7Error, parse
+from formats.reasons import ReasonCode
+from streams.normalize.envelope import RawContext
+from streams.normalize.hl7.encounter import _ENCOUNTER_EVENT_TYPES, _encounter
+from streams.normalize.hl7.fields import _fields
+from streams.normalize.hl7.merges import _merges
+from streams.normalize.hl7.patient import _patient_record
+from streams.normalize.hl7.results import _map_oru
+from streams.normalize.hl7.state import _EVN_SIZE, _PID_SIZE, _PV1_SIZE, _Mapping
+from streams.normalize.options import MappingOptions
+from streams.normalize.result import CanonicalEvent, MappingError
+
+_PATIENT_ONLY: Final = frozenset({"A28", "A31"})
+_ADT_TRIGGERS: Final = frozenset({*_ENCOUNTER_EVENT_TYPES, *_PATIENT_ONLY, "A08", "A40"})
+
+
+def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> list[CanonicalEvent]:
+    """Map one decoded HL7 v2 message; raises MappingError when a rule fails (see run_mapper)."""
+    try:
+        message = parse(text)
+    except Er7Error as exc:
+        raise MappingError(
+            ReasonCode.UNPARSABLE, f"not a readable ER7 message ({exc.code})", exc.location, "ER7"
+        ) from None
+    m = _Mapping(message, ctx, options)
+    code = message.get("MSH-9.1") or ""
+    trigger = message.get("MSH-9.2") or ""
+    if code == "ADT":
+        if not trigger:
+            trigger = message.get("EVN-1") or ""
+        if trigger in _ADT_TRIGGERS:
+            return _map_adt(m, trigger)
+    elif code == "ORU" and trigger == "R01":
+        return _map_oru(m)
+    raise MappingError(
+        ReasonCode.UNSUPPORTED_EVENT, "message type or trigger event is not one this hub maps", "MSH-9"
+    )
+
+
+def _map_adt(m: _Mapping, trigger: str) -> list[CanonicalEvent]:
+    msg = m.message
+    d = m.d
+    pid = msg.segment("PID")
+    if pid is None:
+        raise MappingError(ReasonCode.NO_PATIENT, "the message has no PID segment", "PID-3")
+    pid_parts = _fields(pid, d, _PID_SIZE)
+    ref = m.patient(pid_parts[3], pid_parts[32], "PID-3")
+    evn = msg.segment("EVN")
+    evn_parts = _fields(evn, d, _EVN_SIZE) if evn is not None else [""] * (_EVN_SIZE + 1)
+    occurred = m.time(evn_parts[6], "EVN-6")
+    when = occurred or m.time(evn_parts[2], "EVN-2")
+
+    patient_type = "patient.registered" if trigger == "A28" else "patient.updated"
+    events = [m.event("patient", "PID", patient_type, when, _patient_record(m, ref, pid_parts))]
+    if trigger == "A40":
+        events.extend(_merges(m, when))
+        return events
+    if trigger in _PATIENT_ONLY:
+        return events
+    pv1 = msg.segment("PV1")
+    pv1_parts = _fields(pv1, d, _PV1_SIZE) if pv1 is not None else [""] * (_PV1_SIZE + 1)
+    visit = m.visit(pv1_parts[19])
+    if visit is None:
+        if trigger == "A08":
+            return events  # an identity update without a visit: nothing to say about an encounter
+        raise MappingError(ReasonCode.NO_VISIT, "a movement needs a visit number", "PV1-19")
+    events.append(_encounter(m, trigger, ref, visit, pv1_parts, occurred, when))
+    return events
