@@ -7,7 +7,6 @@ down only; connectors and streams meet through Kafka topics and the layers below
 from __future__ import annotations
 
 import ast
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -100,7 +99,6 @@ def layer(module: str) -> str:
 def test_the_layers_are_all_known_and_the_walk_sees_the_code() -> None:
     assert {layer(m) for m in MODULES} == set(RANK)
     assert len(MODULES) > 100
-    assert ("formats.hl7.er7", 0) not in EDGES  # sanity of the shape
     assert any(t == "formats.hl7.er7" for t, _ in EDGES["connectors.mllp.intake"])
 
 
@@ -319,8 +317,8 @@ ENVIRONMENT_READERS = {
     "streams.pseudonymize.keys",
     "streams.pseudonymize.worker",  # load_keys: AFFLUENT_PSEUDO_KEY_FILE and key variables
     "connectors.fhir_poll.config",
+    "streams.pseudonymize.cli",  # AFFLUENT_LOG_LEVEL, read before settings load (logging of the load itself)
 }
-_LOG_LEVEL = "AFFLUENT_LOG_LEVEL"
 
 
 def test_every_setting_lives_in_settings() -> None:
@@ -330,18 +328,16 @@ def test_every_setting_lives_in_settings() -> None:
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
-                reads_log_level = any(v == _LOG_LEVEL for _, v in _constants(m))
-                if not reads_log_level:
-                    readers.append(f"{m}:{node.lineno}")
+                readers.append(f"{m}:{node.lineno}")
     assert readers == []
 
 
 def test_the_environment_check_sees_a_reader() -> None:
+    """The walk above can fail: it does see the settings loader read the environment."""
     assert any(
         isinstance(n, ast.Attribute) and n.attr == "environ"
         for n in ast.walk(TREES["affluent.core.settings"])
     )
-    assert os.environ is not None
 
 
 def test_no_module_is_larger_than_the_limit() -> None:
