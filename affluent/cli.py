@@ -368,6 +368,7 @@ def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
         ins=args.ins,
         ins_oid=args.ins_oid,
         ins_qualified=args.ins_qualified,
+        gateway=args.gateway,
     )
     n = link(settings, args.device, new)
     print(f"device linked ({n} period(s) on record)")
@@ -539,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ins", help="INS matricule")
     p.add_argument("--ins-oid", help="INS OID (1.2.250.1.213.1.4.8, .10 for test NIRs)")
     p.add_argument("--ins-qualified", action="store_true", help="the identity is qualified (QUAL)")
+    p.add_argument(
+        "--gateway", help="the only sender (token sender, MQTT gateway) that may send this device's readings"
+    )
     p.set_defaults(func=cmd_devices_link)
     p = devices_sub.add_parser("unlink", help="end the device's open link")
     p.add_argument("device")

@@ -8,6 +8,11 @@ same row elsewhere). The table is declarative so that a new door is one line her
 ``role`` orders the shutdown: doors stop first (stop accepting, drain, flush), so that nothing is
 acknowledged to a sender after the workers that carry it further have gone; workers stop last and
 commit what they have finished.
+
+``check`` is the door's own start-up refusal (listening beyond loopback unprotected, a key file others
+can read), run by the supervisor before it starts anything: one sentence and a non-zero exit, instead
+of a child that fails and is restarted forever. ``needs_keys`` marks the components that hold
+pseudonymization keys: no other child receives them.
 """
 
 from __future__ import annotations
@@ -30,16 +35,58 @@ class Component:
     # The port of the child's /metrics /health /ready server (None: no probe, alive = ready).
     metrics_port: Callable[[Settings], int | None]
     default: bool = True
+    check: Callable[[Settings], None] | None = None
+    needs_keys: bool = False
+
+
+def _check_mllp(settings: Settings) -> None:
+    from connectors.mllp.service import check_exposure
+
+    check_exposure(settings.mllp)
+
+
+def _check_fhir(settings: Settings) -> None:
+    from connectors.fhir_rest.service import check_exposure
+
+    check_exposure(settings.fhir_rest)
+
+
+def _check_devices(settings: Settings) -> None:
+    from connectors.devices.service import check_exposure
+
+    check_exposure(settings.devices)
+
+
+def _check_opposition(settings: Settings) -> None:
+    from streams.opposition.http import check_exposure
+
+    check_exposure(settings.opposition)
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("mllp", ("mllp",), "door", lambda s: s.mllp.metrics_port),
+    Component("mllp", ("mllp",), "door", lambda s: s.mllp.metrics_port, check=_check_mllp),
     Component("normalize", ("normalize",), "worker", lambda s: s.streams.metrics_port),
-    Component("pseudonymize", ("pseudonymize",), "worker", lambda s: s.streams.pseudonymize_metrics_port),
-    Component("fhir", ("fhir",), "door", lambda s: s.fhir_rest.metrics_port),
-    Component("devices", ("devices", "serve"), "door", lambda s: s.devices.metrics_port),
+    Component(
+        "pseudonymize",
+        ("pseudonymize",),
+        "worker",
+        lambda s: s.streams.pseudonymize_metrics_port,
+        needs_keys=True,
+    ),
+    Component("fhir", ("fhir",), "door", lambda s: s.fhir_rest.metrics_port, check=_check_fhir),
+    Component(
+        "devices", ("devices", "serve"), "door", lambda s: s.devices.metrics_port, check=_check_devices
+    ),
     # Needs bearer tokens configured (AFFLUENT_OPPOSITION__TOKENS): started only when asked for.
-    Component("opposition", ("opposition", "serve"), "door", lambda s: s.opposition.port, default=False),
+    Component(
+        "opposition",
+        ("opposition", "serve"),
+        "door",
+        lambda s: s.opposition.port,
+        default=False,
+        check=_check_opposition,
+        needs_keys=True,
+    ),
 )
 # The FHIR puller needs the name of its source: run ``affluent pull <source> --follow`` per source.
 

@@ -11,6 +11,12 @@ no orphan keeps a port or a consumer group.
 
 Children's output goes to ``<log_dir>/<name>.log``; they log at WARNING by default, and affluent's log
 texts carry no message content (design §6).
+
+Before any child starts, the supervisor runs every selected door's own start-up check (a door beyond
+loopback without TLS, a key file others can read): a refusal is one sentence and a non-zero exit, not a
+child restarted forever. Pseudonymization keys reach only the children that use them, and never through
+the environment when they are given as a file (a variable is inherited by every process below, and is
+readable wherever the environment is: ``/proc/<pid>/environ``, crash reports).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -32,14 +38,18 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from affluent.components import Component
+from affluent.core.errors import ConfigError
 from affluent.core.settings import RunSettings, Settings
 from affluent.core.telemetry import TelemetryServer
+from affluent.core.tls import check_key_file
 
 log = logging.getLogger(__name__)
 
 Out = Callable[[str], None]
 PROBE_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1
+KEY_FILE_VARIABLE = "AFFLUENT_PSEUDO_KEY_FILE"
+KEY_VARIABLE_PREFIX = "AFFLUENT_PSEUDO_KEY__"
 
 
 def backoff(failures: int, cap_s: float, base_s: float = 0.5) -> float:
@@ -49,6 +59,34 @@ def backoff(failures: int, cap_s: float, base_s: float = 0.5) -> float:
 
 def child_argv(component: Component) -> list[str]:
     return [sys.executable, "-m", "affluent.cli", *component.argv]
+
+
+def _is_key_variable(name: str) -> bool:
+    return name == KEY_FILE_VARIABLE or name.startswith(KEY_VARIABLE_PREFIX)
+
+
+def child_environment(component: Component, environ: Mapping[str, str]) -> dict[str, str]:
+    """The supervisor's environment, without the pseudonymization keys unless the child uses them."""
+    env = {k: v for k, v in environ.items() if component.needs_keys or not _is_key_variable(k)}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def preflight(settings: Settings, components: Sequence[Component], environ: Mapping[str, str]) -> None:
+    """Every refusal a child would make at start, made once, before anything starts."""
+    if any(c.needs_keys for c in components):
+        variables = sorted(name for name in environ if name.startswith(KEY_VARIABLE_PREFIX))
+        key_file = environ.get(KEY_FILE_VARIABLE)
+        if key_file and variables:
+            raise ConfigError(
+                f"pseudonymization keys are given both by {KEY_FILE_VARIABLE} and by {', '.join(variables)}: "
+                "affluent run hands keys to its children by file only, so unset the variables"
+            )
+        if key_file:
+            check_key_file(Path(key_file), KEY_FILE_VARIABLE)
+    for component in components:
+        if component.check is not None:
+            component.check(settings)
 
 
 def log_dir(settings: Settings) -> Path:
@@ -122,7 +160,7 @@ class Child:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=child_environment(self.component, os.environ),
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
@@ -264,6 +302,7 @@ class Supervisor:
 
 async def supervise(settings: Settings, components: Sequence[Component], out: Out) -> int:
     """Run until SIGINT/SIGTERM, then stop cleanly; 0 when every child stopped on its own terms."""
+    preflight(settings, components, os.environ)
     supervisor = Supervisor(settings, components)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

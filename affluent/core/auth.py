@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Mapping
+from typing import Final
 
 from affluent.core.errors import ConfigError
 
@@ -57,3 +58,10 @@ class StaticTokens:
             if hmac.compare_digest(presented, digest) and found is None:
                 found = principal
         return found
+
+
+# JWT signature algorithms a JWKS can verify: asymmetric only. With an HMAC algorithm (HS256…) the
+# "public" key set would be the shared secret itself, and PyJWT fails on such keys at request time.
+JWT_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)

@@ -20,7 +20,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from affluent.core.auth import JWT_ALGORITHMS
 from affluent.core.errors import ConfigError
+from affluent.core.origins import transport_allowed
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
@@ -73,6 +75,22 @@ class RegistrySettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ConnectionLimits(BaseModel):
+    """What one HTTP door gives a peer before refusing it: a hostile or broken client must not hold
+    every socket, nor a handler, by connecting and sending nothing (or one byte a minute)."""
+
+    # Open connections at most; one more is answered 503 and closed at once (and counted).
+    max_connections: int = Field(default=256, ge=1)
+    # Seconds from the connection (TLS handshake done) to the end of the first request's headers;
+    # also the TLS handshake's own bound.
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    # Seconds a keep-alive connection may wait for its next request.
+    idle_timeout_s: float = Field(default=75.0, gt=0)
+    max_line_size: int = Field(default=8190, ge=1024)
+    max_field_size: int = Field(default=8190, ge=1024)
+    max_headers: int = Field(default=100, ge=10)
+
+
 class MllpSettings(BaseModel):
     """The HL7 v2 MLLP door."""
 
@@ -88,12 +106,20 @@ class MllpSettings(BaseModel):
     default_charset: str = "latin-1"
     # Seconds a connection may stay silent before we close it (interface engines reconnect).
     idle_timeout_s: float = Field(default=600.0, gt=0)
+    # Open connections at most; one more is closed at once (and counted), before any byte is read.
+    max_connections: int = Field(default=256, ge=1)
+    # Seconds to the first byte of a new connection (and the TLS handshake's bound): a silent peer
+    # must not hold one of max_connections for idle_timeout_s.
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     tls_require_client_certificate: bool = False
     # Sending facility (MSH-4.1) -> certificate subjects (CN) allowed to send as that facility.
     tls_allowed_subjects: dict[str, list[str]] = {}
+    # Beyond loopback the door needs TLS, required client certificates and the allow-list above (MLLP has
+    # no authentication of its own); true starts it without them, with a warning (docs/security.md).
+    allow_plaintext: bool = False
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)
 
     @model_validator(mode="after")
@@ -113,6 +139,10 @@ class FhirNotifierSettings(BaseModel):
     base_url: str  # only references under this base are fetched (never an arbitrary URL from a payload)
     bearer_token: SecretStr | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+    # id-only references fetched for one notification at most (more → 413), and the bytes of one
+    # fetched resource (None: the door's max_body_bytes).
+    max_references: int = Field(default=100, ge=1)
+    max_fetch_bytes: int | None = Field(default=None, ge=1024)
 
 
 class FhirRestSettings(BaseModel):
@@ -123,9 +153,12 @@ class FhirRestSettings(BaseModel):
     base_path: str = "/fhir"
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(default=5, ge=1)
-    # Processes that validate Bundles off the event loop (a 100-entry Bundle is ~20-30 ms of CPU, which
-    # would stall every other request); 0 validates them in the door's own loop.
-    validation_processes: int = Field(default=0, ge=0)
+    # Processes that validate Bundles off the event loop (a 100-entry Bundle is ~20-30 ms of CPU, a
+    # 13.5 MiB one ~6 s, which would stall every other request); 0 validates them in the door's own loop.
+    validation_processes: int = Field(default=1, ge=0)
+    # Entries of one Bundle (posted, or a notification) at most; more → 413 too-costly, unvalidated.
+    max_bundle_entries: int = Field(default=1000, ge=1)
+    limits: ConnectionLimits = ConnectionLimits()
     # Static bearer tokens, by SHA-256 (hex) of the token -> the one sender it may write as.
     token_sha256: dict[str, str] = {}
     # JWT bearer tokens: signature by the issuer's JWKS (a file or a URL); the ``sub`` claim names the
@@ -141,9 +174,25 @@ class FhirRestSettings(BaseModel):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     tls_subjects: dict[str, str] = {}
+    # Beyond loopback the door needs TLS; true starts it in clear text, with a warning.
+    allow_plaintext: bool = False
     # Sender -> the FHIR server that notifies for it (id-only fetches).
     notifiers: dict[str, FhirNotifierSettings] = {}
     metrics_port: int | None = Field(default=9467, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _jwt_checks(self) -> FhirRestSettings:
+        odd = [a for a in self.jwt_algorithms if a not in JWT_ALGORITHMS]
+        if odd or not self.jwt_algorithms:
+            raise ValueError(
+                f"jwt_algorithms: {', '.join(odd) or 'none'} not allowed; "
+                f"only asymmetric ones: {', '.join(sorted(JWT_ALGORITHMS))}"
+            )
+        if (self.jwt_jwks_file or self.jwt_jwks_url) and not self.jwt_audience:
+            raise ValueError("JWT needs jwt_audience: a token issued for another service must not pass")
+        if self.jwt_jwks_url and not transport_allowed(self.jwt_jwks_url):
+            raise ValueError("jwt_jwks_url must be an https URL (plain http only to a loopback host)")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> FhirRestSettings:
@@ -201,6 +250,9 @@ class FhirPollSettings(BaseModel):
     # Bulk $export: status polling interval when the server sends no Retry-After, and the overall bound.
     bulk_poll_s: float = Field(default=5.0, gt=0)
     bulk_timeout_s: float = Field(default=3600.0, gt=0)
+    # Plain http:// sources (tokens and patient data in clear) for every source; a source may say it
+    # alone (``allow_plaintext: true`` in the sources file). Loopback hosts never need it.
+    allow_plaintext: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9469, ge=0, le=65535)
 
@@ -230,6 +282,9 @@ class DeviceMqttSettings(BaseModel):
     tls_ca: Path | None = None
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    # A broker beyond loopback needs username/password (always) and TLS (tls_ca or a client certificate);
+    # true accepts a clear-text connection to it, with a warning. ACLs per gateway: docs/security.md.
+    allow_plaintext: bool = False
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
@@ -262,7 +317,13 @@ class DeviceSettings(BaseModel):
     tls_key: Path | None = None
     # Mutual TLS: when set, a client certificate signed by this CA is required (bearer tokens still are).
     tls_client_ca: Path | None = None
+    # Beyond loopback the HTTP door needs TLS; true starts it in clear text, with a warning.
+    allow_plaintext: bool = False
+    # A device linked to a gateway (``affluent devices link --gateway``) is always refused from any other
+    # sender; true also refuses readings of devices linked without a gateway, or not linked at all.
+    require_gateway_binding: bool = False
     mqtt: DeviceMqttSettings = DeviceMqttSettings()
+    limits: ConnectionLimits = ConnectionLimits()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> DeviceSettings:
@@ -316,6 +377,18 @@ class OppositionSettings(BaseModel):
     # principal (a service account, e.g. the DPO's tool) → hex SHA-256 of its bearer token
     # (``affluent opposition token`` makes one). No token configured → the endpoint refuses to start.
     tokens: dict[str, str] = {}
+    # HTTPS; beyond loopback the endpoint needs it (bearer tokens in clear text are anyone's), unless
+    # allow_plaintext is true (then with a warning).
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    allow_plaintext: bool = False
+    limits: ConnectionLimits = ConnectionLimits(max_connections=64)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> OppositionSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        return self
 
 
 class NetworkSettings(BaseModel):

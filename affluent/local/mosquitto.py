@@ -1,6 +1,11 @@
 """A local Mosquitto broker for the demo, the MQTT tests and benchmarks: own free port, generated config,
 persistence on disk so that a restart keeps queued QoS 1 messages, as a production broker would be
-configured. (Debian package ``mosquitto``; ``.ci/run`` installs it.)"""
+configured. (Debian package ``mosquitto``; ``.ci/run`` installs it.)
+
+With a password file and an ACL file it is configured as a production broker must be for the MQTT door
+(docs/security.md): no anonymous client, and each gateway allowed to publish under its own topic level
+only — the door takes the topic as the sender, so the broker is what makes a topic mean a gateway.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +43,26 @@ def mosquitto_binary() -> str | None:
     return binary if Path(binary).exists() else None
 
 
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A Mosquitto password file (salted hashes, ``mosquitto_passwd``) for ``users`` (name → password),
+    readable by its owner only."""
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("", encoding="utf-8")
+    path.chmod(0o600)
+    for name, password in users.items():
+        subprocess.run([tool, "-b", str(path), name, password], check=True, capture_output=True)
+    return path
+
+
 class Mosquitto:
-    def __init__(self, folder: Path, tls: BrokerTls | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        tls: BrokerTls | None = None,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (Debian package 'mosquitto'; .ci/run installs it)")
@@ -69,6 +93,11 @@ class Mosquitto:
                 security += f"password_file {passwords}\nallow_anonymous false\n"
             else:
                 security += "allow_anonymous true\n"
+        if password_file is not None:
+            security = security.replace("allow_anonymous true\n", "")
+            security += f"password_file {password_file}\nallow_anonymous false\n"
+        if acl_file is not None:
+            security += f"acl_file {acl_file}\n"
         self.config.write_text(
             # Run as whoever runs the tests: started as root, mosquitto would switch to the user
             # "mosquitto" and could not read this folder (password file) nor write its persistence file.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from affluent.core.limits import refused_connections
+
 
 class DeviceMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections_refused = refused_connections(registry)
         self.payloads = Counter(
             "affluent_device_payloads",
             "Payloads received by a device door, by door and outcome",

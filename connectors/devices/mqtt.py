@@ -9,6 +9,12 @@ batch is retried with back-off, and the broker's in-flight window holds the rest
 
 A payload the template cannot read cannot get a 400 here: it becomes a dead letter (``dlq.ingest``)
 with the precise reason, and is acknowledged only once the dead letter is stored.
+
+MQTT has no sender of its own: the door trusts the topic. The broker must therefore authenticate every
+gateway and let it publish only under its own topic level (Mosquitto: ``pattern write
+<prefix>/%u/<template>``, docs/security.md); the door reads the gateway from the level its topic filter
+leaves to ``+`` (:func:`gateway_of`) and refuses, as a ``device_not_bound`` dead letter, a reading of a
+device the registry binds to another gateway.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from affluent.core.errors import KafkaUnavailable
 from affluent.core.settings import DeviceMqttSettings
+from connectors.devices.http import unbound_reading
 from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, payload_raw_id, raw_message
 from connectors.devices.metrics import DeviceMetrics
 from connectors.raw import RawMessage, RawWriter
+from formats.devices.registry import DeviceRegistry
 from formats.devices.templates import PayloadError, Template, read_payload
 from formats.reasons import ReasonCode
 from schemas.deadletter import DeadLetterWriter
@@ -56,6 +64,17 @@ def mapping_for(topics: Mapping[str, str], topic: str) -> str | None:
     return None
 
 
+def gateway_of(topics: Mapping[str, str], topic: str) -> str | None:
+    """The gateway a topic names: the level that its (first matching) filter leaves to the first ``+``,
+    e.g. ``GW-17`` in ``telemonitoring/GW-17/bp`` under ``telemonitoring/+/bp``. The broker's ACL makes
+    that level the publishing account's user name; a filter without ``+`` names no gateway."""
+    for pattern in topics:
+        if mqtt.topic_matches_sub(pattern, topic):
+            levels = pattern.split("/")
+            return topic.split("/")[levels.index("+")] if "+" in levels else None
+    return None
+
+
 class DeviceMqttDoor:
     def __init__(
         self,
@@ -64,12 +83,16 @@ class DeviceMqttDoor:
         writer: RawWriter,
         dead_letters: DeadLetterWriter,
         metrics: DeviceMetrics,
+        registry: DeviceRegistry | None = None,
+        require_binding: bool = False,
     ) -> None:
         self.settings = settings
         self.templates = templates
         self.writer = writer
         self.dead_letters = dead_letters
         self.metrics = metrics
+        self.registry = registry  # None: no binding check (device ↔ gateway)
+        self.require_binding = require_binding
         self.connected = False
         # Set once the broker granted our subscriptions (SUBACK); cleared on disconnect.
         self.subscribed = asyncio.Event()
@@ -181,6 +204,11 @@ class DeviceMqttDoor:
                 if template is None:
                     raise PayloadError(ReasonCode.UNKNOWN_MAPPING, "no mapping template for this MQTT topic")
                 readings = read_payload(template, item.payload)
+                gateway = gateway_of(self.settings.topics, item.topic)
+                refused = unbound_reading(self.registry, readings, gateway, self.require_binding)
+                if refused is not None:
+                    code = ReasonCode.DEVICE_NOT_BOUND
+                    raise PayloadError(code, code.text, refused.location)
             except PayloadError as exc:
                 rejected.append((item, name, exc))
                 continue
@@ -212,12 +240,15 @@ class DeviceMqttDoor:
             self.metrics.payloads.labels("mqtt", "dead_letter").inc(len(rejected))
 
     async def _dead_letter(self, item: Received, name: str, exc: PayloadError) -> bool:
+        rule = f"template {name}" if name else "topic mapping"
+        if exc.code == ReasonCode.DEVICE_NOT_BOUND:
+            rule = "device registry"
         return await self.dead_letters.write(
             stage="ingest",
             reason_code=exc.code,
             reason=exc.reason,
             location=exc.location,
-            rule=f"template {name}" if name else "topic mapping",
+            rule=rule,
             payload=item.payload,
             content_type=CONTENT_TYPE,
             source_facility=item.topic,

@@ -115,7 +115,7 @@ class SmartTokens(TokenSource):
             )
             try:
                 endpoint = response.json()["token_endpoint"] if response.status_code == 200 else None
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 endpoint = None
             if not isinstance(endpoint, str):
                 raise FhirSourceError(
@@ -144,7 +144,7 @@ class SmartTokens(TokenSource):
         try:
             doc = response.json() if response.status_code == 200 else {}
             token, lifetime = doc["access_token"], float(doc.get("expires_in", 300))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise FhirSourceError(
                 f"source {self.http.source}: the token endpoint answered HTTP {response.status_code} "
                 "without an access token"

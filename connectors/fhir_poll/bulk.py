@@ -1,5 +1,10 @@
 """FHIR Bulk Data ``$export`` of a source: kick-off, status polling, NDJSON download, checkpoints.
 
+Where the token goes: the status URL must be on the source's origin (it is polled and deleted with the
+token). Output files may live elsewhere (the Bulk Data spec allows e.g. object-store URLs, then with
+``requiresAccessToken: false``): such a file is fetched without the token, over https. A file that
+``requiresAccessToken`` on another origin is refused rather than handed the source's token.
+
 Types whose checkpoints agree share one export (``_type`` lists them, ``_since`` is their checkpoint).
 Each type's checkpoint becomes the manifest's ``transactionTime`` only after every NDJSON file of that
 type is stored in Kafka; the spec guarantees that a later ``_since=<transactionTime>`` export misses
@@ -19,6 +24,7 @@ from typing import Any
 import httpx
 
 from affluent.core.errors import AffluentError, FhirSourceError
+from affluent.core.origins import origin_of
 from connectors.fhir_poll.checkpoint import Checkpoint, CheckpointStore, PendingExport
 from connectors.fhir_poll.config import SourceConfig
 from connectors.fhir_poll.http import FhirHttp, expect_ok, retry_after_s
@@ -115,7 +121,9 @@ async def _kick_off(http: FhirHttp, source: SourceConfig, types: list[str], sinc
             f"source {source.name}: bulk kick-off answered HTTP {kickoff.status_code}"
             + ("" if status_url else " without Content-Location")
         )
-    return str(status_url)
+    status_url = str(kickoff.url.join(status_url))
+    http.pin(status_url, "bulk status URL")
+    return status_url
 
 
 async def _finish(
@@ -177,6 +185,7 @@ async def _wait_for_manifest(
     http: FhirHttp, source: SourceConfig, status_url: str, poll_s: float, timeout_s: float
 ) -> Mapping[str, Any]:
     deadline = time.monotonic() + timeout_s
+    http.pin(status_url, "bulk status URL")
     while True:
         response = await http.request(
             "GET", status_url, "bulk status", headers={"Accept": "application/json"}
@@ -184,7 +193,7 @@ async def _wait_for_manifest(
         if response.status_code == 200:
             try:
                 manifest = response.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 manifest = None
             if not isinstance(manifest, Mapping):
                 raise FhirSourceError(f"source {source.name}: bulk manifest is not a JSON object")
@@ -213,6 +222,8 @@ async def _store_files(
 ) -> TypeReport:
     report = TypeReport(source.name, rtype)
     for url in urls:
+        if needs_token:
+            http.pin(url, f"bulk file of {rtype} (requiresAccessToken)")
         response = await http.request(
             "GET",
             url,
@@ -271,6 +282,8 @@ async def _store_batch(
 
 
 async def _delete(http: FhirHttp, status_url: str) -> None:
+    if http.origin is not None and origin_of(status_url) != http.origin:
+        return  # never the token to another origin; the server expires the export on its own
     try:
         await asyncio.shield(http.client.delete(status_url, headers=await http.tokens.headers()))
     except Exception:  # the export is done or abandoned either way; the server expires its files

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from affluent.core.errors import ConfigError
+from affluent.core.origins import origin_of, transport_allowed
 
 DEFAULT_TYPES = ["Patient", "Encounter", "Observation", "Condition", "Procedure", "DiagnosticReport"]
 
@@ -75,11 +76,13 @@ class SourceConfig(_Strict):
     since: str | None = None
     # Extra search parameters added to every search (e.g. ``{"_elements": "..."}``), never _lastUpdated.
     extra_params: dict[str, str] = Field(default_factory=dict)
+    # A plain http:// base_url beyond loopback (the token and the data in clear): refused unless true.
+    allow_plaintext: bool = False
 
     @model_validator(mode="after")
     def _clean(self) -> SourceConfig:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must be an http(s) URL")
+        if not self.base_url.startswith(("http://", "https://")) or origin_of(self.base_url) is None:
+            raise ValueError("base_url must be an http(s) URL, without user info")
         reserved = {"_lastUpdated", "_sort", "_count"} & set(self.extra_params)
         if reserved:
             raise ValueError(f"extra_params may not set {sorted(reserved)}: the puller owns them")
@@ -88,6 +91,15 @@ class SourceConfig(_Strict):
     @property
     def base(self) -> str:
         return self.base_url.rstrip("/")
+
+
+def check_transport(source: SourceConfig, allow_plaintext: bool = False) -> None:
+    """Refuse, before any request, a source that would get the token and send patients in clear."""
+    if not transport_allowed(source.base, allow_plaintext or source.allow_plaintext):
+        raise ConfigError(
+            f"source {source.name}: base_url is plain http beyond loopback; use https, or accept the risk "
+            "with allow_plaintext: true on the source (or AFFLUENT_FHIR_POLL__ALLOW_PLAINTEXT=true)"
+        )
 
 
 class SourcesFile(_Strict):

@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from affluent.core.errors import FhirSourceError
+from affluent.core.origins import Origin, origin_of, transport_allowed
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
@@ -68,7 +69,13 @@ class TokenSource:
 
 @dataclass
 class FhirHttp:
-    """One source's HTTP client: retries, back-off and token refresh in one place."""
+    """One source's HTTP client: retries, back-off and token refresh in one place.
+
+    With ``origin`` (the source's base URL's; :func:`connectors.fhir_poll.puller.open_puller` always
+    sets it) the client is pinned: a request that would carry the token goes to that origin only,
+    whatever URL a server handed back, and no request goes in plain http unless ``allow_plaintext``
+    (or to loopback).
+    """
 
     client: httpx.AsyncClient
     source: str
@@ -76,6 +83,19 @@ class FhirHttp:
     policy: RetryPolicy = RetryPolicy()
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    origin: Origin | None = None
+    allow_plaintext: bool = False
+
+    def pin(self, url: str, what: str) -> None:
+        """Refuse a server-supplied URL (next link, status URL, file) that leaves the source's origin."""
+        if self.origin is not None and origin_of(url) != self.origin:
+            raise FhirSourceError(
+                f"source {self.source}: {what} points outside the source's origin {self.origin}; not followed"
+            )
+
+    def check_transport(self, url: str, what: str) -> None:
+        if self.origin is not None and not transport_allowed(url, self.allow_plaintext):
+            raise FhirSourceError(f"source {self.source}: {what} is not an https URL; not requested")
 
     async def request(
         self,
@@ -92,6 +112,9 @@ class FhirHttp:
 
         With ``stream`` the body is left unread (large NDJSON files): the caller must close the response.
         """
+        self.check_transport(url, what)
+        if authenticated:  # the token goes to the source's own origin, never where a server points
+            self.pin(url, what)
         refreshed = False
         last = "no answer"
         attempt = 0

@@ -19,13 +19,14 @@ from prometheus_client import CollectorRegistry, Counter
 from affluent.core.compacted import CompactedView
 from affluent.core.errors import AffluentError
 from affluent.core.kafka import TopicSpec
+from affluent.core.origins import origin_of
 from affluent.core.producer import DurableProducer
 from affluent.core.settings import FhirPollSettings, Settings
 from affluent.core.topics import COMPACTED_CONFIG
 from connectors.fhir_poll.auth import SmartTokens, token_source
 from connectors.fhir_poll.bulk import sync_bulk
 from connectors.fhir_poll.checkpoint import CheckpointStore
-from connectors.fhir_poll.config import SourceConfig
+from connectors.fhir_poll.config import SourceConfig, check_transport
 from connectors.fhir_poll.http import FhirHttp, RetryPolicy
 from connectors.fhir_poll.search import PageHook, TypeReport, sync_type
 from connectors.raw import RawWriter
@@ -132,6 +133,7 @@ async def open_puller(
 ) -> AsyncIterator[Puller]:
     """Topics, codec, producer, checkpoint view and HTTP client for one source; all closed on exit."""
     fp = settings.fhir_poll
+    check_transport(source, fp.allow_plaintext)
     specs = [
         TopicSpec(fp.raw_topic),
         TopicSpec(fp.dlq_topic),
@@ -147,7 +149,14 @@ async def open_puller(
     tokens = token_source(source)
     try:
         async with httpx.AsyncClient(timeout=fp.http_timeout_s, follow_redirects=True) as client:
-            http = FhirHttp(client, source.name, tokens, retry_policy(fp))
+            http = FhirHttp(
+                client,
+                source.name,
+                tokens,
+                retry_policy(fp),
+                origin=origin_of(source.base),
+                allow_plaintext=fp.allow_plaintext or source.allow_plaintext,
+            )
             if isinstance(tokens, SmartTokens):
                 tokens.http = http
             yield Puller(

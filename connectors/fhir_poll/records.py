@@ -100,6 +100,8 @@ def sort_out(
         except BadResource as exc:
             raw = payload if payload is not None else json.dumps(resource, ensure_ascii=False).encode()
             bad.append(Unusable(raw, str(exc)))
+        except RecursionError:  # nested too deep to serialise again: the bytes are what we hold
+            bad.append(Unusable(payload or b"", "resource nested too deeply"))
     return good, bad
 
 
@@ -157,7 +159,7 @@ def ndjson_line(number: int, line: bytes) -> tuple[Resource | None, bytes, str] 
         return None
     try:
         resource = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, line, f"NDJSON line {number} is not JSON"
     if not isinstance(resource, dict):
         return None, line, f"NDJSON line {number} is not a resource"

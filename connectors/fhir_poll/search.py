@@ -86,13 +86,14 @@ async def sync_type(
                 bundle = response.json()
                 matches = ((r, None, "") for r in bundle_resources(bundle, rtype))
                 items, unusable = sort_out(matches, source, "search")
-            except (ValueError, BadResource) as exc:
-                reason = str(exc) if isinstance(exc, BadResource) else "search answer is not JSON"
+            except (ValueError, BadResource, RecursionError) as exc:  # a hostile page must not crash
+                reason = str(exc) if isinstance(exc, BadResource) else "search answer is not usable JSON"
                 raise FhirSourceError(
                     f"source {source.name}: {rtype} page {report.pages + 1}: {reason}"
                 ) from None
             url = next_link(bundle)
             if url is not None:
+                http.pin(url, f"{rtype} search next link")  # paging stays on the source
                 fetch = asyncio.create_task(http.get(url, f"{rtype} search"))
             fresh = [item for item in items if not checkpoint.already_stored(item.mark)]
             await store_page(writer, dead, source, fresh, unusable)

@@ -102,6 +102,8 @@ class Authenticator:
 
     def _jwt(self, token: str) -> Sender:
         s = self._settings
+        if not s.jwt_audience:  # settings built without validation: no audience, no JWT
+            raise Unauthenticated("the token is not valid", "invalid_token")
         try:
             if isinstance(self._jwks, jwt.PyJWKClient):
                 key: Any = self._jwks.get_signing_key_from_jwt(token).key
@@ -115,7 +117,9 @@ class Authenticator:
                 algorithms=s.jwt_algorithms,
                 issuer=s.jwt_issuer,
                 audience=s.jwt_audience,
-                options={"require": ["exp", "iss", "sub"], "verify_aud": s.jwt_audience is not None},
+                # aud always: a token the issuer minted for another service must not open this door
+                # (settings refuse a JWT configuration without jwt_audience).
+                options={"require": ["exp", "iss", "sub", "aud"], "verify_aud": True},
             )
         except (jwt.PyJWTError, KeyError, ValueError):
             # The library's text may quote claims; the reason stays generic.

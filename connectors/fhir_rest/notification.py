@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from connectors.fhir_rest.intake import Refusal
 from formats.fhir.common import Issue
+from formats.fhir.validate import bundle_entry_cap
 
 NOTIFICATION_BUNDLE_TYPES: Final = frozenset({"history", "subscription-notification"})
 STATUS_TYPES: Final = frozenset({"Parameters", "SubscriptionStatus"})
@@ -82,6 +83,9 @@ def read_notification(bundle: Mapping[str, Any]) -> Notification:
             ),
         )
     entries = bundle.get("entry")
+    cap = bundle_entry_cap()  # a notification is a Bundle: the door's cap, before any entry is read
+    if cap is not None and isinstance(entries, list) and len(entries) > cap:
+        raise Refusal(413, Issue("too-costly", f"the Bundle has more than {cap} entries", "Bundle.entry"))
     entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     status = entries[0].get("resource") if entries else None
     if not isinstance(status, dict) or status.get("resourceType") not in STATUS_TYPES:

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from affluent.core.kafka import TopicSpec
 from affluent.core.lifecycle import run_until_signalled, shut_down
 from affluent.core.producer import DurableProducer
-from affluent.core.settings import Settings
+from affluent.core.settings import FhirRestSettings, Settings
 from affluent.core.telemetry import TelemetryServer
+from affluent.core.tls import check_key_file, refuse_unprotected
 from affluent.core.topics import ACK_CACHE_CONFIG, CONTROL_FHIR_SEEN, INGEST_FHIR_RAW
 from connectors.fhir_rest.auth import Authenticator
 from connectors.fhir_rest.commit import Committer
@@ -25,6 +26,23 @@ from connectors.raw import RawWriter
 from connectors.runtime import open_kafka, start_telemetry, topic_codec
 from schemas.readiness import dependencies
 from schemas.registry import Registry
+
+
+def check_exposure(settings: FhirRestSettings) -> None:
+    """Refuse to listen beyond loopback in clear text: bearer tokens and patients' resources would cross
+    the network readable by anyone on the path. The door authenticates its senders itself (tokens, JWT,
+    client certificates), so TLS is the one thing it needs from the network."""
+    if settings.tls_key is not None:
+        check_key_file(settings.tls_key, "AFFLUENT_FHIR_REST__TLS_KEY")
+    refuse_unprotected(
+        "the FHIR REST door",
+        settings.host,
+        []
+        if settings.tls_certificate
+        else ["TLS (AFFLUENT_FHIR_REST__TLS_CERTIFICATE, AFFLUENT_FHIR_REST__TLS_KEY)"],
+        allow_plaintext=settings.allow_plaintext,
+        allow_setting="AFFLUENT_FHIR_REST__ALLOW_PLAINTEXT",
+    )
 
 
 class FhirRestService:
@@ -48,6 +66,7 @@ class FhirRestService:
 
     async def start(self, with_telemetry: bool = True) -> int:
         s = self.settings
+        check_exposure(s.fhir_rest)
         await open_kafka(
             s.kafka, [TopicSpec(self.raw_topic), TopicSpec(self.seen_topic, config=ACK_CACHE_CONFIG)]
         )

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 from affluent.core.kafka import TopicSpec
 from affluent.core.lifecycle import run_until_signalled, shut_down
 from affluent.core.producer import DurableProducer
-from affluent.core.settings import Settings
+from affluent.core.settings import MllpSettings, Settings
 from affluent.core.telemetry import TelemetryServer
+from affluent.core.tls import check_key_file, refuse_unprotected
 from affluent.core.topics import (
     ACK_CACHE_CONFIG,
     CONTROL_ACK,
@@ -33,6 +34,31 @@ from schemas.readiness import dependencies
 from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+def check_exposure(settings: MllpSettings) -> None:
+    """Refuse to listen beyond loopback unprotected. MLLP has no authentication of its own: whoever
+    reaches the port may send as any facility, so beyond loopback the door needs TLS, a client
+    certificate on every connection and the per-facility allow-list that binds MSH-4 to certificates."""
+    if settings.tls_key is not None:
+        check_key_file(settings.tls_key, "AFFLUENT_MLLP__TLS_KEY")
+    missing = []
+    if settings.tls_certificate is None:
+        missing.append("TLS (AFFLUENT_MLLP__TLS_CERTIFICATE, AFFLUENT_MLLP__TLS_KEY)")
+    if settings.tls_client_ca is None or not settings.tls_require_client_certificate:
+        missing.append(
+            "required client certificates "
+            "(AFFLUENT_MLLP__TLS_CLIENT_CA, AFFLUENT_MLLP__TLS_REQUIRE_CLIENT_CERTIFICATE=true)"
+        )
+    if not settings.tls_allowed_subjects:
+        missing.append("the per-facility allow-list (AFFLUENT_MLLP__TLS_ALLOWED_SUBJECTS)")
+    refuse_unprotected(
+        "the MLLP door",
+        settings.host,
+        missing,
+        allow_plaintext=settings.allow_plaintext,
+        allow_setting="AFFLUENT_MLLP__ALLOW_PLAINTEXT",
+    )
 
 
 class MllpService:
@@ -56,6 +82,7 @@ class MllpService:
 
     async def start(self, with_telemetry: bool = True) -> int:
         s = self.settings
+        check_exposure(s.mllp)
         specs = [
             *CORE_TOPICS,
             TopicSpec(self.raw_topic),

@@ -30,6 +30,9 @@ class Link:
     ins: str | None = None
     ins_oid: str | None = None
     ins_qualified: bool = False
+    # The sender (device token's sender, MQTT gateway) that alone may send this device's readings for
+    # the period; None for links written without one (any sender, unless the door requires binding).
+    gateway: str | None = None
 
     def covers(self, when: datetime) -> bool:
         return self.valid_from <= when and (self.valid_to is None or when < self.valid_to)
@@ -47,6 +50,7 @@ class Link:
             "ins": self.ins,
             "ins_oid": self.ins_oid,
             "ins_qualified": self.ins_qualified,
+            **({"gateway": self.gateway} if self.gateway is not None else {}),
         }
 
 
@@ -66,6 +70,7 @@ def decode_links(value: bytes) -> list[Link]:
             ins=item.get("ins"),
             ins_oid=item.get("ins_oid"),
             ins_qualified=bool(item.get("ins_qualified", False)),
+            gateway=item.get("gateway"),
         )
         for item in items["links"]
     ]
@@ -139,6 +144,15 @@ class DeviceRegistry:
                 self._cache.clear()
             self._cache[value] = links
         return links
+
+    def may_send(self, device_id: str, when: datetime, sender: str | None, require_binding: bool) -> bool:
+        """Whether ``sender`` may send the reading a device took at ``when``: a gateway can otherwise put
+        readings in the record of any patient whose device id it knows. A link naming a gateway admits
+        that sender only; with ``require_binding``, a device without such a link admits nobody."""
+        link = next((link for link in self.links(device_id) or () if link.covers(when)), None)
+        if link is None or link.gateway is None:
+            return not require_binding
+        return sender == link.gateway
 
     def resolve(self, device_id: str, when: datetime) -> Resolution:
         links = self.links(device_id)

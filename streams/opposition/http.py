@@ -10,6 +10,9 @@ never see it. ``GET /opposition`` gives the registry's entry count. Answers:
 - 503 with ``Retry-After`` when Kafka did not confirm — the objection is not in force, register again.
 
 ``/health``, ``/ready`` and ``/metrics`` are unauthenticated and hold no identity.
+
+Served over HTTPS when ``opposition.tls_certificate``/``tls_key`` are set; beyond loopback it must be
+(:func:`check_exposure`): the bodies name patients and the bearer tokens would be anyone's on the path.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from affluent.core.auth import StaticTokens
 from affluent.core.errors import KafkaUnavailable
-from affluent.core.telemetry import ReadyCheck, ready_response, serve_app
+from affluent.core.limits import serve_limited
+from affluent.core.settings import OppositionSettings
+from affluent.core.telemetry import ReadyCheck, ready_response
+from affluent.core.tls import check_key_file, refuse_unprotected, server_context
 from streams.opposition.objection import InvalidObjection, Objection
 from streams.opposition.service import OppositionService
 
@@ -33,6 +39,21 @@ RETRY_AFTER_S = "5"
 
 def _problem(status: int, code: str, text: str, **headers: str) -> web.Response:
     return web.json_response({"error": code, "detail": text}, status=status, headers=headers or None)
+
+
+def check_exposure(settings: OppositionSettings, host: str | None = None) -> None:
+    """Refuse to listen beyond loopback in clear text (``host``: where it will really listen)."""
+    if settings.tls_key is not None:
+        check_key_file(settings.tls_key, "AFFLUENT_OPPOSITION__TLS_KEY")
+    refuse_unprotected(
+        "the opposition endpoint",
+        settings.host if host is None else host,
+        []
+        if settings.tls_certificate
+        else ["TLS (AFFLUENT_OPPOSITION__TLS_CERTIFICATE, AFFLUENT_OPPOSITION__TLS_KEY)"],
+        allow_plaintext=settings.allow_plaintext,
+        allow_setting="AFFLUENT_OPPOSITION__ALLOW_PLAINTEXT",
+    )
 
 
 class OppositionEndpoint:
@@ -61,7 +82,19 @@ class OppositionEndpoint:
         return app
 
     async def start(self, host: str, port: int) -> int:
-        self._runner, self.port = await serve_app(self.app(), host, port)
+        s = self.service.settings.opposition
+        check_exposure(s, host)
+        context = None
+        if s.tls_certificate is not None and s.tls_key is not None:
+            context = server_context(s.tls_certificate, s.tls_key, key_setting="AFFLUENT_OPPOSITION__TLS_KEY")
+        self._runner, self.port = await serve_limited(
+            self.app(),
+            host,
+            port,
+            s.limits,
+            lambda reason: self.service.metrics.connections_refused.labels("opposition", reason).inc(),
+            context,
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -91,6 +124,9 @@ class OppositionEndpoint:
         except web.HTTPRequestEntityTooLarge:
             self.service.metrics.requests.labels(action, "invalid").inc()
             return _problem(413, "too_large", f"an objection body is at most {MAX_BODY} bytes")
+        except RecursionError:  # 4 KiB of "[" nests deeper than the parser's stack: the sender's fault
+            self.service.metrics.requests.labels(action, "invalid").inc()
+            return _problem(400, "invalid_objection", "the body nests too deeply to be an objection")
         except (InvalidObjection, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             self.service.metrics.requests.labels(action, "invalid").inc()
             detail = str(exc) if isinstance(exc, InvalidObjection) else "the body is not valid JSON"

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from affluent.core.compacted import CompactedView
 from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
+from affluent.core.limits import refused_connections
 from affluent.core.metrics import retractions
 from affluent.core.producer import DurableProducer
 from affluent.core.settings import Settings
@@ -65,6 +66,7 @@ class OppositionMetrics:
             registry=registry,
         )
         self.retractions = retractions(registry)
+        self.connections_refused = refused_connections(registry)
 
 
 class OppositionService:

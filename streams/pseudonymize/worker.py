@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +22,7 @@ from affluent.core.compacted import CompactedView
 from affluent.core.errors import ConfigError
 from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.core.settings import Settings, StreamsSettings
+from affluent.core.tls import check_key_file
 from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
 from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.readiness import dependencies
@@ -54,6 +56,7 @@ def load_keys(environ: dict[str, str] | None = None) -> KeyProvider:
     providers: list[KeyProvider] = [env_provider(env)]
     key_file = env.get(KEY_FILE_ENV)
     if key_file:
+        check_key_file(Path(key_file), KEY_FILE_ENV)  # a key file others can read has leaked already
         providers.append(file_provider(key_file))
     keys = FirstOf(*providers)
     try:

@@ -34,6 +34,7 @@ def _write(folder: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurv
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    key_path.chmod(0o600)  # as a deployed key must be: the doors refuse one that others can read
     return Issued(cert_path, key_path)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from formats.hl7.charset import decode
 from formats.hl7.er7 import parse
 from streams.normalize.envelope import RawContext
-from streams.normalize.result import CanonicalEvent
+from streams.normalize.result import CanonicalEvent, Rejection
 
 GOLDEN_HL7 = Path(__file__).resolve().parent.parent / "golden" / "hl7"
 INGEST_TIME = datetime(2024, 9, 30, 12, 0, tzinfo=UTC)
@@ -37,6 +37,23 @@ def _plain(value: Any) -> Any:
 def to_jsonable(events: Iterable[CanonicalEvent]) -> list[dict[str, Any]]:
     """Events as the JSON a golden file holds: kind, key and the record with datetimes as ISO text."""
     return [{"kind": e.kind, "key": e.key, "record": _plain(e.record)} for e in events]
+
+
+def dropped_jsonable(dropped: Iterable[Rejection]) -> list[dict[str, str]]:
+    """The parts a partial mapping left out, as a golden ``<case>.dropped.json`` holds them."""
+    return [
+        {"reason_code": r.reason_code.value, "reason": r.reason, "location": r.location, "rule": r.rule}
+        for r in dropped
+    ]
+
+
+def expected_dropped(case: str) -> list[dict[str, str]]:
+    """What a case leaves out (``<case>.dropped.json``); none when the file is absent: a whole mapping."""
+    path = GOLDEN_HL7 / f"{case}.dropped.json"
+    if not path.exists():
+        return []
+    result: list[dict[str, str]] = json.loads(path.read_text(encoding="utf-8"))
+    return result
 
 
 def hl7_cases() -> list[str]:

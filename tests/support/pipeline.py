@@ -6,8 +6,11 @@ input topics, so a test processes its own records only, however much history the
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -21,7 +24,21 @@ from confluent_kafka import KafkaException, TopicPartition
 from affluent.core.kafka import make_consumer
 from affluent.core.settings import KafkaSettings
 
-KEY_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "test-keys.json"
+KEY_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "test-keys.json"
+
+
+def _private_copy(source: Path) -> Path:
+    """The test keys as a key file must be: readable by its owner only (git checks files out 0644, and
+    the pseudonymize worker refuses a key file others can read)."""
+    folder = Path(tempfile.mkdtemp(prefix="affluent-test-keys-"))
+    atexit.register(shutil.rmtree, folder, True)
+    target = folder / source.name
+    target.write_bytes(source.read_bytes())
+    target.chmod(0o600)
+    return target
+
+
+KEY_FILE = _private_copy(KEY_FIXTURE)
 
 
 def free_port() -> int:

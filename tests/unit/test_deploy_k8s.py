@@ -1,11 +1,13 @@
 """deploy/k8s is valid without a cluster: built-in kinds against the Kubernetes schemas (kubernetes-validate,
 strict), custom resources against the Strimzi / Prometheus Operator subsets, and the manifests against
 the code: every topic it uses exists, every component's ACLs allow what it does and no more than its
-job, probes and ports match what the processes serve."""
+job, probes and ports match what the processes serve, and every door passes its own start-up check
+(TLS beyond loopback; MLLP with required client certificates and the per-facility allow-list)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
 
 import jsonschema
@@ -13,11 +15,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from affluent.core.errors import ConfigError
 from affluent.core.settings import (
     DeviceSettings,
     FhirRestSettings,
     MllpSettings,
     OppositionSettings,
+    Settings,
     StreamsSettings,
 )
 from affluent.core.topics import (
@@ -177,6 +181,7 @@ NEEDS = {
     },
     "affluent-devices": {
         "Write": {INGEST_DEVICE_RAW, DLQ_INGEST},
+        "Read": {CONTROL_DEVICES},  # the device registry: which sender may send for which device
         "Describe": {spec.name for spec in CORE_TOPICS},
     },
     "affluent-opposition": {
@@ -197,11 +202,11 @@ def test_acls_allow_what_each_component_does_and_no_more(user: str) -> None:
         "affluent-normalize": NORMALIZE_GROUP,
         "affluent-opposition": "affluent-opposition-service-x",
         "affluent-fhir": "affluent-fhir-seen-x",
+        "affluent-devices": "affluent-devices-registry-x",  # its registry view's private group
     }
-    if user == "affluent-devices":  # reads no topic: no consumer group at all
-        assert not any(allowed(user, "Read", "group", g) for g in (*groups.values(), PSEUDONYMIZE_GROUP))
-    else:
-        assert allowed(user, "Read", "group", groups.get(user, PSEUDONYMIZE_GROUP))
+    assert allowed(user, "Read", "group", groups.get(user, PSEUDONYMIZE_GROUP))
+    if user == "affluent-devices":  # the registry view's group only
+        assert not any(allowed(user, "Read", "group", g) for g in (NORMALIZE_GROUP, PSEUDONYMIZE_GROUP))
     everything = set(topics())
     for operation in ("Read", "Write"):
         extra = {n for n in everything if allowed(user, operation, "topic", n)} - NEEDS[user].get(
@@ -265,3 +270,118 @@ def test_secret_templates_hold_no_secret() -> None:
     for secret in of_kind("Secret"):
         assert "data" not in secret
         assert all(value == "" for value in secret.get("stringData", {}).values())
+
+
+# --- a hostile network: every door that listens beyond loopback is protected ---------------------------
+
+
+def container_env(component: str) -> dict[str, str]:
+    """What the component's process sees: the shared ConfigMap under its own env entries."""
+    (config,) = of_kind("ConfigMap")
+    (container,) = deployments()[component]["spec"]["template"]["spec"]["containers"]
+    return {**config["data"], **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("AFFLUENT_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def door_check(component: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The door's own start-up check, the key files aside (they exist only in a cluster)."""
+    from affluent.components import COMPONENTS
+
+    (row,) = [c for c in COMPONENTS if c.name == component]
+    assert row.check is not None
+    for module in ("connectors.mllp.service", "connectors.fhir_rest.service", "connectors.devices.service"):
+        monkeypatch.setattr(f"{module}.check_key_file", lambda path, setting: None)
+    monkeypatch.setattr("streams.opposition.http.check_key_file", lambda path, setting: None)
+    row.check(settings)
+
+
+def mounted(component: str, path: str) -> str | None:
+    """The Secret mounted where ``path`` lies, if any."""
+    pod = deployments()[component]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        if PurePosixPath(path).is_relative_to(mount["mountPath"]) and "secret" in volumes[mount["name"]]:
+            return str(volumes[mount["name"]]["secret"]["secretName"])
+    return None
+
+
+def test_mllp_defaults_to_tls_client_certificates_and_the_facility_allow_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = container_env("mllp")
+    assert env["AFFLUENT_MLLP__HOST"] == "0.0.0.0"
+    assert env["AFFLUENT_MLLP__TLS_REQUIRE_CLIENT_CERTIFICATE"] == "true"
+    for name, secret in (
+        ("AFFLUENT_MLLP__TLS_CERTIFICATE", "affluent-mllp-tls"),
+        ("AFFLUENT_MLLP__TLS_KEY", "affluent-mllp-tls"),
+        ("AFFLUENT_MLLP__TLS_CLIENT_CA", "affluent-mllp-client-ca"),
+    ):
+        assert mounted("mllp", env[name]) == secret, name
+    assert {"affluent-mllp-tls", "affluent-mllp-client-ca"} <= {
+        s["metadata"]["name"] for s in of_kind("Secret")
+    }
+    # Shipped with an empty allow-list, the door refuses to start until the operator lists the senders,
+    # and for that reason only: TLS and required client certificates are already configured.
+    with pytest.raises(ConfigError) as refused:
+        door_check("mllp", settings_from(env, monkeypatch), monkeypatch)
+    assert "allow-list" in str(refused.value)
+    assert "TLS (" not in str(refused.value) and "client certificates" not in str(refused.value)
+    senders = {"AFFLUENT_MLLP__TLS_ALLOWED_SUBJECTS": '{"CHU-A": ["lis.chu-a.test"]}'}
+    door_check("mllp", settings_from({**env, **senders}, monkeypatch), monkeypatch)
+    # The check does fail on the manifests of before: 2575 behind a LoadBalancer in clear text.
+    without_tls = {k: v for k, v in env.items() if not k.startswith("AFFLUENT_MLLP__TLS_")}
+    with pytest.raises(ConfigError, match="TLS"):
+        door_check("mllp", settings_from(without_tls, monkeypatch), monkeypatch)
+
+
+@pytest.mark.parametrize("component", ["fhir", "devices"])
+def test_http_doors_behind_load_balancers_serve_https(
+    component: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = container_env(component)
+    prefix = {"fhir": "AFFLUENT_FHIR_REST", "devices": "AFFLUENT_DEVICES"}[component]
+    assert env[f"{prefix}__HOST"] == "0.0.0.0"
+    assert not any(k.endswith("ALLOW_PLAINTEXT") for k in env)
+    assert mounted(component, env[f"{prefix}__TLS_KEY"]) == f"affluent-{component}-tls"
+    door_check(component, settings_from(env, monkeypatch), monkeypatch)
+    with pytest.raises(ConfigError, match="TLS"):
+        plain = {k: v for k, v in env.items() if "__TLS_" not in k}
+        door_check(component, settings_from(plain, monkeypatch), monkeypatch)
+
+
+def test_device_door_requires_the_gateway_binding() -> None:
+    assert container_env("devices")["AFFLUENT_DEVICES__REQUIRE_GATEWAY_BINDING"] == "true"
+
+
+def test_opposition_in_clear_text_is_reachable_only_through_the_ingress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = container_env("opposition")
+    assert env["AFFLUENT_OPPOSITION__ALLOW_PLAINTEXT"] == "true"
+    door_check("opposition", settings_from(env, monkeypatch), monkeypatch)
+    services = [s for s in of_kind("Service") if s["metadata"]["name"] == "affluent-opposition"]
+    assert [s["spec"].get("type", "ClusterIP") for s in services] == ["ClusterIP"]
+    (policy,) = [p for p in of_kind("NetworkPolicy") if p["metadata"]["name"] == "affluent-opposition"]
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "opposition"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_only_doors_with_tls_are_behind_load_balancers() -> None:
+    exposed = {
+        s["spec"]["selector"]["app.kubernetes.io/component"]
+        for s in of_kind("Service")
+        if s["spec"].get("type") == "LoadBalancer"
+    }
+    assert exposed == {"mllp", "fhir", "devices"}
+    for component in exposed:
+        assert any(k.endswith("__TLS_CERTIFICATE") for k in container_env(component)), component
