@@ -7,19 +7,30 @@ AFFLUENT := $(BIN)/affluent
 PYTEST_ARGS ?=
 DEMO_DURATION ?= 60
 SOAK_MINUTES ?= 10
+FUZZ_MINUTES ?= 10
 
-.PHONY: help system-deps setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos
+.PHONY: help system-deps setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos fuzz lock
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Every third-party package comes from requirements.lock, pinned with its hashes (`make lock` renews it);
+# affluent itself is then installed editable without resolving anything again.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv and install affluent with its dev tools
+setup: $(VENV)/.installed ## create .venv and install affluent with its dev tools, from requirements.lock
+
+lock: ## re-resolve pyproject.toml into requirements.lock (dev) and requirements-runtime.lock (image), with hashes
+	$(PY) -m venv .lockenv && .lockenv/bin/pip install -q pip-tools
+	.lockenv/bin/pip-compile --quiet --extra dev --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-find-links -o requirements.lock pyproject.toml
+	.lockenv/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-find-links \
+		-c requirements.lock -o requirements-runtime.lock pyproject.toml
+	rm -rf .lockenv
 
 system-deps: ## install the Debian packages affluent needs when missing (Java, Maven, Prometheus, Mosquitto)
 	@scripts/system-deps
@@ -67,6 +78,9 @@ bench: up ## measure throughput on this machine into BENCHMARKS.md
 
 chaos: setup system-deps ## the fault suite on a three-broker cluster, full durations, with its accounting tables
 	AFFLUENT_CHAOS_FULL=1 AFFLUENT_CHAOS_REPORT=$(CURDIR)/BENCHMARKS.md $(BIN)/pytest -m chaos -s tests/reliability $(PYTEST_ARGS)
+
+fuzz: setup ## mutation fuzzing of doors, parsers and normalizers for FUZZ_MINUTES (10); findings in tests/fuzz/found/
+	$(BIN)/python -m tests.fuzz --minutes $(FUZZ_MINUTES)
 
 soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)

@@ -4,8 +4,10 @@ Each door (MLLP, FHIR REST, FHIR pull, devices over HTTP or MQTT) stores the unt
 its source metadata in ``ingest.<kind>.raw`` (schema ``raw_message.avsc``) before it answers the
 sender. The rules that must not differ between doors live here:
 
-- ``raw_id`` is deterministic — SHA-256 of ``<protocol>|<facility>|<application>|<message id>`` — so a
-  resend of the same message by the same sender gets the same id and collapses downstream;
+- ``raw_id`` is deterministic — SHA-256 of ``<protocol>|<facility>|<application>|<message id>``, plus
+  ``|<content digest>`` when the door knows the sender's ids can be reused (MLLP: MSH-10 counters are
+  reset by reinstalls) — so a resend of the same message by the same sender gets the same id and
+  collapses downstream, and a *different* message under a reused id does not;
 - the Kafka key is ``<facility>|<application>`` (design §4): one sender's messages stay in order;
 - :meth:`RawWriter.write` returns only once Kafka holds the record (``acks=all``); anything else raises
   :class:`affluent.core.errors.KafkaUnavailable`, and the door answers negatively.
@@ -23,8 +25,10 @@ from affluent.core.producer import Delivery, DurableProducer
 from schemas.registry import AvroCodec
 
 
-def raw_id_of(protocol: str, facility: str, application: str, message_id: str) -> str:
+def raw_id_of(protocol: str, facility: str, application: str, message_id: str, digest: str = "") -> str:
     basis = f"{protocol}|{facility}|{application}|{message_id}"
+    if digest:
+        basis += f"|{digest}"
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()
 
 
@@ -50,6 +54,8 @@ class RawMessage:
     declared_charset: str = "UTF-8"
     charset_mismatch: bool = False
     attributes: Mapping[str, str] = field(default_factory=dict)
+    # Set when the sender's id alone cannot tell this message from another (a reused id): part of raw_id.
+    digest: str = ""
 
     @property
     def effective_message_id(self) -> str:
@@ -57,7 +63,9 @@ class RawMessage:
 
     @property
     def raw_id(self) -> str:
-        return raw_id_of(self.protocol, self.facility, self.application, self.effective_message_id)
+        return raw_id_of(
+            self.protocol, self.facility, self.application, self.effective_message_id, self.digest
+        )
 
     @property
     def key(self) -> bytes:

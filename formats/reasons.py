@@ -88,6 +88,7 @@ class ReasonCode(StrEnum):
     BAD_SEGMENT_NAME = "bad_segment_name"
     NUL_CHARACTER = "nul_character"
     SEVERAL_MESSAGES = "several_messages"
+    BAD_BATCH = "bad_batch"
     MISSING_FIELD = "missing_field"
     UNSUPPORTED_TYPE = "unsupported_type"
     SENDER_NOT_ALLOWED = "sender_not_allowed"
@@ -104,6 +105,7 @@ class ReasonCode(StrEnum):
     UNSUPPORTED_VALUE = "unsupported_value"
     INVALID_JSON = "invalid_json"
     INVALID_RESOURCE = "invalid_resource"
+    TOO_MANY_ENTRIES = "too_many_entries"
     UNSUPPORTED_RESOURCE = "unsupported_resource"
     UNSUPPORTED_REQUEST = "unsupported_request"
     EMPTY_RECORD = "empty_record"
@@ -131,6 +133,7 @@ class ReasonCode(StrEnum):
     NO_OBSERVATION = "no_observation"
     UNKNOWN_DEVICE = "unknown_device"
     UNLINKED_DEVICE = "unlinked_device"
+    DEVICE_NOT_BOUND = "device_not_bound"
     # --- FHIR pulls (dlq.ingest) ---------------------------------------------------------------------
     FHIR_UNUSABLE_RESOURCE = "fhir_unusable_resource"
     # --- pseudonymization (dlq.pseudonymize) ---------------------------------------------------------
@@ -174,6 +177,9 @@ ANSWERS: Final[dict[ReasonCode, Answer]] = {
     _R.BAD_SEGMENT_NAME: Answer(_SEQ, 400, "structure", "a segment name is not three upper-case characters"),
     _R.NUL_CHARACTER: Answer(_TYPE, 400, "structure", "the message holds a NUL character"),
     _R.SEVERAL_MESSAGES: Answer(_SEQ, 400, "structure", "more than one MSH segment in one frame"),
+    _R.BAD_BATCH: Answer(
+        _SEQ, 400, "structure", "an HL7 batch whose FHS/BHS/BTS/FTS envelope does not hold together"
+    ),
     _R.MISSING_FIELD: Answer(_REQ, 400, "required", "a required MSH field is empty"),
     _R.UNSUPPORTED_TYPE: Answer(
         HL7_UNSUPPORTED_MESSAGE_TYPE, 422, "not-supported", "message type not accepted by this hub"
@@ -195,6 +201,9 @@ ANSWERS: Final[dict[ReasonCode, Answer]] = {
     _R.UNSUPPORTED_VALUE: Answer(_TYPE, 422, "not-supported", "a value of a type this hub does not map"),
     _R.INVALID_JSON: Answer(_TYPE, 400, "invalid", "the payload is not strict JSON"),
     _R.INVALID_RESOURCE: Answer(_TYPE, 400, "invalid", "the resource breaks a FHIR R4 rule"),
+    _R.TOO_MANY_ENTRIES: Answer(
+        _INTERNAL, 413, "too-costly", "a Bundle with more entries than the door's max_bundle_entries"
+    ),
     _R.UNSUPPORTED_RESOURCE: Answer(
         HL7_UNSUPPORTED_MESSAGE_TYPE, 404, "not-supported", "a resource type this hub does not map"
     ),
@@ -227,6 +236,12 @@ ANSWERS: Final[dict[ReasonCode, Answer]] = {
     _R.UNKNOWN_DEVICE: Answer(HL7_UNKNOWN_KEY, 422, "not-found", "a device the registry does not know"),
     _R.UNLINKED_DEVICE: Answer(
         HL7_UNKNOWN_KEY, 422, "not-found", "a device linked to no patient at the reading's time"
+    ),
+    _R.DEVICE_NOT_BOUND: Answer(
+        _INTERNAL,
+        403,
+        "forbidden",
+        "a reading of a device this sender is not linked to at the reading's time",
     ),
     _R.FHIR_UNUSABLE_RESOURCE: Answer(
         _REQ, 422, "required", "a pulled resource without id or version, or a line that is not JSON"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from affluent.core.limits import refused_connections
 from connectors.fhir_rest.intake import RESOURCE_TYPES
 
 ROUTES = ("resource", "bundle", "notification")
@@ -11,6 +12,7 @@ ROUTES = ("resource", "bundle", "notification")
 
 class FhirRestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections_refused = refused_connections(registry)
         self.requests = Counter(
             "affluent_fhir_rest_requests",
             "HTTP requests answered by the FHIR REST door, by route and status code",
@@ -22,6 +24,13 @@ class FhirRestMetrics:
             "Raw records the FHIR REST door handled, by resource type and outcome "
             "(stored, duplicate, refused, kafka_unavailable)",
             ["resource_type", "outcome"],
+            registry=registry,
+        )
+        self.version_reuse = Counter(
+            "affluent_fhir_rest_version_reuse",
+            "Resources stored under a (sender, <type>/<id>/_history/<vid>) already stored with other "
+            "bytes: a server reusing version ids (each is stored with its own raw_id, not replayed)",
+            ["resource_type"],
             registry=registry,
         )
         self.notifications = Counter(
@@ -39,5 +48,9 @@ class FhirRestMetrics:
         )
 
     def record(self, message_type: str, outcome: str, count: int = 1) -> None:
+        self.records.labels(self.type_label(message_type), outcome).inc(count)
+
+    @staticmethod
+    def type_label(message_type: str) -> str:
         rtype = message_type.split("/", 1)[0]
-        self.records.labels(rtype if rtype in RESOURCE_TYPES else "other", outcome).inc(count)
+        return rtype if rtype in RESOURCE_TYPES else "other"

@@ -10,6 +10,7 @@ Everything else (what to store, what to refuse) is decided by the pure modules :
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -24,11 +25,11 @@ import aiohttp
 from aiohttp import web
 
 from affluent.core.errors import KafkaUnavailable
+from affluent.core.limits import serve_limited
 from affluent.core.settings import FhirRestSettings
-from affluent.core.telemetry import serve_app
 from connectors.fhir_rest import fetch, intake
 from connectors.fhir_rest.auth import SENDER_HEADER, Authenticator, Sender, Unauthenticated
-from connectors.fhir_rest.commit import Answer, Committer, if_none_exist_key
+from connectors.fhir_rest.commit import Answer, Committer, if_none_exist_key, payload_digest
 from connectors.fhir_rest.intake import Item, Plan, Refusal
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.fhir_rest.notification import read_notification
@@ -39,6 +40,7 @@ from formats.fhir.common import (
     media_type_accepted,
     operation_outcome,
 )
+from formats.fhir.validate import entry_cap
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +67,11 @@ def outcome_response(
 
 
 def tls_subject(request: web.Request) -> str | None:
+    """The client certificate's one CN, read as every door reads it (affluent/core/tls.py)."""
+    from affluent.core.tls import subject_cn
+
     transport = request.transport
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+    return subject_cn(transport.get_extra_info("peercert") if transport is not None else None)
 
 
 class FhirRestServer:
@@ -96,7 +94,19 @@ class FhirRestServer:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[_outcome_errors])
+        cap = self.settings.max_bundle_entries
+
+        @web.middleware
+        async def capped(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            """Every Bundle this request brings (posted, to /Bundle, or a notification) is capped."""
+            with entry_cap(cap):
+                return await handler(request)
+
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes, middlewares=[_outcome_errors, capped]
+        )
         base = self.settings.base_path
         app.router.add_get(f"{base}/metadata", self._metadata)
         app.router.add_post(base, self._route("bundle", self._bundle))
@@ -110,8 +120,13 @@ class FhirRestServer:
         self._session = aiohttp.ClientSession()
         if self.settings.validation_processes:
             self._pool = await start_validation_pool(self.settings.validation_processes)
-        self._runner, self.port = await serve_app(
-            self.app(), self.settings.host, self.settings.port, tls_context(self.settings)
+        self._runner, self.port = await serve_limited(
+            self.app(),
+            self.settings.host,
+            self.settings.port,
+            self.settings.limits,
+            lambda reason: self.metrics.connections_refused.labels("fhir", reason).inc(),
+            tls_context(self.settings),
         )
         return self.port
 
@@ -122,8 +137,8 @@ class FhirRestServer:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:  # its processes gone before stop returns: nothing outlives the door
+            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
             self._pool = None
 
     async def _metadata(self, request: web.Request) -> web.Response:
@@ -202,12 +217,29 @@ class FhirRestServer:
             keys.append(if_none_exist_key(sender.name, item.message_type, query))
         return keys
 
-    def _earlier(self, keys: list[str]) -> Answer | None:
-        for key in keys:
-            earlier = self.committer.earlier(key)
+    def _resolve(self, message: RawMessage, keys: list[str]) -> tuple[Answer | None, RawMessage, list[str]]:
+        """Is this a resend? (the earlier answer, to replay), else the message and index keys to store.
+
+        A resend has a known key *and* the same bytes. The same ``<type>/<id>/_history/<vid>`` from the
+        same sender with other bytes is not one (a server that reuses version ids, or a sender trying
+        to shadow a record): it is stored, counted, and gets its own raw_id, its own index entry, and
+        (through its ``content_digest`` attribute) its own event ids. An If-None-Exist match is
+        replayed whatever the bytes, as FHIR's conditional create says.
+        """
+        digest = payload_digest(message.payload)
+        first = self.committer.earlier(keys[0])
+        if first is not None and first.digest is not None and first.digest != digest:
+            message = replace(
+                message, digest=digest, attributes={**message.attributes, "content_digest": digest}
+            )
+            keys = [f"{keys[0]}|{digest}", *keys[1:]]
+            first = self.committer.earlier(keys[0])
+            if first is None and not any(self.committer.earlier(k) for k in keys[1:]):
+                self.metrics.version_reuse.labels(self.metrics.type_label(message.message_type or "")).inc()
+        for earlier in (first, *(self.committer.earlier(k) for k in keys[1:])):
             if earlier is not None:
-                return Answer(200, earlier.location, earlier.version)
-        return None
+                return Answer(200, earlier.location, earlier.version), message, keys
+        return None, message, keys
 
     async def _delete(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
         if_match = request.headers.get("If-Match")
@@ -217,29 +249,34 @@ class FhirRestServer:
     async def _store_one(self, request: web.Request, sender: Sender, item: Item) -> web.Response:
         message = self._message(request, sender, item)
         keys = self._keys(sender, message, item, request.headers.get("If-None-Exist"))
-        earlier = self._earlier(keys)
+        earlier, message, keys = self._resolve(message, keys)
         if earlier is not None:
             self.metrics.record(item.message_type, "duplicate")
             return self._created(request, earlier, None)
         hub_name = f"{item.message_type.split('/')[0]}/{message.raw_id[:32]}"  # no id given: the hub's
         answer = Answer(
-            item.status, item.location or (None if item.status == 204 else hub_name), item.version
+            item.status,
+            item.location or (None if item.status == 204 else hub_name),
+            item.version,
+            payload_digest(message.payload),
         )
         await self._commit([message], [(k, answer) for k in keys], [item.message_type])
         return self._created(request, answer, None)
 
     async def _bundle(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
+        cap = self.settings.max_bundle_entries
         if self._pool is None:
-            plan = intake.bundle_plan(body)
+            plan = plan_bundle(body, cap)
         else:
-            plan = await asyncio.get_running_loop().run_in_executor(self._pool, intake.bundle_plan, body)
+            plan = await asyncio.get_running_loop().run_in_executor(self._pool, plan_bundle, body, cap)
         if plan.kind == "batch":
             return await self._batch(request, sender, plan)
         [item] = plan.items
         message = self._message(request, sender, item)
-        earlier = self.committer.earlier(message.raw_id)
+        earlier, message, keys = self._resolve(message, [message.raw_id])
         if earlier is None:
-            await self._commit([message], [(message.raw_id, Answer(200))], [item.message_type])
+            answer = Answer(200, digest=payload_digest(message.payload))
+            await self._commit([message], [(keys[0], answer)], [item.message_type])
         else:
             self.metrics.record(item.message_type, "duplicate")
         if plan.kind == "collection":
@@ -259,13 +296,14 @@ class FhirRestServer:
                 continue
             message = self._message(request, sender, item)
             keys = self._keys(sender, message, item, item.if_none_exist)
-            earlier = self._earlier(keys)
+            earlier, message, keys = self._resolve(message, keys)
             if earlier is not None:
                 replayed[entry.index] = earlier
                 self.metrics.record(item.message_type, "duplicate")
                 continue
             messages.append(message)
-            answers += [(k, Answer(item.status, item.location, item.version)) for k in keys]
+            digest = payload_digest(message.payload)
+            answers += [(k, Answer(item.status, item.location, item.version, digest)) for k in keys]
             types.append(item.message_type)
         if messages:
             await self._commit(messages, answers, types)
@@ -285,18 +323,19 @@ class FhirRestServer:
             self._notified_item(p, "full-resource" if i < len(notification.resources) else "id-only")
             for i, p in enumerate(payloads)
         ]
-        fresh: list[tuple[RawMessage, Item]] = []
+        fresh: list[tuple[RawMessage, Item, str]] = []
         for item in items:
             message = self._message(request, sender, item)
-            if self.committer.earlier(message.raw_id) is None:
-                fresh.append((message, item))
+            earlier, message, keys = self._resolve(message, [message.raw_id])
+            if earlier is None:
+                fresh.append((message, item, keys[0]))
             else:
                 self.metrics.record(item.message_type, "duplicate")
         if fresh:
             await self._commit(
-                [m for m, _ in fresh],
-                [(m.raw_id, Answer(200, i.location, i.version)) for m, i in fresh],
-                [i.message_type for _, i in fresh],
+                [m for m, _, _ in fresh],
+                [(key, Answer(200, i.location, i.version, payload_digest(m.payload))) for m, i, key in fresh],
+                [i.message_type for _, i, _ in fresh],
             )
         return fhir_response(200, None)
 
@@ -315,9 +354,25 @@ class FhirRestServer:
                 422,
                 Issue("not-supported", "id-only notifications need a configured notifier for this sender"),
             )
-        assert self._session is not None
-        urls = [fetch.resolve(ref, notifier) for ref in references]
-        return list(await asyncio.gather(*(fetch.fetch(self._session, url, notifier) for url in urls)))
+        if len(references) > notifier.max_references:
+            raise Refusal(
+                413,
+                Issue(
+                    "too-costly",
+                    f"an id-only notification may name {notifier.max_references} resources at most",
+                ),
+            )
+        urls = [fetch.resolve(ref, notifier) for ref in references]  # every one checked before any GET
+        session = self._session
+        assert session is not None
+        max_bytes = notifier.max_fetch_bytes or self.settings.max_body_bytes
+        gate = asyncio.Semaphore(fetch.CONCURRENCY)
+
+        async def one(url: str) -> bytes:
+            async with gate:
+                return await fetch.fetch(session, url, notifier, max_bytes)
+
+        return list(await asyncio.gather(*(one(url) for url in urls)))
 
     def _notified_item(self, payload: bytes, kind: str) -> Item:
         """Validated like a POSTed resource; its record says which payload kind brought it."""
@@ -386,13 +441,26 @@ class FhirRestServer:
         return {"resourceType": "Bundle", "type": btype, "entry": entries}
 
 
+def plan_bundle(body: bytes, max_entries: int | None) -> Plan:
+    """:func:`intake.bundle_plan` under the door's entry cap, passed explicitly: a validation process
+    does not share the door's context."""
+    with entry_cap(max_entries):
+        return intake.bundle_plan(body)
+
+
 async def start_validation_pool(processes: int) -> ProcessPoolExecutor:
     """Spawned (not forked: the door runs threads) and warmed up, so the first Bundle pays no imports."""
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     loop = asyncio.get_running_loop()
-    warm = b'{"resourceType":"Bundle","type":"collection"}'
-    await asyncio.gather(*(loop.run_in_executor(pool, intake.bundle_plan, warm) for _ in range(processes)))
+    await asyncio.gather(*(loop.run_in_executor(pool, _warm_up) for _ in range(processes)))
     return pool
+
+
+def _warm_up() -> None:
+    """Import and run the planner once in a pool process; the verdict on this empty Bundle is beside
+    the point (it is refused: nothing in it is mapped)."""
+    with contextlib.suppress(Refusal):
+        plan_bundle(b'{"resourceType":"Bundle","type":"collection"}', None)
 
 
 @web.middleware

@@ -75,7 +75,7 @@ def build_ack(
         esc(header.receiving_facility or our_facility),
         esc(header.sending_application),
         esc(header.sending_facility),
-        now.astimezone(PARIS).strftime("%Y%m%d%H%M%S%z"),
+        esc(now.astimezone(PARIS).strftime("%Y%m%d%H%M%S%z")),  # "+" may be a sender's delimiter
         "",
         cs.join(["ACK", esc(header.trigger_event), "ACK"]) if header.trigger_event else "ACK",
         esc(control_id),
@@ -119,3 +119,42 @@ def _location(location: str, d: er7.Delimiters) -> str:
     if len(location) == 3 and location.isalnum():
         return d.component.join([location, "1"])
     return ""
+
+
+def build_batch_header(
+    kind: Literal["FHS", "BHS"],
+    header: Header,
+    now: datetime,
+    control_id: str,
+    reference: str,
+    our_application: str,
+    our_facility: str,
+) -> str:
+    """Our FHS or BHS of a batch acknowledgement (HL7 v2.5 §2.10.3): parties swapped, xHS-11 our own
+    control id, xHS-12 the sender's xHS-11 so it can tell which batch is answered."""
+    d = header.delimiters
+
+    def esc(text: str) -> str:
+        return er7.escape(text, d)
+
+    encoding = d.component + d.repetition + d.escape + d.subcomponent + (d.truncation or "")
+    fields = [
+        kind,
+        encoding,
+        esc(header.receiving_application or our_application),
+        esc(header.receiving_facility or our_facility),
+        esc(header.sending_application),
+        esc(header.sending_facility),
+        esc(now.astimezone(PARIS).strftime("%Y%m%d%H%M%S%z")),
+        "",
+        "",
+        "",
+        esc(control_id),
+        esc(reference),
+    ]
+    return d.field.join(fields) + "\r"
+
+
+def build_batch_trailer(kind: Literal["FTS", "BTS"], count: int, header: Header) -> str:
+    """BTS-1 counts the ACK messages of our batch, FTS-1 the batches of our file."""
+    return f"{kind}{header.delimiters.field}{count}\r"

@@ -8,11 +8,14 @@ message's meaning is judged. Reasons carry codes and positions, never values.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
+from affluent.core.errors import ConfigError
 from connectors.raw import raw_id_of
 from formats.hl7 import er7
 from formats.hl7.charset import Decoded, UnknownCharset, decode
+from formats.hl7.coverage import MAPPED, is_mapped
 from formats.reasons import ReasonCode
 
 DEFAULT_DELIMITERS = er7.Delimiters()
@@ -35,6 +38,7 @@ class Header:
     accept_ack_type: str = ""  # MSH-15
     application_ack_type: str = ""  # MSH-16
     declared_charset: str = ""  # MSH-18 first repetition
+    codec: str = ""  # the codec the message was decoded with: ACKs echo its values in the same bytes
 
     @property
     def enhanced_mode(self) -> bool:
@@ -46,21 +50,52 @@ class Header:
         return f"{self.message_type}^{self.trigger_event}" if self.trigger_event else self.message_type
 
 
+def content_digest(payload: bytes) -> str:
+    """What makes a resend *the same message*: a digest of its bytes with MSH-7 left out.
+
+    (Sending facility, MSH-10) alone is not enough: interface engines reset their control-id counters
+    after a reinstall and some reuse ids per day, so a different message can arrive under a known key.
+    MSH-7 is left out because some engines restamp it on a resend. BLAKE2b-128: ~1 µs per KiB, and
+    collisions are out of reach for a sender trying to shadow another message.
+    """
+    start = payload.find(b"MSH")
+    if start >= 0 and len(payload) > start + 3:
+        sep = payload[start + 3]
+        end = len(payload)
+        for eol in (b"\r", b"\n"):
+            pos = payload.find(eol, start)
+            if 0 <= pos < end:
+                end = pos
+        pos = start + 3  # MSH-1 is the field separator itself; MSH-7 starts after the 6th one
+        for _ in range(5):
+            pos = payload.find(sep, pos + 1, end)
+            if pos < 0:
+                break
+        else:
+            stop = payload.find(sep, pos + 1, end)
+            stop = end if stop < 0 else stop
+            payload = payload[: pos + 1] + payload[stop:]
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     header: Header
     decoded: Decoded
     raw: bytes
+    digest: str = ""  # content_digest(raw), computed once by assess()
 
     @property
     def duplicate_key(self) -> str:
-        """Duplicates are the same (sending facility, MSH-10): a resend after a lost ACK."""
+        """The ACK cache's key. A resend after a lost ACK has this key *and* the same ``digest``; the
+        same key with another digest is a reused control id: a new message (see connectors/mllp/server.py)."""
         return f"{self.header.sending_facility}|{self.header.control_id}"
 
     @property
     def raw_id(self) -> str:
+        """Includes the content digest, so a reused MSH-10 never collapses into an earlier message."""
         h = self.header
-        return raw_id_of("hl7v2", h.sending_facility, h.sending_application, h.control_id)
+        return raw_id_of("hl7v2", h.sending_facility, h.sending_application, h.control_id, self.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +128,17 @@ class IntakePolicy:
     allowed_message_types: frozenset[str] = frozenset({"ADT", "ORU"})
     default_charset: str = "latin-1"
 
+    def __post_init__(self) -> None:
+        """A configured type the hub does not map would be acknowledged and then always dead-lettered."""
+        unmapped = sorted(self.allowed_message_types - set(MAPPED))
+        if unmapped:
+            raise ConfigError(
+                f"mllp.allowed_message_types: {', '.join(unmapped)} not mapped by this hub "
+                f"(mapped: {', '.join(sorted(MAPPED))})"
+            )
 
-def read_header(msg: er7.Message) -> Header:
+
+def read_header(msg: er7.Message, codec: str = "") -> Header:
     msh = msg.segments[0]
 
     def v(n: int, comp: int = 1) -> str:
@@ -115,6 +159,7 @@ def read_header(msg: er7.Message) -> Header:
         accept_ack_type=v(15).upper(),
         application_ack_type=v(16).upper(),
         declared_charset=charsets[0] if charsets else "",
+        codec=codec,
     )
 
 
@@ -128,10 +173,12 @@ def salvage_header(payload: bytes) -> Header:
         pos = payload.find(sep, start)
         if 0 <= pos < end:
             end = pos
-    try:
-        return read_header(er7.parse(payload[start:end].decode("latin-1")))
-    except er7.Er7Error:
-        return Header()
+    for codec in ("utf-8", "latin-1"):  # UTF-8 first: a multi-byte delimiter must stay one character
+        try:
+            return read_header(er7.parse(payload[start:end].decode(codec)), codec)
+        except (UnicodeDecodeError, er7.Er7Error):
+            continue
+    return Header()
 
 
 def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
@@ -156,7 +203,7 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
             exc.location,
             header=salvage_header(payload),
         )
-    header = read_header(msg)
+    header = read_header(msg, decoded.codec)
     if len(msg.segments_named("MSH")) > 1:
         return Rejected(
             ReasonCode.SEVERAL_MESSAGES,
@@ -185,4 +232,14 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
             "MSH-9",
             header=header,
         )
-    return Accepted(header, decoded, payload)
+    trigger = header.trigger_event or (msg.get("EVN-1") if header.message_type == "ADT" else "") or ""
+    if not is_mapped(header.message_type, trigger):
+        shown = "".join(c for c in trigger[:4] if c.isalnum())
+        return Rejected(
+            ReasonCode.UNSUPPORTED_EVENT,
+            f"{header.message_type} event {shown or '(none)'} is not mapped by this hub "
+            f"(mapped: {', '.join(sorted(MAPPED.get(header.message_type, ())))})",
+            "MSH-9",
+            header=header,
+        )
+    return Accepted(header, decoded, payload, content_digest(payload))

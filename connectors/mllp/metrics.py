@@ -6,6 +6,7 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from affluent.core.limits import refused_connections
 from affluent.core.metrics import SenderActivity, dead_letters
 
 _EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
@@ -44,11 +45,18 @@ class MllpMetrics:
             "affluent_mllp_connections", "MLLP connections accepted", registry=registry
         )
         self.dead_letters = dead_letters(registry)
+        self.connections_refused = refused_connections(registry)
         self.senders = SenderActivity(registry)
         self.ack_cache_lost = Counter(
             "affluent_mllp_ack_cache_entries_lost",
             "ACK-cache entries Kafka did not take (their raw records were stored; a resend of such a "
             "message is stored again and collapses downstream by raw_id)",
+            registry=registry,
+        )
+        self.control_id_reuse = Counter(
+            "affluent_mllp_control_id_reuse",
+            "Messages stored under a (sending facility, MSH-10) already answered for a different "
+            "message: a reset counter or a reused id at the sender (each is stored, not replayed)",
             registry=registry,
         )
         self.ack_cache_entries = Gauge(

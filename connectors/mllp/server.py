@@ -28,7 +28,8 @@ from affluent.core.producer import DurableProducer
 from affluent.core.settings import MllpSettings
 from affluent.core.topics import INGEST_HL7V2_RAW
 from connectors.mllp import ack as acks
-from connectors.mllp.ackcache import AckCache
+from connectors.mllp.ackcache import AckCache, cache_entry, read_entry
+from connectors.mllp.batch import is_batch, split_batch
 from connectors.mllp.framing import Frame, FrameDecoder, FrameError, encode_frame
 from connectors.mllp.intake import (
     Accepted,
@@ -99,6 +100,10 @@ class MllpServer:
             self.settings.port,
             ssl=tls_context(self.settings),
             limit=2**20,
+            # A handshake that never ends holds a socket as a silent peer does: the same bound.
+            ssl_handshake_timeout=(
+                self.settings.first_byte_timeout_s if self.settings.tls_certificate else None
+            ),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listening on %s:%s", self.settings.host, self.port)
@@ -118,6 +123,14 @@ class MllpServer:
 
     # ------------------------------------------------------------------ connection
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.settings.max_connections:
+            # Closed before a byte is read: a flood of connections must not take the door's tasks,
+            # buffers and file descriptors from the senders already connected.
+            self.metrics.connections_refused.labels("mllp", "limit").inc()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
@@ -126,8 +139,13 @@ class MllpServer:
         self.metrics.connections_total.inc()
         decoder = FrameDecoder(self.settings.max_frame_bytes)
         loop = asyncio.get_running_loop()
+
+        def silent() -> None:  # no first byte in time: a slot of max_connections is not for holding
+            self.metrics.connections_refused.labels("mllp", "timeout").inc()
+            writer.close()
+
         # One timer per connection, re-armed per read: asyncio.wait_for would create a Task per read.
-        idle = loop.call_later(self.settings.idle_timeout_s, writer.close)
+        idle = loop.call_later(self.settings.first_byte_timeout_s, silent)
         try:
             while True:
                 data = await reader.read(65536)
@@ -176,18 +194,53 @@ class MllpServer:
     async def handle_frame(self, payload: bytes, peer: Peer) -> bytes:
         """Process one complete frame and return the bytes to answer (framed ACKs, possibly none)."""
         started = time.perf_counter()
-        outcome = assess(payload, self.policy)
         try:
-            if isinstance(outcome, Ignored):
-                self._count(outcome.header, "ignored_ack")
-                return b""
-            if isinstance(outcome, Accepted):
-                outcome = self._check_sender(outcome, peer)
-            if isinstance(outcome, Rejected):
-                return await self._reject(outcome, payload, peer)
-            return await self._store(outcome, peer)
+            if is_batch(payload):
+                return await self._batch(payload, peer)
+            return await self._message(payload, peer)
         finally:
             self.metrics.ack_latency.observe(time.perf_counter() - started)
+
+    async def _message(self, payload: bytes, peer: Peer) -> bytes:
+        outcome = assess(payload, self.policy)
+        if isinstance(outcome, Ignored):
+            self._count(outcome.header, "ignored_ack")
+            return b""
+        if isinstance(outcome, Accepted):
+            outcome = self._check_sender(outcome, peer)
+        if isinstance(outcome, Rejected):
+            return await self._reject(outcome, payload, peer)
+        return await self._store(outcome, peer)
+
+    async def _batch(self, payload: bytes, peer: Peer) -> bytes:
+        """Each message of an HL7 batch on its own (stored, duplicate or refused, as in its own frame),
+        then one batch acknowledgement holding their ACKs (connectors/mllp/batch.py)."""
+        batch = split_batch(payload)
+        if isinstance(batch, Rejected):
+            return await self._reject(batch, payload, peer)
+        answers: list[bytes] = []
+        for message in batch.messages:
+            framed = await self._message(message, peer)
+            answers += [chunk[1:] for chunk in framed.split(b"\x1c\r") if chunk.startswith(b"\x0b")]
+        h, now = batch.header, self.clock()
+        head = ""
+        if batch.file_control_id is not None:
+            head += acks.build_batch_header("FHS", h, now, self._ack_id(), batch.file_control_id, *self._us())
+        head += acks.build_batch_header("BHS", h, now, self._ack_id(), batch.batch_control_id, *self._us())
+        tail = acks.build_batch_trailer("BTS", len(answers), h)
+        if batch.file_control_id is not None:
+            tail += acks.build_batch_trailer("FTS", 1, h)
+        return encode_frame(
+            encode_for_reply(head, h.declared_charset, h.codec)
+            + b"".join(answers)
+            + encode_for_reply(tail, h.declared_charset, h.codec)
+        )
+
+    def _ack_id(self) -> str:
+        return f"{self._ack_prefix}{next(self._ack_ids):012d}"
+
+    def _us(self) -> tuple[str, str]:
+        return self.settings.receiving_application, self.settings.receiving_facility
 
     def _check_sender(self, accepted: Accepted, peer: Peer) -> Accepted | Rejected:
         allowed = self.settings.tls_allowed_subjects.get(accepted.header.sending_facility)
@@ -205,12 +258,24 @@ class MllpServer:
 
     async def _store(self, accepted: Accepted, peer: Peer) -> bytes:
         key = accepted.duplicate_key
+        reused = False
         cached = self.ack_cache.get(key)
         if cached is not None:
-            self._count(accepted.header, "duplicate")
-            self._count_acks(cached)
-            return cached
-        pending = self._in_flight.get(key)
+            digest, reply = read_entry(cached)
+            if digest is not None and digest != accepted.digest:
+                # Same (facility, MSH-10), other content: a reset counter or a reused id, not a resend.
+                # Stored as a new message; its raw_id and event ids carry its digest, so nothing
+                # collapses. Its entry goes under its own key, so the first message's stays.
+                reused = True
+                key = f"{key}|{accepted.digest}"
+                cached = self.ack_cache.get(key)
+                reply = read_entry(cached)[1] if cached is not None else b""
+            if cached is not None:
+                self._count(accepted.header, "duplicate")
+                self._count_acks(reply)
+                return reply
+        flight = f"{accepted.duplicate_key}|{accepted.digest}"
+        pending = self._in_flight.get(flight)
         if pending is not None:  # the same message on another connection, right now
             result = await asyncio.shield(pending)
             if result is not None:
@@ -218,7 +283,7 @@ class MllpServer:
                 self._count_acks(result)
                 return result
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        self._in_flight[flight] = future
         stored: bytes | None = None
         try:
             reply = self._encode_acks(accepted.header, "accepted", None)
@@ -231,17 +296,20 @@ class MllpServer:
             # between the two costs at most a second raw copy of the same raw_id, which collapses
             # downstream. Found by the fault suite (tests/reliability).
             await self.producer.send(self.raw_topic, self.raw_codec.encode(record), sender)
-            self.ack_cache.remember(key, reply)
+            entry = cache_entry(accepted.digest, reply)
+            self.ack_cache.remember(key, entry)
             # The entry only spares a resend a second raw copy (which would collapse downstream by
             # raw_id anyway): the sender's ACK does not wait for it, and a lost one is counted.
             try:
                 self.producer.send_nowait(
-                    self.ack_cache.topic, reply, key.encode("utf-8"), self._ack_entry_lost
+                    self.ack_cache.topic, entry, key.encode("utf-8"), self._ack_entry_lost
                 )
             except (BufferError, KafkaUnavailable):
                 self._ack_entry_lost()
             stored = reply
             self._count(accepted.header, "stored")
+            if reused:  # counted once per different message: its resends are duplicates
+                self.metrics.control_id_reuse.inc()
             return reply
         except KafkaUnavailable:
             self._count(accepted.header, "kafka_unavailable")
@@ -252,7 +320,7 @@ class MllpServer:
             return self._encode_acks(accepted.header, "reject", error)
         finally:
             future.set_result(stored)
-            self._in_flight.pop(key, None)
+            self._in_flight.pop(flight, None)
 
     async def _reject(self, rejected: Rejected, payload: bytes, peer: Peer) -> bytes:
         self.metrics.rejects.labels(rejected.reason_code).inc()
@@ -286,13 +354,13 @@ class MllpServer:
             text = acks.build_ack(
                 header,
                 code,
-                control_id=f"{self._ack_prefix}{next(self._ack_ids):012d}",
+                control_id=self._ack_id(),
                 now=now,
                 our_application=self.settings.receiving_application,
                 our_facility=self.settings.receiving_facility,
                 error=error if code not in ("AA", "CA") else None,
             )
-            out += encode_frame(encode_for_reply(text, header.declared_charset))
+            out += encode_frame(encode_for_reply(text, header.declared_charset, header.codec))
             self.metrics.acks.labels(code).inc()
         return bytes(out)
 
@@ -313,7 +381,10 @@ class MllpServer:
 
     def _raw_record(self, accepted: Accepted, peer: Peer) -> dict[str, Any]:
         h = accepted.header
-        attributes = {"ack_mode": "enhanced" if h.enhanced_mode else "original"}
+        attributes = {
+            "ack_mode": "enhanced" if h.enhanced_mode else "original",
+            "content_digest": accepted.digest,  # part of the event ids: see RawContext.from_raw
+        }
         if peer.certificate_subject:
             attributes["tls_subject"] = peer.certificate_subject
         if h.version:
@@ -337,26 +408,23 @@ class MllpServer:
 
 
 def tls_context(settings: MllpSettings) -> ssl.SSLContext | None:
-    """Server TLS context; client certificates are verified against tls_client_ca when configured."""
+    """Server TLS context: the one every door builds (affluent/core/tls.py), key file checked first."""
+    from affluent.core.tls import server_context
+
     if settings.tls_certificate is None or settings.tls_key is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(settings.tls_certificate), str(settings.tls_key))
-    if settings.tls_client_ca is not None:
-        ctx.load_verify_locations(str(settings.tls_client_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED if settings.tls_require_client_certificate else ssl.CERT_OPTIONAL
-    return ctx
+    return server_context(
+        settings.tls_certificate,
+        settings.tls_key,
+        key_setting="AFFLUENT_MLLP__TLS_KEY",
+        client_ca=settings.tls_client_ca,
+        require_client_certificate=settings.tls_require_client_certificate,
+    )
 
 
 def _peer(writer: asyncio.StreamWriter) -> Peer:
+    from affluent.core.tls import subject_cn
+
     address = writer.get_extra_info("peername")
     text = f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else "unknown"
-    subject: str | None = None
-    cert = writer.get_extra_info("peercert")
-    if cert:
-        for rdn in cert.get("subject", ()):
-            for name, value in rdn:
-                if name == "commonName":
-                    subject = value
-    return Peer(text, subject)
+    return Peer(text, subject_cn(writer.get_extra_info("peercert")))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from formats.clinical.units import UCUM_SYSTEM
+from formats.clinical.units import MDC_SYSTEM, UCUM_SYSTEM
 
 Record = dict[str, Any]
 
 LOINC: Final = "http://loinc.org"
 SNOMED: Final = "http://snomed.info/sct"
-MDC: Final = "urn:iso:std:iso:11073:10101"
+MDC: Final = MDC_SYSTEM
 UCUM: Final = UCUM_SYSTEM
 ICD10: Final = "http://hl7.org/fhir/sid/icd-10"
 CIM10: Final = "https://smt.esante.gouv.fr/terminologie-cim-10"

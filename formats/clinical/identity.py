@@ -27,7 +27,7 @@ INS_NIR_OID = "1.2.250.1.213.1.4.8"
 RETIRED_INS_C_OID = "1.2.250.1.213.1.4.2"
 QUALIFIED = "QUAL"
 QUALIFIED_STATUSES = frozenset({QUALIFIED})
-_OID_SHAPE = re.compile(r"\d+(\.\d+)+")
+_OID_SHAPE = re.compile(r"\d+(\.\d+)+", re.ASCII)
 
 
 class IdentityError(ValueError):
@@ -53,7 +53,10 @@ def ins_key(number13: str) -> int:
 
 
 def valid_matricule(matricule: str) -> bool:
-    if len(matricule) != 15:
+    """15 ASCII characters with a right key. ``str.isdigit`` alone takes full-width and superscript
+    digits: a full-width INS that passed would be a second spelling, hence a second pseudonym, of one
+    person (and a superscript one made ``int`` raise)."""
+    if len(matricule) != 15 or not matricule.isascii():
         return False
     body, key = matricule[:13], matricule[13:]
     corsica = body[5:7].upper() in ("2A", "2B")
@@ -86,29 +89,53 @@ class LocalId:
     type_code: str | None = None
 
 
-def patient_ref(ids: Iterable[LocalId], reliability: Iterable[str] = ()) -> dict[str, Any]:
+def patient_ref(
+    ids: Iterable[LocalId],
+    reliability: Iterable[str] = (),
+    dropped: list[IdentityError] | None = None,
+) -> dict[str, Any]:
     """The canonical PatientRef: hospital key (IPP@authority), optional INS, reliability, qualified flag.
 
-    The IPP is the first identifier typed PI (patient internal), else the first non-INS identifier.
-    Raises IdentityError when there is no usable local identifier or an INS fails its key check.
+    The IPP is the first identifier typed PI (patient internal), else the first non-INS identifier. An
+    identifier without an assigning authority is not a key: the same number means different patients in
+    two hospitals, so the caller scopes it (by the sender) before it gets here.
+
+    An INS failing its key check raises IdentityError, unless ``dropped`` is given and a local identifier
+    remains: then the INS is left out (the record stays identified by its IPP, never linkable) and the
+    error is appended to ``dropped`` so that the caller reports what it left out.
     """
     ins: dict[str, Any] | None = None
     local: list[LocalId] = []
+    bad_ins: IdentityError | None = None
+    saw_ins = False
     for ident in ids:
         if not ident.value:
             continue
         oid = ident.authority_oid or ""
         if oid_of(oid) == RETIRED_INS_C_OID:
             continue  # INS-C: retired, never an INS, not a local key either
-        found = ins_from(ident.value, oid) if oid else None
+        try:
+            found = ins_from(ident.value, oid) if oid else None
+        except IdentityError as exc:
+            saw_ins = True
+            bad_ins = bad_ins or exc
+            continue
         if found is not None:
+            saw_ins = True
             ins = ins or found
-        else:
+        elif ident.authority_oid or ident.authority_name:
             local.append(ident)
+    if bad_ins is not None and (dropped is None or not local):
+        raise bad_ins
     if not local:
         raise IdentityError(
-            ReasonCode.NO_LOCAL_IDENTIFIER, "no hospital patient identifier (IPP) besides the INS"
+            ReasonCode.NO_LOCAL_IDENTIFIER,
+            "no hospital patient identifier (IPP) besides the INS"
+            if saw_ins
+            else "no hospital patient identifier (IPP) with an assigning authority",
         )
+    if bad_ins is not None and dropped is not None:
+        dropped.append(bad_ins)
     ipp = next((i for i in local if (i.type_code or "").upper() == "PI"), local[0])
     authority = ipp.authority_oid or ipp.authority_name or ""
     codes = [c.strip().upper() for c in reliability if c and c.strip()]

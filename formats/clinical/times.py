@@ -20,15 +20,22 @@ from zoneinfo import ZoneInfo
 
 PARIS = ZoneInfo("Europe/Paris")
 
+# ASCII digits only: ``\d`` alone also matches full-width and other Unicode digits, which ``int`` reads.
 _HL7_TS = re.compile(
     r"(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
-    r"(?:\.(?P<frac>\d{1,6}))?(?P<tz>[+-]\d{4})?"
+    r"(?:\.(?P<frac>\d{1,6}))?(?P<tz>[+-]\d{4})?",
+    re.ASCII,
 )
 _FHIR_DT = re.compile(
     r"(?P<y>\d{4})(?:-(?P<mo>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.(?P<frac>\d{1,9}))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,
 )
+# Instants kept a year away from datetime's limits, so that reading one in any zone, or shifting it by a
+# destination's date shift, cannot overflow downstream: years 1 and 9999 are no clinical time.
+EARLIEST: Final = datetime(2, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 class TimeFormatError(ValueError):
@@ -84,18 +91,24 @@ def _build(parts: dict[str, str | None], tz_text: str | None, zone: tzinfo) -> C
     except ValueError:
         raise TimeFormatError("date or time out of range") from None
     precision = _precision(parts)
-    if tz_text in (None, ""):
-        aware = _localize(naive, zone)
-    elif tz_text == "Z":
-        aware = naive.replace(tzinfo=UTC)
-    else:
-        sign = 1 if tz_text[0] == "+" else -1
-        digits = tz_text[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:4])
-        if hours > 14 or minutes > 59:
-            raise TimeFormatError("UTC offset out of range")
-        aware = naive.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
-    return ClinicalTime(aware.astimezone(UTC), precision)
+    try:
+        if tz_text in (None, ""):
+            aware = _localize(naive, zone)
+        elif tz_text == "Z":
+            aware = naive.replace(tzinfo=UTC)
+        else:
+            sign = 1 if tz_text[0] == "+" else -1
+            digits = tz_text[1:].replace(":", "")
+            hours, minutes = int(digits[:2]), int(digits[2:4])
+            if hours > 14 or minutes > 59:
+                raise TimeFormatError("UTC offset out of range")
+            aware = naive.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
+        instant = aware.astimezone(UTC)
+    except OverflowError:
+        raise TimeFormatError("date or time out of range") from None
+    if not EARLIEST <= instant <= LATEST:
+        raise TimeFormatError("date or time out of range")
+    return ClinicalTime(instant, precision)
 
 
 def parse_hl7_ts(value: str, zone: tzinfo = PARIS) -> ClinicalTime | None:
@@ -204,6 +217,8 @@ def fast_hl7_ts(value: str, zone: tzinfo) -> ClinicalTime | None:
         )
     except ValueError:
         return None
+    if not 3 <= naive.year <= 9997:
+        return None  # the general path decides, and refuses the years next to datetime's limits
     if offset_text:
         digits = offset_text[1:]
         if not digits.isdigit() or not digits.isascii():

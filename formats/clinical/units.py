@@ -8,10 +8,12 @@ Celsius) happen only when the policy lists them, because a platform may want the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
+MDC_SYSTEM = "urn:iso:std:iso:11073:10101"
 
 _SYNONYMS: dict[str, str] = {
     "g/l": "g/L",
@@ -95,6 +97,32 @@ _CONVERSIONS: dict[tuple[str, str], Callable[[float], float]] = {
 
 DEFAULT_CONVERSIONS: Mapping[str, str] = {"[lb_av]": "kg", "[degF]": "Cel"}
 
+# IEEE 11073-10101 units (numeric code and reference id) → UCUM, for the units devices send; one table for
+# the HL7 (OBX-6 ``^MDC``) and FHIR (``valueQuantity.system`` MDC) paths, so a reading gets the same unit
+# through either door.
+_MDC_UNITS: dict[str, str] = {
+    "262688": "%",
+    "MDC_DIM_PERCENT": "%",
+    "264864": "/min",
+    "MDC_DIM_BEAT_PER_MIN": "/min",
+    "264928": "/min",
+    "MDC_DIM_RESP_PER_MIN": "/min",
+    "266016": "mm[Hg]",
+    "MDC_DIM_MMHG": "mm[Hg]",
+    "268192": "Cel",
+    "MDC_DIM_DEGC": "Cel",
+    "MDC_DIM_FAHR": "[degF]",
+    "263875": "kg",
+    "MDC_DIM_KILO_G": "kg",
+    "MDC_DIM_LB": "[lb_av]",
+    "MDC_DIM_CENTI_M": "cm",
+    "MDC_DIM_INCH": "[in_i]",
+    "MDC_DIM_KG_PER_M_SQ": "kg/m2",
+    "MDC_DIM_MILLI_G_PER_DL": "mg/dL",
+    "MDC_DIM_MILLI_MOLE_PER_L": "mmol/L",
+    "MDC_DIM_MILLI_L": "mL",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
@@ -121,15 +149,37 @@ def to_ucum(unit: str) -> str | None:
     return _SYNONYMS.get(text.lower()) or _SYNONYMS.get(text.replace(" ", "").lower())
 
 
+def mdc_to_ucum(*codes: str | None) -> str | None:
+    """The UCUM code of the first IEEE 11073 unit (numeric code or MDC_DIM_ reference id) known."""
+    for code in codes:
+        ucum = _MDC_UNITS.get(code.strip()) if code else None
+        if ucum is not None:
+            return ucum
+    return None
+
+
+def ucum_quantity(
+    value: float, ucum: str, original: str | None, conversions: Mapping[str, str] = DEFAULT_CONVERSIONS
+) -> Quantity:
+    """A value already known to be in the UCUM unit ``ucum``, converted when ``conversions`` asks.
+
+    A conversion that would leave the double range (an absurd value) is not made: the value stays in
+    its own unit rather than becoming infinity.
+    """
+    target = conversions.get(ucum)
+    if target is not None and (ucum, target) in _CONVERSIONS:
+        converted = round(_CONVERSIONS[(ucum, target)](value), 6)
+        if math.isfinite(converted):
+            return Quantity(converted, target, UCUM_SYSTEM, original)
+    return Quantity(value, ucum, UCUM_SYSTEM, original)
+
+
 def quantity(value: float, unit: str, conversions: Mapping[str, str] = DEFAULT_CONVERSIONS) -> Quantity:
     original = unit.strip() or None
     ucum = to_ucum(unit) if original else None
     if ucum is None:
         return Quantity(value, original, None, original)
-    target = conversions.get(ucum)
-    if target is not None and (ucum, target) in _CONVERSIONS:
-        return Quantity(round(_CONVERSIONS[(ucum, target)](value), 6), target, UCUM_SYSTEM, original)
-    return Quantity(value, ucum, UCUM_SYSTEM, original)
+    return ucum_quantity(value, ucum, original, conversions)
 
 
 def can_convert(source: str, target: str) -> bool:

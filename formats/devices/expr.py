@@ -39,7 +39,8 @@ _STEP = re.compile(
     r"|\[(?P<index>-?\d+)\]"
     r"|\[(?P<star>\*)\]"
     r"|\['(?P<quoted>[^'\\]*)'\]"
-    r'|\["(?P<dquoted>[^"\\]*)"\]'
+    r'|\["(?P<dquoted>[^"\\]*)"\]',
+    re.ASCII,
 )
 
 Step = str | int | None  # key, index, or None for [*]

@@ -25,7 +25,7 @@ import yaml
 
 from affluent.core.errors import AffluentError
 from formats.clinical.codes import LOINC, MDC, SNOMED
-from formats.clinical.times import ClinicalTime, TimeFormatError, parse_fhir_datetime
+from formats.clinical.times import EARLIEST, LATEST, ClinicalTime, TimeFormatError, parse_fhir_datetime
 from formats.clinical.units import can_convert, quantity, to_ucum
 from formats.devices import expr
 from formats.devices.expr import MISSING, ExpressionError
@@ -311,6 +311,8 @@ def parse_json(payload: bytes) -> Any:
         raise PayloadError(ReasonCode.NOT_JSON, "the payload is not UTF-8 JSON") from None
     except RecursionError:
         raise PayloadError(ReasonCode.NOT_JSON, "the payload nests deeper than the parser allows") from None
+    except (ValueError, TypeError):  # an integer longer than Python converts; bytes that are no buffer
+        raise PayloadError(ReasonCode.NOT_JSON, "the payload is not usable JSON") from None
 
 
 def documents(body: Any) -> list[tuple[str, Any]]:
@@ -351,6 +353,8 @@ def _parse_time(template: Template, value: Any, location: str) -> ClinicalTime:
             )
         seconds = value / 1000 if template.time_format == "epoch_ms" else value
         instant = datetime.fromtimestamp(seconds, UTC)
+        if not EARLIEST <= instant <= LATEST:
+            raise PayloadError(ReasonCode.BAD_TIMESTAMP, "the timestamp is out of range", location)
         return ClinicalTime(instant, "millisecond" if template.time_format == "epoch_ms" else "second")
     except (TimeFormatError, ValueError, OverflowError, OSError) as exc:
         if isinstance(exc, PayloadError):
@@ -381,7 +385,11 @@ def _measure(spec: ObservationSpec, document: Any, reading: Any, location: str) 
         raise PayloadError(ReasonCode.MISSING_VALUE, f"no value at {spec.value.text}", where)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PayloadError(ReasonCode.WRONG_TYPE, f"the value at {spec.value.text} is not a number", where)
-    if not math.isfinite(value):
+    try:
+        number = float(value)  # JSON integers are unbounded: one past a double's range overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
         raise PayloadError(
             ReasonCode.WRONG_TYPE, f"the value at {spec.value.text} is not a finite number", where
         )
@@ -401,7 +409,7 @@ def _measure(spec: ObservationSpec, document: Any, reading: Any, location: str) 
             )
     assert unit is not None and unit_text is not None  # compile_template: unit or unit_path
     conversions = {unit: spec.convert_to} if spec.convert_to and spec.convert_to != unit else {}
-    q = quantity(float(value), unit_text, conversions)  # keeps the unit as the sender wrote it
+    q = quantity(number, unit_text, conversions)  # keeps the unit as the sender wrote it
     if (spec.low is not None and q.value < spec.low) or (spec.high is not None and q.value > spec.high):
         raise PayloadError(
             ReasonCode.IMPLAUSIBLE_VALUE, f"the value is outside the plausible range of {spec.name}", where
@@ -465,8 +473,20 @@ def extract(template: Template, document: Any, location: str = "$") -> list[Read
 
 
 def read_payload(template: Template, payload: bytes) -> list[Reading]:
-    """Every reading of a raw payload (one document, or a top-level array of documents)."""
+    """Every reading of a raw payload (one document, or a top-level array of documents).
+
+    Raises PayloadError only: the doors answer 400 (or dead-letter) on it, so a payload that trips an
+    unforeseen corner (a value Python cannot convert) must not surface as a 500 with a traceback.
+    """
     readings: list[Reading] = []
-    for location, document in documents(parse_json(payload)):
-        readings.extend(extract(template, document, location))
+    try:
+        for location, document in documents(parse_json(payload)):
+            readings.extend(extract(template, document, location))
+    except PayloadError:
+        raise
+    except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+        kind = type(exc).__name__
+        raise PayloadError(
+            ReasonCode.WRONG_TYPE, f"the payload holds a value this template cannot read ({kind})"
+        ) from None
     return readings

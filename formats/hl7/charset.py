@@ -98,15 +98,29 @@ def sniff_declared_charset(raw: bytes) -> str:
         found = raw.find(terminator, sep_at, end)
         if found >= 0:
             end = found
-    fields = raw[idx:end].split(raw[sep_at : sep_at + 1])
+    fields = raw[idx:end].split(_first_char(raw[sep_at:end]))
     if len(fields) <= _MSH18_INDEX:
         return ""
     value = fields[_MSH18_INDEX]
     encoding_chars = fields[1]
-    if len(encoding_chars) >= 2:
-        value = value.split(encoding_chars[1:2], 1)[0]
+    repetition = _first_char(encoding_chars[len(_first_char(encoding_chars)) :])
+    if repetition:
+        value = value.split(repetition, 1)[0]
     # latin-1 never fails; the name is ASCII in any sane message.
     return value.decode("latin-1").strip()
+
+
+def _first_char(raw: bytes) -> bytes:
+    """The bytes of the first character: one byte, or a whole UTF-8 sequence when they form one, so a
+    non-ASCII delimiter sent in UTF-8 (e.g. "§" = C2 A7) is not split in the middle."""
+    if raw[:1] >= b"\xc2":
+        for size in (2, 3, 4):
+            try:
+                raw[:size].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            return raw[:size]
+    return raw[:1]
 
 
 def codec_for(declared: str) -> str | None:
@@ -166,11 +180,15 @@ def decode(raw: bytes, default_codec: str = "latin-1") -> Decoded:
     return Decoded(body.decode(codec), declared, codec, mismatch)
 
 
-def encode_for_reply(text: str, declared: str) -> bytes:
-    """Encode an ACK in the sender's declared charset, replacing what does not fit with "?".
+def encode_for_reply(text: str, declared: str, used: str = "") -> bytes:
+    """Encode an ACK in the charset the sender's message was read with, replacing what does not fit.
 
-    Never raises: an ACK must always go out, and a "?" in an error text is better than no answer.
-    An unknown or absent declaration falls back to ASCII, which every receiver can read.
+    ``used`` is the codec the message was actually decoded with (:class:`Decoded` ``codec``): the
+    values an ACK echoes (MSH-10 in MSA-2, the delimiters, the parties) then go back as the very bytes
+    the sender sent, even when its MSH-18 was absent or wrong; encoding them by the declaration alone
+    turned a non-ASCII delimiter or control id into "?", and the ACK no longer parsed or matched.
+    Never raises: an ACK must always go out, and a "?" in our own error text is better than no
+    answer. Without ``used``, the declaration's codec, else ASCII.
     """
-    codec = codec_for(declared) or "ascii"
+    codec = used or codec_for(declared) or "ascii"
     return text.encode(codec, errors="replace")

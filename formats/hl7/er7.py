@@ -114,6 +114,10 @@ def _escape_table(d: Delimiters) -> dict[int, str]:
         ord("\n"): f"{e}X0A{e}",
         ord("\x00"): f"{e}X00{e}",  # parse() rejects raw NUL, so any string stays transportable
     }
+    # Every other control character too: 0x0B and 0x1C are MLLP's frame bytes, so a value echoed raw
+    # (an ACK quoting the sender's MSH-10 after unescaping its \X0B\) would cut the frame in two.
+    for code in (*range(0x01, 0x09), *range(0x0B, 0x0D), *range(0x0E, 0x20), 0x7F):
+        table[code] = f"{e}X{code:02X}{e}"
     if d.truncation is not None:
         table[ord(d.truncation)] = f"{e}P{e}"
     return table
@@ -249,10 +253,10 @@ def unescape(text: str, d: Delimiters) -> str:
 def escape(text: str, d: Delimiters) -> str:
     """Encode a value for the wire so that ``unescape(escape(s), d) == s`` for every string.
 
-    Delimiters and the escape character use their letter sequences; CR, LF and NUL use
-    ``\\X0D\\``, ``\\X0A\\`` and ``\\X00\\`` (a raw CR would end the segment, a raw NUL is
-    rejected by parse()). Other characters are left to the transport charset: escaping non-ASCII
-    as hex would tie the text to one byte encoding.
+    Delimiters and the escape character use their letter sequences; CR, LF, NUL and every other
+    control character but TAB use ``\\Xhh\\`` (a raw CR would end the segment, a raw NUL is
+    rejected by parse(), a raw 0x0B or 0x1C would break the MLLP frame). Other characters are left
+    to the transport charset: escaping non-ASCII as hex would tie the text to one byte encoding.
     """
     return text.translate(d._escapes)
 

@@ -2,7 +2,9 @@
 
 ``event_id`` = SHA-256 over (protocol, sending facility, sending application, the sender's message id,
 the index of the event within that message), hex. Replaying a raw record, or receiving the same message
-twice, yields the same ids, so consumers and idempotent sinks collapse duplicates.
+twice, yields the same ids, so consumers and idempotent sinks collapse duplicates. When the door stored a
+``content_digest`` attribute (MLLP: MSH-10 can be reused by the sender for another message), the
+message id is ``<id>#<digest>``: a different message under a reused id keeps its own events.
 """
 
 from __future__ import annotations
@@ -39,18 +41,21 @@ class RawContext:
     def from_raw(
         cls, raw: dict[str, Any], topic: str = "", partition: int = 0, offset: int = 0
     ) -> RawContext:
+        attributes = raw.get("attributes") or {}
+        message_id = raw.get("message_id") or raw["raw_id"]
+        digest = attributes.get("content_digest")
         return cls(
             raw_id=raw["raw_id"],
             protocol=raw["protocol"],
             connector=raw["connector"],
             facility=raw["source_facility"],
             application=raw["source_application"],
-            message_id=raw.get("message_id") or raw["raw_id"],
+            message_id=f"{message_id}#{digest}" if digest else message_id,
             received_at=raw["received_at"],
             topic=topic,
             partition=partition,
             offset=offset,
-            attributes=raw.get("attributes") or {},
+            attributes=attributes,
         )
 
 

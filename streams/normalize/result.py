@@ -2,11 +2,16 @@
 
 Mappers raise :class:`MappingError` where a rule fails; :func:`run_mapper` turns that (and any bug) into a
 :class:`Rejection`, so a poison message becomes a dead letter and never stops a partition.
+
+Some rules concern only a part of a message (an ADT movement without a visit number, an INS failing its
+key check next to a valid IPP): refusing the whole message would lose what is sound in it, the
+patient's demographics. A mapper then returns :class:`Mapped` — its events, plus the parts it left out,
+each a :class:`Rejection` — and the stage writes both: a *partial mapping*.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +54,21 @@ class MappingError(Refused):
         return Rejection(self.code, self.reason, self.location, self.rule)
 
 
-MappingOutcome = list[CanonicalEvent] | Rejection
+class Mapped(list[CanonicalEvent]):
+    """A mapper's events, and the parts of the message it left out (``dropped``, each a Rejection).
+
+    A list, so that a caller that only wants the events reads a partial mapping like a whole one; the
+    stage also reads ``dropped`` and dead-letters each part next to the events.
+    """
+
+    __slots__ = ("dropped",)
+
+    def __init__(self, events: Iterable[CanonicalEvent] = (), dropped: Iterable[Rejection] = ()) -> None:
+        super().__init__(events)
+        self.dropped: tuple[Rejection, ...] = tuple(dropped)
+
+
+MappingOutcome = Mapped | Rejection
 
 
 def run_mapper(mapper: Callable[..., list[CanonicalEvent]], *args: Any) -> MappingOutcome:
@@ -64,6 +83,9 @@ def run_mapper(mapper: Callable[..., list[CanonicalEvent]], *args: Any) -> Mappi
         return Rejection(
             ReasonCode.MAPPING_FAILED, f"unexpected {type(exc).__name__} in {mapper.__name__}", rule="bug"
         )
+    dropped = events.dropped if isinstance(events, Mapped) else ()
     if not events:
+        if dropped:
+            return dropped[0]  # nothing was left to map: the part left out is why
         return Rejection(ReasonCode.NOTHING_TO_MAP, "the message holds no event this hub maps")
-    return events
+    return events if isinstance(events, Mapped) else Mapped(events)

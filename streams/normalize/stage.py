@@ -3,7 +3,9 @@
 This is the *transform* state between the raw topics and ``canonical.*``: decode the RawMessage (Avro,
 registry), decode the payload's character set, call the pure mapper for its protocol, and encode what
 comes back. The stage shell around it only moves bytes. Every input yields at least one output, so
-nothing is lost silently: canonical events, or a dead letter in ``dlq.normalize`` with a precise reason.
+nothing is lost silently: canonical events, or a dead letter in ``dlq.normalize`` with a precise reason —
+or, for a partial mapping, both: the events, then one dead letter per part left out, marked
+``outcome=partial`` so an operator can tell a part from a whole message.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class NormalizeMetrics:
             registry=registry,
         )
         self.dead_letters = dead_letters(registry)
+        # A message mapped in part (its good events out, one part dead-lettered): the dead letter alone
+        # would read as "this message was lost" on a dashboard, when most of it went through.
+        self.partial = Counter(
+            "affluent_normalize_partial",
+            "Raw records mapped in part: their events written, a part left out as a dead letter, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.latency = stage_latency(registry).labels("normalize")
         # Children of the per-record metrics, looked up once (see affluent.core.metrics.Labelled).
         self.records_in_of = Labelled(self.records_in)
@@ -136,6 +146,10 @@ class Normalizer:
             outputs.append(Output(canonical_topic(event.kind), event.key.encode("utf-8"), encoded))
         for out in outputs:
             self.metrics.records_out_of(out.topic.removeprefix("canonical.")).inc()
+        partial = {"outcome": "partial", "events": str(len(outputs))}
+        for dropped in outcome.dropped:
+            self.metrics.partial.labels(dropped.reason_code).inc()
+            outputs.append(self._dead(dropped, raw, lineage, None, partial))
         return outputs
 
     def _payload(self, raw: dict[str, Any], protocol: str) -> Any:
@@ -154,6 +168,7 @@ class Normalizer:
         raw: dict[str, Any] | None,
         lineage: dict[str, Any],
         undecodable: bytes | None,
+        extra: dict[str, str] | None = None,
     ) -> Output:
         self.metrics.dead_letters.labels("normalize", rejection.reason_code).inc()
         record = dead_letter_record(
@@ -170,6 +185,6 @@ class Normalizer:
             protocol=raw["protocol"] if raw else "",
             raw_id=raw["raw_id"] if raw else None,
             lineage=lineage,
-            attributes={"message_type": str(raw.get("message_type") or "")} if raw else {},
+            attributes={"message_type": str(raw.get("message_type") or ""), **(extra or {})} if raw else {},
         )
         return dead_letter_output(self.dlq_codec, self.dlq_topic, record)

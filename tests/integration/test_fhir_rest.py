@@ -200,6 +200,31 @@ async def test_put_stores_and_resend_of_the_same_version_stores_nothing_new(door
     assert records_of(live_kafka, registry, door, changed["id"]) == []
 
 
+async def test_a_reused_version_id_with_other_bytes_is_stored_with_its_own_ids(door, live_kafka, registry):
+    """Before: the second body under the same <type>/<id>/_history/<vid> was answered 200 from the
+    resend index and never stored."""
+    obs = observation(version="1")
+    changed = json.loads(json.dumps(obs))
+    changed["valueQuantity"]["value"] = changed["valueQuantity"]["value"] + 1
+    answers = [
+        await door.send("PUT", f"/Observation/{obs['id']}", doc) for doc in (obs, changed, changed, obs)
+    ]
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
+    raws = records_of(live_kafka, registry, door, obs["id"])
+    assert len(raws) == 2, "the reused version is stored once; resends of either body store nothing"
+    assert len({r["raw_id"] for r in raws}) == 2
+    assert [bool(r["attributes"].get("content_digest")) for r in raws] == [False, True]
+    normalizer = Normalizer(
+        registry, MappingOptions(), NormalizeMetrics(CollectorRegistry()), default_mappers()
+    )
+    events = set()
+    for raw in raws:
+        partition, offset, value, _ = raw["_kafka"]
+        [out] = normalizer.process(value, door.raw_topic, partition, offset)
+        events.add(normalizer.codecs["observation"].decode(out.value)["envelope"]["event_id"])
+    assert len(events) == 2, "the second body does not collapse into the first downstream"
+
+
 async def test_transaction_is_one_record_with_per_entry_results(door, live_kafka, registry):
     patient = synthetic.fhir_patient(PATIENT) | {"id": new_id("pat")}
     obs = observation()

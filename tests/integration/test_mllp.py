@@ -107,6 +107,53 @@ async def test_duplicate_msh10_replays_the_same_ack_and_stores_once(door, reader
     assert [r["message_id"] for r in records] == [cid]
 
 
+async def test_a_reused_control_id_is_stored_and_a_restamped_resend_is_not(door, reader, registry):
+    """Before: the second, different message got the first one's AA replayed and was never stored."""
+    from prometheus_client import generate_latest
+
+    payload, cid = with_control_id((CORPUS / "oru_r01_biochimie.hl7").read_bytes())
+    msh7 = er7.parse(payload.decode("latin-1")).segments[0].value(7) or ""
+    assert msh7, "the corpus message has an MSH-7 to restamp"
+    other = payload.replace(b"\rOBX|", b"\rNTE|1||synthetic note\rOBX|", 1)
+    restamped = payload.replace(msh7.encode(), b"20300101000000", 1)
+    assert other != payload and restamped != payload
+    client = await client_for(door)
+    answers = [await client.request(p) for p in (payload, other, restamped, other)]
+    await client.close()
+    assert [control_id_of_ack(r[0]) for r in answers] == [("CA", cid)] * 4  # MSH-15 AL
+    assert answers[2] == answers[0] and answers[3] == answers[1]  # resends: replayed from the cache
+    assert answers[1] != answers[0]  # the reused id got its own answer
+    records = raw_records(reader, registry, door.raw_topic, 3, timeout_s=8)
+    assert sorted(r["payload"] for r in records) == sorted([payload, other])
+    assert len({r["raw_id"] for r in records}) == 2
+    assert {r["message_id"] for r in records} == {cid}
+    text = generate_latest(door.metrics_registry).decode()
+    assert "affluent_mllp_control_id_reuse_total 1.0" in text
+    assert 'affluent_mllp_messages_total{message_type="ORU^R01",outcome="duplicate"} 2.0' in text
+
+
+async def test_an_hl7_batch_is_stored_message_by_message_with_one_batch_ack(door, reader, registry):
+    """Before: the batch frame was refused whole (no_msh) and nothing of it was stored."""
+    sources = ["adt_a01_admission_ins.hl7", "oru_r01_biochimie.hl7", "adt_a03_sortie.hl7"]
+    messages = [with_control_id((CORPUS / name).read_bytes()) for name in sources]
+    payload = (
+        b"BHS|^~\\&|SENDER|CHU-SYNTH|AFFLUENT|HUB|20260101120000||||BATCH-1\r"
+        + b"".join(m for m, _ in messages)
+        + b"BTS|3\r"
+    )
+    client = await client_for(door)
+    [reply] = await client.request(payload)
+    await client.close()
+    segments = [s for s in reply.split("\r") if s]
+    assert segments[0].startswith("BHS|") and segments[0].split("|")[11] == "BATCH-1"
+    assert segments[-1] == f"BTS|{sum(s.startswith('MSA') for s in segments)}"
+    msa = [s.split("|")[1:3] for s in segments if s.startswith("MSA")]
+    assert [cid for _, cid in messages] == [cid for _, cid in msa]  # one ACK each, in order
+    assert {code for code, _ in msa} <= {"AA", "CA"}
+    records = raw_records(reader, registry, door.raw_topic, 3)
+    assert sorted(r["payload"] for r in records) == sorted(m for m, _ in messages)
+
+
 async def test_duplicate_survives_a_restart(settings, door, reader, registry):
     payload, _ = with_control_id((CORPUS / "adt_a03_sortie.hl7").read_bytes())
     client = await client_for(door)

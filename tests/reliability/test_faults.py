@@ -13,7 +13,11 @@ Scenarios (each prints its accounting table; the pass criteria are in :mod:`test
 - rebalance: a second normalize worker joins the group and the first is SIGKILLed while the group is
   rebalancing; the survivor takes every partition;
 - cut before the ACK: senders write a message, close the socket without reading the ACK, and resend it
-  on a new connection; the resend is answered AA from the door's duplicate detection.
+  on a new connection; the resend is answered AA from the door's duplicate detection;
+- reused control ids: every other message of a lane carries the MSH-10 of the message before it (an
+  interface engine whose counter was reset) while the door is killed and restarted: both messages of
+  each pair are stored and reach the national topics (before, the second was answered from the ACK
+  cache and never stored).
 
 ``make chaos`` sets ``AFFLUENT_CHAOS_FULL=1`` (full durations and volumes) and ``AFFLUENT_CHAOS_REPORT``
 (the scenarios' tables become the fault-suite section of BENCHMARKS.md); CI runs the reduced form.
@@ -35,6 +39,7 @@ from affluent.core.settings import RegistrySettings, StackSettings
 from affluent.core.topics import INGEST_HL7V2_RAW
 from affluent.local.stack import LocalStack
 from bench.sections import write_section
+from formats.hl7 import er7
 from schemas.registry import Registry
 from streams.normalize.worker import RAW_TOPICS
 from tests.reliability.harness import (
@@ -47,6 +52,7 @@ from tests.reliability.harness import (
     chaos_report,
     leader_of,
 )
+from tests.support.mllp_client import with_control_id
 from tests.support.resilient import SenderLog, cut_before_ack, send_lane
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -267,3 +273,50 @@ async def test_socket_cut_before_ack_then_resent(cluster, tmp_path, capsys):
     assert log.outcomes["AA"] == len(traffic.batch), "every resend answered AA"
     assert door["duplicate"] == len(cut), "each resend recognised as the message already stored"
     assert door["stored"] == len(traffic.batch), "each message stored once in the raw topic"
+
+
+def reuse_control_ids(traffic: Traffic) -> int:
+    """Give every other message of each lane the control id of the message before it; how many."""
+    renamed: dict[bytes, bytes] = {}
+    for lane in traffic.lanes:
+        for i in range(1, len(lane), 2):
+            previous = er7.parse(lane[i - 1].decode("iso8859-15")).segments[0].value(10) or ""
+            renamed[lane[i]], _ = with_control_id(lane[i], previous)
+            lane[i] = renamed[lane[i]]
+    traffic.batch[:] = [renamed.get(p, p) for p in traffic.batch]
+    traffic.order.clear()
+    traffic.order.update({p: n for n, p in enumerate(traffic.batch)})
+    return len(renamed)
+
+
+async def test_messages_sharing_a_control_id_all_reach_the_national_topics(cluster, tmp_path, capsys):
+    pipe = Pipeline(cluster, tmp_path)
+    traffic = Traffic.make(pipe.run, 480 if FULL else 160)
+    reused = reuse_control_ids(traffic)
+    assert (
+        len({er7.parse(p.decode("iso8859-15")).segments[0].value(10) for p in traffic.batch})
+        == len(traffic.batch) - reused
+    )
+    log = SenderLog()
+    faults: list[str] = []
+
+    async def schedule() -> None:
+        await asyncio.sleep(2.0)
+        pipe.procs["mllp"].restart()  # the reuse must also hold against a door restarted mid-stream
+        faults.append("door SIGKILLed and restarted (its ACK cache re-read from control.ack)")
+
+    try:
+        await pipe.start()
+        await pipe.send(traffic, lanes_of(pipe, log, pause_s=0.02), schedule())
+        door = pipe.door_outcomes()
+        result = await account(pipe, traffic, log)
+    finally:
+        pipe.stop()
+    result.extra.append(("messages reusing a control id", str(reused)))
+    result.extra.append(
+        ("door outcomes since restart", ", ".join(f"{k} {v}" for k, v in sorted(door.items())))
+    )
+    result.print("reused control ids (reset counter at the sender)", faults, pipe, capsys)
+    result.check()
+    assert log.outcomes["AA"] == len(traffic.batch), "every message answered AA"
+    assert door["stored"] > 0

@@ -161,3 +161,59 @@ def test_nak_without_any_msh_still_is_a_valid_ack():
     assert parsed.get("MSA-1") == "AR"
     assert parsed.get("MSA-2") == ""
     assert parsed.get("MSH-3") == "AFFLUENT"
+
+
+def test_the_content_digest_ignores_msh7_only():
+    from connectors.mllp.intake import content_digest
+
+    base = msg("MSH|^~\\&|LAB|CHU-X|AFF|HUB|20261124103000||ORU^R01|C1|P|2.5", PID)
+    assert content_digest(base) == content_digest(base.replace(b"20261124103000", b"20261124110000+0100"))
+    assert content_digest(base) != content_digest(base.replace(b"DUPONT", b"DURAND"))
+    assert content_digest(base) != content_digest(base.replace(b"|C1|", b"|C2|"))
+    # Other delimiters, and a message too short to have an MSH-7: still a digest, never an error.
+    assert content_digest(base.replace(b"|", b"#")) == content_digest(
+        base.replace(b"|", b"#").replace(b"20261124103000", b"2027")
+    )
+    assert len(content_digest(b"MSH|^~\\&|A")) == 32 and len(content_digest(b"")) == 32
+
+
+def test_ack_cache_entries_carry_the_digest_and_read_old_entries():
+    from connectors.mllp.ackcache import cache_entry, read_entry
+
+    reply = b"\x0bMSH|^~\\&|AFF|HUB\rMSA|AA|C1\r\x1c\r"
+    assert read_entry(cache_entry("ab" * 16, reply)) == ("ab" * 16, reply)
+    assert read_entry(reply) == (None, reply)  # written before digests: matched on its key alone
+
+
+@pytest.mark.parametrize(
+    ("payload", "codec", "control_id"),
+    [
+        # An escaped frame byte in MSH-10 was echoed raw: the sender got a broken frame.
+        (b"MSH|^~\\&|A|F|R|RF|2026||ADT^A01|X\\X0B\\Y\\X1C\\|P|2.5\rPID|1\r", "latin-1", "X\x0bY\x1c"),
+        # A latin-1 delimiter without MSH-18 came back as "?".
+        (
+            b"MSH\xa7^~\\&\xa7A\xa7F\xa7R\xa7RF\xa72026\xa7\xa7ADT^A01\xa7C\xe91\xa7P\xa72.5\rPID\xa71\r",
+            "latin-1",
+            "Cé1",
+        ),
+        # The same in UTF-8 (two bytes per delimiter): MSH-18 was misread and the message refused.
+        ("MSH§^~\\&§A§F§R§RF§2026§§ADT^A01§C1§P§2.5\rPID§1\r".encode(), "utf-8", "C1"),
+        # "+" as a delimiter broke the ACK's own MSH-7 ("+0100").
+        (b"MSH+^~\\&+A+F+R+RF+2026++ADT^A01+C1+P+2.5\rPID+1\r", "latin-1", "C1"),
+    ],
+)
+def test_the_ack_parses_and_echoes_msh10_whatever_the_header(payload, codec, control_id):
+    import asyncio
+
+    from connectors.mllp.framing import Frame, FrameDecoder
+    from tests.unit.test_mllp_handler_fuzz import PEER, make_server
+
+    server, producer, _ = make_server()
+    reply = asyncio.run(server.handle_frame(payload, PEER))
+    [frame] = FrameDecoder().feed(reply)
+    assert isinstance(frame, Frame)
+    ack = er7.parse(frame.payload.decode(codec))
+    assert ack.segments_named("MSA")[0].value(1) == "AA"
+    assert ack.segments_named("MSA")[0].value(2) == control_id
+    assert ack.segments[0].value(7, 1, 1)[:4].isdigit()
+    assert producer.sent  # stored

@@ -22,7 +22,9 @@ from streams.normalize.options import MappingOptions
 from streams.normalize.result import CanonicalEvent, MappingError, Rejection, run_mapper
 from tests.support.golden import (
     avro_roundtrip,
+    dropped_jsonable,
     expected,
+    expected_dropped,
     hl7_cases,
     hl7_context,
     hl7_text,
@@ -69,6 +71,11 @@ def test_the_golden_set_covers_the_required_cases() -> None:
         "oru_r01_lab",
         "oru_r01_latin1_text",
         "oru_r01_pcd01",
+        "oru_r01_pcd01_tree",
+        "adt_a04_no_authority_ch_nord",
+        "adt_a04_no_authority_ch_sud",
+        "adt_a01_no_visit_partial",
+        "adt_a31_bad_ins_key_kept",
     }
     assert required <= set(hl7_cases())
 
@@ -76,6 +83,12 @@ def test_the_golden_set_covers_the_required_cases() -> None:
 @pytest.mark.parametrize("case", hl7_cases())
 def test_golden(case: str) -> None:
     assert to_jsonable(golden(case)) == expected(case)
+
+
+@pytest.mark.parametrize("case", hl7_cases())
+def test_golden_parts_left_out(case: str) -> None:
+    """A partial mapping is part of the specification: what is left out, and why (<case>.dropped.json)."""
+    assert dropped_jsonable(golden(case).dropped) == expected_dropped(case)
 
 
 @pytest.mark.parametrize("case", hl7_cases())
@@ -304,16 +317,26 @@ def test_no_patient(text: str) -> None:
     assert (outcome.reason_code, outcome.location) == ("no_patient", "PID-3")
 
 
-def test_bad_ins_key_is_rejected_with_the_identity_rule_code() -> None:
-    pid = {**PID_FIELDS, 3: PID_FIELDS[3].replace(INS_OK, INS_BAD_KEY)}
+def test_bad_ins_key_without_an_ipp_is_rejected_with_the_identity_rule_code() -> None:
+    pid = {**PID_FIELDS, 3: f"{INS_BAD_KEY}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS"}
     for text in (adt(pid=pid), oru(pid=pid)):
         outcome = rejection(text)
         assert (outcome.reason_code, outcome.location) == ("bad_ins_key", "PID-3")
         assert INS_BAD_KEY not in outcome.reason
 
 
+def test_bad_ins_key_next_to_an_ipp_drops_the_ins_only() -> None:
+    pid = {**PID_FIELDS, 3: PID_FIELDS[3].replace(INS_OK, INS_BAD_KEY)}
+    for text in (adt(pid=pid), oru(pid=pid)):
+        outcome = run_mapper(map_hl7, text, CTX, OPTIONS)
+        assert isinstance(outcome, list) and outcome
+        assert outcome[0].record["patient"]["ins"] is None
+        assert [(r.reason_code, r.location) for r in outcome.dropped] == [("bad_ins_key", "PID-3")]
+        assert INS_BAD_KEY not in outcome.dropped[0].reason
+
+
 def test_thirteen_digit_ins_without_key_is_rejected() -> None:
-    pid = {**PID_FIELDS, 3: PID_FIELDS[3].replace(INS_OK, INS_OK[:13])}
+    pid = {**PID_FIELDS, 3: f"{INS_OK[:13]}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS"}
     assert rejection(adt(pid=pid)).reason_code == "bad_ins_key"
 
 
@@ -355,8 +378,10 @@ def test_bad_time(text: str, location: str) -> None:
     "trigger", ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A11", "A12", "A13", "Z99"]
 )
 def test_a_movement_needs_a_visit_number(trigger: str) -> None:
-    outcome = rejection(adt(trigger, pv1=seg("PV1", {1: "1", 2: "I", 3: "CARDIO"})))
-    assert (outcome.reason_code, outcome.location) == ("no_visit", "PV1-19")
+    """The movement is dead-lettered, the patient is not: a partial mapping."""
+    outcome = run_mapper(map_hl7, adt(trigger, pv1=seg("PV1", {1: "1", 2: "I", 3: "CARDIO"})), CTX, OPTIONS)
+    assert isinstance(outcome, list) and [e.kind for e in outcome] == ["patient"]
+    assert [(r.reason_code, r.location) for r in outcome.dropped] == [("no_visit", "PV1-19")]
 
 
 def test_results_and_reports_need_a_code() -> None:
@@ -376,7 +401,7 @@ def test_a_merge_needs_the_retired_identity() -> None:
     assert (outcome.reason_code, outcome.location) == ("no_merged_patient", "MRG-1")
     outcome = rejection(adt("A40", pv1="", zbe="", extra=(seg("MRG", {1: "^^^CHU^PI"}),)))
     assert (outcome.reason_code, outcome.location) == ("no_patient", "MRG-1")
-    bad = seg("MRG", {1: f"{INS_BAD_KEY}^^^ASIP&1.2.250.1.213.1.4.8&ISO^INS~{CANARY_IPP}^^^CHU^PI"})
+    bad = seg("MRG", {1: f"{INS_BAD_KEY}^^^ASIP&1.2.250.1.213.1.4.8&ISO^INS"})
     outcome = rejection(adt("A40", pv1="", zbe="", extra=(bad,)))
     assert (outcome.reason_code, outcome.location) == ("bad_ins_key", "MRG-1")
 

@@ -16,8 +16,28 @@ def test_mllp_raw_id_follows_the_shared_rule() -> None:
     msg = b"MSH|^~\\&|LAB|CHU-X|HUB|HUB|20260101120000||ORU^R01|CTRL-1|P|2.5\rPID|1||123^^^CHU&1.2.3&ISO^PI\r"
     accepted = assess(msg, IntakePolicy())
     assert isinstance(accepted, Accepted)
-    assert accepted.raw_id == raw_id_of("hl7v2", "CHU-X", "LAB", "CTRL-1")
-    assert accepted.raw_id == hashlib.sha256(b"hl7v2|CHU-X|LAB|CTRL-1").hexdigest()
+    assert accepted.raw_id == raw_id_of("hl7v2", "CHU-X", "LAB", "CTRL-1", accepted.digest)
+    basis = f"hl7v2|CHU-X|LAB|CTRL-1|{accepted.digest}".encode()
+    assert accepted.raw_id == hashlib.sha256(basis).hexdigest()
+
+
+def test_a_reused_control_id_gets_its_own_raw_id_and_a_restamped_resend_does_not() -> None:
+    """Before: raw_id was (facility, application, MSH-10) only, so a different message under a reused
+    MSH-10 got the first one's raw_id and event ids, and collapsed into it downstream."""
+    head = "MSH|^~\\&|LAB|CHU-X|HUB|HUB|{ts}||ORU^R01|CTRL-1|P|2.5\r"
+    first = assess(
+        (head.format(ts="20260101120000") + "PID|1||1^^^CHU&1.2.3&ISO^PI\r").encode(), IntakePolicy()
+    )
+    restamped = assess(
+        (head.format(ts="20260101120500") + "PID|1||1^^^CHU&1.2.3&ISO^PI\r").encode(), IntakePolicy()
+    )
+    other = assess(
+        (head.format(ts="20260101120000") + "PID|1||2^^^CHU&1.2.3&ISO^PI\r").encode(), IntakePolicy()
+    )
+    assert isinstance(first, Accepted) and isinstance(restamped, Accepted) and isinstance(other, Accepted)
+    assert first.duplicate_key == restamped.duplicate_key == other.duplicate_key
+    assert first.raw_id == restamped.raw_id  # MSH-7 restamped on a resend: still the same message
+    assert first.raw_id != other.raw_id
 
 
 def test_a_message_without_sender_id_is_identified_by_its_bytes() -> None:

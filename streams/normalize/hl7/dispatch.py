@@ -6,25 +6,21 @@ module, above every section and imported by none of them.
 
 from __future__ import annotations
 
-from typing import Final
-
+from formats.hl7.coverage import ADT_MERGE, ADT_PATIENT_ONLY, is_mapped
 from formats.hl7.er7 import Er7Error, parse
 from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext
-from streams.normalize.hl7.encounter import _ENCOUNTER_EVENT_TYPES, _encounter
+from streams.normalize.hl7.encounter import _encounter
 from streams.normalize.hl7.fields import _fields
 from streams.normalize.hl7.merges import _merges
 from streams.normalize.hl7.patient import _patient_record
 from streams.normalize.hl7.results import _map_oru
 from streams.normalize.hl7.state import _EVN_SIZE, _PID_SIZE, _PV1_SIZE, _Mapping
 from streams.normalize.options import MappingOptions
-from streams.normalize.result import CanonicalEvent, MappingError
-
-_PATIENT_ONLY: Final = frozenset({"A28", "A31"})
-_ADT_TRIGGERS: Final = frozenset({*_ENCOUNTER_EVENT_TYPES, *_PATIENT_ONLY, "A08", "A40"})
+from streams.normalize.result import CanonicalEvent, Mapped, MappingError, Rejection
 
 
-def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> list[CanonicalEvent]:
+def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> Mapped:
     """Map one decoded HL7 v2 message; raises MappingError when a rule fails (see run_mapper)."""
     try:
         message = parse(text)
@@ -35,13 +31,11 @@ def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> list[Canonic
     m = _Mapping(message, ctx, options)
     code = message.get("MSH-9.1") or ""
     trigger = message.get("MSH-9.2") or ""
-    if code == "ADT":
-        if not trigger:
-            trigger = message.get("EVN-1") or ""
-        if trigger in _ADT_TRIGGERS:
-            return _map_adt(m, trigger)
-    elif code == "ORU" and trigger == "R01":
-        return _map_oru(m)
+    if code == "ADT" and not trigger:
+        trigger = message.get("EVN-1") or ""
+    # The one table the MLLP door also reads: what is acknowledged there is what is mapped here.
+    if is_mapped(code, trigger):
+        return m.result(_map_adt(m, trigger) if code == "ADT" else _map_oru(m))
     raise MappingError(
         ReasonCode.UNSUPPORTED_EVENT, "message type or trigger event is not one this hub maps", "MSH-9"
     )
@@ -62,17 +56,26 @@ def _map_adt(m: _Mapping, trigger: str) -> list[CanonicalEvent]:
 
     patient_type = "patient.registered" if trigger == "A28" else "patient.updated"
     events = [m.event("patient", "PID", patient_type, when, _patient_record(m, ref, pid_parts))]
-    if trigger == "A40":
+    if trigger == ADT_MERGE:
         events.extend(_merges(m, when))
         return events
-    if trigger in _PATIENT_ONLY:
+    if trigger in ADT_PATIENT_ONLY:
         return events
     pv1 = msg.segment("PV1")
     pv1_parts = _fields(pv1, d, _PV1_SIZE) if pv1 is not None else [""] * (_PV1_SIZE + 1)
     visit = m.visit(pv1_parts[19])
     if visit is None:
-        if trigger == "A08":
-            return events  # an identity update without a visit: nothing to say about an encounter
-        raise MappingError(ReasonCode.NO_VISIT, "a movement needs a visit number", "PV1-19")
+        if trigger != "A08":  # A08 without a visit is an identity update: nothing is left out
+            # The movement cannot be correlated with anything later, but the patient's identity and
+            # demographics are sound: they go on, the movement is dead-lettered (a partial mapping).
+            m.drop(
+                Rejection(
+                    ReasonCode.NO_VISIT,
+                    "a movement needs a visit number; the patient was mapped without it",
+                    "PV1-19",
+                    "visit number",
+                )
+            )
+        return events
     events.append(_encounter(m, trigger, ref, visit, pv1_parts, occurred, when))
     return events

@@ -10,25 +10,14 @@ from __future__ import annotations
 from typing import Final
 
 from formats.clinical.times import ClinicalTime
+from formats.hl7.coverage import ADT_MOVEMENTS
 from formats.hl7.er7 import Delimiters
 from streams.normalize.hl7.fields import Record, _fields, _first, _first_rep, _hd_in_component, _leaves
 from streams.normalize.hl7.state import _ZBE_SIZE, _Mapping
 from streams.normalize.result import CanonicalEvent
 
 # Triggers that carry a movement of the visit (IHE PAM); Z99 is PAM France's "update a movement".
-_ENCOUNTER_EVENT_TYPES: Final[dict[str, str]] = {
-    "A01": "encounter.admitted",
-    "A02": "encounter.transferred",
-    "A03": "encounter.discharged",
-    "A04": "encounter.registered",
-    "A05": "encounter.preadmitted",
-    "A06": "encounter.class_changed",
-    "A07": "encounter.class_changed",
-    "A11": "encounter.admission_cancelled",
-    "A12": "encounter.transfer_cancelled",
-    "A13": "encounter.discharge_cancelled",
-    "Z99": "encounter.movement_updated",
-}
+_ENCOUNTER_EVENT_TYPES: Final = ADT_MOVEMENTS
 _CANCELLED_TRIGGER: Final[dict[str, str]] = {"A12": "A02", "A13": "A03"}
 _STATUS_AFTER: Final[dict[str, str]] = {
     "A01": "in-progress",

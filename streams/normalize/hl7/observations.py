@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from formats.clinical.codes import LOINC
 from formats.clinical.times import ClinicalTime
-from formats.clinical.units import UCUM_SYSTEM, quantity, to_ucum
+from formats.clinical.units import UCUM_SYSTEM, mdc_to_ucum, quantity, to_ucum, ucum_quantity
 from formats.hl7.er7 import Delimiters
 from formats.reasons import ReasonCode
 from streams.normalize.hl7.fields import (
@@ -60,29 +60,6 @@ _VITAL_SIGNS_LOINC: Final = frozenset(
         *("29463-7", "39156-5", "85354-9", "8480-6", "8462-4", "8478-0"),
     }
 )
-# IEEE 11073-10101 units (code and reference id) → UCUM, for the units PCD-01 devices send.
-_MDC_UNITS: Final[dict[str, str]] = {
-    "262688": "%",
-    "MDC_DIM_PERCENT": "%",
-    "264864": "/min",
-    "MDC_DIM_BEAT_PER_MIN": "/min",
-    "264928": "/min",
-    "MDC_DIM_RESP_PER_MIN": "/min",
-    "266016": "mm[Hg]",
-    "MDC_DIM_MMHG": "mm[Hg]",
-    "268192": "Cel",
-    "MDC_DIM_DEGC": "Cel",
-    "MDC_DIM_FAHR": "[degF]",
-    "263875": "kg",
-    "MDC_DIM_KILO_G": "kg",
-    "MDC_DIM_LB": "[lb_av]",
-    "MDC_DIM_CENTI_M": "cm",
-    "MDC_DIM_INCH": "[in_i]",
-    "MDC_DIM_KG_PER_M_SQ": "kg/m2",
-    "MDC_DIM_MILLI_G_PER_DL": "mg/dL",
-    "MDC_DIM_MILLI_MOLE_PER_L": "mmol/L",
-    "MDC_DIM_MILLI_L": "mL",
-}
 # IHE PCD's OID for IEEE EUI-64 device identifiers, the Device.identifier.system FHIR sources use: the
 # same device read through either door gets the same id_system.
 _EUI64_SYSTEM: Final = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680"
@@ -115,11 +92,24 @@ _OBSERVATION_EVENT_TYPES: Final[dict[str, str]] = {
 }
 
 
-def _hierarchy(sub_id: str) -> str | None:
-    """OBX-4 as an IEEE 11073 containment position (MDS.VMD.channel.metric) when it has that shape."""
-    if "." in sub_id and sub_id.replace(".", "").isdigit() and sub_id.isascii():
-        return sub_id
-    return None
+def _position(sub_id: str) -> list[str] | None:
+    """OBX-4 as an IEEE 11073 containment position: dotted ordinals ``<MDS>.<VMD>.<channel>.<metric>``.
+
+    IHE PCD TF-2 numbers the containment tree in OBX-4, a ``0`` standing for a level that does not
+    apply; device-level rows stop early (``1``, ``1.1``, ``1.0.1``) or end in zeros (``1.0.0.0``). Further
+    levels may follow a metric (its attributes).
+    """
+    if not sub_id or not sub_id.isascii():
+        return None
+    levels = sub_id.split(".")
+    if not all(level.isdigit() for level in levels):
+        return None
+    return levels
+
+
+def _is_metric(levels: list[str]) -> bool:
+    """A metric has all four levels and a metric ordinal; MDS, VMD and channel rows do not."""
+    return len(levels) >= 4 and int(levels[3]) != 0
 
 
 def _device(d: Delimiters, raw: str) -> tuple[str, str | None] | None:
@@ -154,8 +144,12 @@ def _unit_quantity(m: _Mapping, value: float, unit_raw: str) -> tuple[Record, bo
     ident, text, system = c[0], c[1], c[2].upper()
     original = ident or text
     if system == _MDC_SYSTEM_NAME:
-        ucum = _MDC_UNITS.get(ident) or _MDC_UNITS.get(text)
-        q = quantity(value, ucum or original, conversions)
+        ucum = mdc_to_ucum(ident, text)
+        q = (
+            ucum_quantity(value, ucum, original, conversions)
+            if ucum
+            else quantity(value, original, conversions)
+        )
         rec = q.as_record()
         rec["original_unit"] = original or None
         return rec, bool(ucum) and q.unit != ucum
@@ -272,16 +266,24 @@ def _observation(
     value_type = _first(parts[2], d).upper() if parts[2] else ""
     raw_value = parts[5]
     has_value = bool(raw_value) and raw_value != _NULL
-    hierarchy = _hierarchy(_first(parts[4], d)) if parts[4] else None
+    sub_id = _first(parts[4], d).strip() if parts[4] else ""
+    levels = _position(sub_id)
     device = _device(d, parts[18]) if parts[18] else None
-    mds = hierarchy.partition(".")[0] if hierarchy else ""
-    if device is not None and mds and order is not None:
-        order.devices.setdefault(mds, device)
     code, local, other = m.best_coding(_leaves(_first_rep(parts[3], d), d, 6))
     if code is None:
         raise MappingError(ReasonCode.NO_CODE, "the result has no observation identifier", f"{location}-3")
-    if hierarchy and not has_value and not value_type and hierarchy.endswith(".0"):
-        # PCD-01 containment rows (MDS, VMD, channel) describe the device tree, not a measurement.
+    # A lab OBX-4 is a plain sub-ID ("1", "2"): only a dotted position or an IEEE 11073 (MDC) row is
+    # read as a place in a PCD-01 device tree.
+    mdc = code["system"] == m.mdc
+    if levels is not None and len(levels) == 1 and not mdc:
+        levels = None
+    hierarchy = sub_id if levels is not None and len(levels) > 1 else None
+    mds = levels[0] if levels is not None else ""
+    if device is not None and mds and order is not None:
+        order.devices.setdefault(mds, device)
+    if levels is not None and mdc and not has_value and not _is_metric(levels):
+        # PCD-01 containment rows (MDS, VMD, channel) describe the device tree, not a measurement: they
+        # only lend their OBX-18 device to the metrics of their MDS.
         return None
     if device is None and mds and order is not None:
         device = order.devices.get(mds)

@@ -112,15 +112,29 @@ def _names(raw: str, d: Delimiters) -> list[Record]:
         if not rep or rep == _NULL:
             continue
         c = _leaves(rep, d, 7)
-        family, first = c[0], c[1]
-        # PAM France puts the first given name in XPN-2 and all birth given names, space-separated and
-        # starting with the first, in XPN-3; elsewhere XPN-3 holds only the further names.
-        further = c[2].split()
-        given = further if further and further[0] == first else ([first, *further] if first else further)
+        family = c[0]
+        given = _given(c[1].split(), c[2].split())
         if not family and not given:
             continue
         names.append({"use": _NAME_USE.get(c[6].upper()), "family": family or None, "given": given})
     return names
+
+
+def _given(first: list[str], further: list[str]) -> list[str]:
+    """The given names once each, in order, from XPN-2 (first) and XPN-3 (further), split on spaces.
+
+    PAM France puts the first given name in XPN-2 and all birth given names, space-separated and
+    starting with the first, in XPN-3; elsewhere XPN-3 holds only the further names. XPN-2 may itself be
+    compound (``JEAN PIERRE``): when XPN-3 repeats it, wherever, XPN-3 is the list; otherwise the two
+    are joined, without repeating the words XPN-3 starts with that end XPN-2.
+    """
+    n = len(first)
+    if not n:
+        return further
+    if any(further[i : i + n] == first for i in range(len(further) - n + 1)):
+        return further
+    overlap = next((k for k in range(min(n, len(further)), 0, -1) if first[-k:] == further[:k]), 0)
+    return [*first, *further[overlap:]]
 
 
 def _addresses(raw: str, d: Delimiters) -> tuple[list[Record], str | None]:

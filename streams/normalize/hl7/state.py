@@ -24,7 +24,7 @@ from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext, envelope, event_id
 from streams.normalize.hl7.fields import Record, _first, _first_rep, _hd, _hd_in_component, _leaves
 from streams.normalize.options import MappingOptions
-from streams.normalize.result import CanonicalEvent, MappingError
+from streams.normalize.result import CanonicalEvent, Mapped, MappingError, Rejection
 
 # Highest field number read per segment: segments are padded to it once so fields index directly.
 _PID_SIZE: Final = 32
@@ -48,7 +48,18 @@ class _Mapping:
     parsed once per message.
     """
 
-    __slots__ = ("ctx", "d", "first_envelope", "mdc", "message", "options", "systems", "times")
+    __slots__ = (
+        "ctx",
+        "d",
+        "dropped",
+        "first_envelope",
+        "mdc",
+        "message",
+        "options",
+        "scope",
+        "systems",
+        "times",
+    )
 
     def __init__(self, message: Message, ctx: RawContext, options: MappingOptions) -> None:
         self.message = message
@@ -59,6 +70,16 @@ class _Mapping:
         self.mdc = self.system_uri(_MDC_SYSTEM_NAME)
         self.times: dict[str, ClinicalTime | None] = {}
         self.first_envelope: Record | None = None
+        # Parts of the message left out while the rest is mapped (a partial mapping, see result.Mapped).
+        self.dropped: list[Rejection] = []
+        self.scope: tuple[str | None, str | None] | None = None
+
+    def drop(self, rejection: Rejection) -> None:
+        if rejection not in self.dropped:
+            self.dropped.append(rejection)
+
+    def result(self, events: list[CanonicalEvent]) -> Mapped:
+        return Mapped(events, self.dropped)
 
     def time(self, raw: str, location: str) -> ClinicalTime | None:
         """A TS/DTM field (first component) as UTC + precision; a malformed one rejects the message."""
@@ -126,6 +147,22 @@ class _Mapping:
 
     # -- identity ------------------------------------------------------------------------------------
 
+    def sender_scope(self) -> tuple[str | None, str | None]:
+        """(namespace, OID) of the sending facility (MSH-4), the authority of identifiers sent without one.
+
+        The namespace comes first because it is what the door records as the sender
+        (``source_facility``) and what the FHIR mapper scopes unqualified identifiers by, so the same
+        hospital gets the same key through either door.
+        """
+        if self.scope is None:
+            msh = self.message.segment("MSH")
+            msh_fields = msh.raw.split(self.d.field) if msh is not None else []
+            raw = msh_fields[3] if len(msh_fields) > 3 else ""  # MSH-1 is the separator: MSH-n is item n - 1
+            c = _leaves(_first_rep(raw, self.d), self.d, 3)
+            name, oid = _hd(c[0].strip(), c[1].strip(), c[2].strip())
+            self.scope = (name, None) if name else (None, oid)
+        return self.scope
+
     def local_ids(self, raw: str) -> list[LocalId]:
         d = self.d
         ids: list[LocalId] = []
@@ -138,17 +175,23 @@ class _Mapping:
                 continue
             n = len(comps)
             name, oid = _hd_in_component(comps[3], d) if n > 3 else (None, None)
+            if name is None and oid is None:
+                # No assigning authority (CX-4): the number is the sender's, two hospitals may both use it.
+                name, oid = self.sender_scope()
             type_code = _first(comps[4], d) if n > 4 else ""
             ids.append(LocalId(value, name, oid, type_code or None))
         return ids
 
     def patient(self, id_field: str, reliability_field: str, location: str) -> Record:
+        """The PatientRef of a CX list; an INS failing its key check next to an IPP is dropped and
+        reported as a partial mapping rather than losing the whole message."""
         d = self.d
         reliability = (
             [_first(rep, d) for rep in reliability_field.split(d.repetition)] if reliability_field else []
         )
+        dropped: list[IdentityError] = []
         try:
-            return patient_ref(self.local_ids(id_field), reliability)
+            ref = patient_ref(self.local_ids(id_field), reliability, dropped)
         except IdentityError as exc:
             if exc.code == ReasonCode.NO_LOCAL_IDENTIFIER:
                 raise MappingError(
@@ -157,6 +200,9 @@ class _Mapping:
                     location,
                 ) from None
             raise MappingError(exc.code, str(exc), location, "INS") from None
+        for error in dropped:
+            self.drop(Rejection(error.code, f"{error}; the INS is left out, the IPP kept", location, "INS"))
+        return ref
 
     def visit(self, raw: str) -> Record | None:
         """PV1-19 (CX) as the canonical EncounterRef, or None without a visit number."""
@@ -168,6 +214,8 @@ class _Mapping:
         if not number:
             return None
         name, oid = _hd_in_component(comps[3], d) if len(comps) > 3 else (None, None)
+        if name is None and oid is None:  # a visit number is unique only within its sender, as an IPP
+            name, oid = self.sender_scope()
         return {"visit_number": number, "authority_name": name, "authority_oid": oid}
 
     def organization_from_msh(self) -> Record | None:
