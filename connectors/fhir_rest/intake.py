@@ -11,9 +11,13 @@ writes the answer this module prepared. How Bundles are stored follows what the 
   its own record (re-serialised JSON), each invalid one gets its own 4xx in the response Bundle, and a
   DELETE travels as a one-entry batch Bundle, which the mapper turns into a retraction.
 
-Validation is the mapper's own (R4 content through fhir.resources' R4B models), so what the door
-accepts the normalize stage can map. Status codes: unparseable JSON or an R4 rule broken → 400; a
-request that is well-formed but not acceptable here (id mismatch, Bundle type, PATCH) → 422.
+Validation is the mapper's own, called with the same inputs (``formats/fhir``): the R4 check
+(fhir.resources' R4B models) and the mapper's own rules (``admission.py``: patient linkage, codes,
+required bindings, times, DELETE urls — with the Bundle as context for a transaction or collection,
+alone for a batch entry, which is stored alone). So what the door answers 2xx the normalize stage maps
+(issue #18). Status codes: the refusal's ReasonCode decides (formats/reasons.py: 400 for a broken R4
+rule, 422 for a rule of this hub); a request well-formed but not acceptable here (id mismatch, Bundle
+type, PATCH, a read in a transaction) → 422; a read in a batch → 405 for that entry alone.
 """
 
 from __future__ import annotations
@@ -23,17 +27,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from formats.fhir.admission import MAPPED_TYPES as MAPPED_TYPES
+from formats.fhir.admission import (
+    check_bundle,
+    check_entry_resources,
+    check_mappable,
+    delete_target,
+    scope_of,
+    walk_bundle,
+)
 from formats.fhir.common import Issue, content_digest, resource_message_id, version_id
 from formats.fhir.validate import parse_json, validate_bundle_shell, validate_resource
 from formats.reasons import ReasonCode, Refused
 
 # Resource types the door takes at /fhir/{type}: what the normalize stage maps, plus Bundle.
-MAPPED_TYPES: Final = frozenset(
-    {"Patient", "Encounter", "Observation", "Condition", "Procedure", "DiagnosticReport"}
-)
 RESOURCE_TYPES: Final = MAPPED_TYPES | {"Bundle"}
 ROOT_BUNDLE_TYPES: Final = frozenset({"batch", "transaction", "collection"})
 _STATUS_TEXT: Final = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+_READS: Final = ("GET", "HEAD")
 
 
 class Refusal(Exception):
@@ -104,26 +115,40 @@ def parse(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _validate(resource: dict[str, Any], rtype: str, where: str = "") -> None:
+def _validate(resource: dict[str, Any], rtype: str, where: str = "") -> int:
+    """The R4 check, then the mapper's rules; how many events the payload yields."""
     try:
         if rtype == "Bundle":
-            _validate_bundle(resource)
-        else:
-            validate_resource(resource, rtype, where)
+            return _validate_bundle(resource)
+        validate_resource(resource, rtype, where)
+        check_mappable(resource, rtype, where)
+        return 1
     except Refused as exc:
         raise _invalid(exc) from None
 
 
-def _validate_bundle(bundle: dict[str, Any]) -> None:
+def _validate_bundle(bundle: dict[str, Any]) -> int:
+    """Stored as one record, mapped as one payload: its entries are checked in its context (a subject
+    may be a Patient entry, a urn:uuid fullUrl, a contained resource), as the mapper will read them."""
+    check_entry_resources(bundle)
     validate_bundle_shell(bundle)
     for index, entry in enumerate(_entries(bundle)):
         resource = entry.get("resource")
-        if resource is None:
-            continue
-        where = f"Bundle.entry[{index}].resource"
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise Refused(ReasonCode.INVALID_RESOURCE, f"{where} has no resourceType", where, "FHIR JSON")
-        validate_resource(resource, resource["resourceType"], f"Bundle.entry[{index}]: ")
+        if isinstance(resource, dict):
+            validate_resource(resource, resource["resourceType"], f"Bundle.entry[{index}]: ")
+    walk = walk_bundle(bundle)
+    return check_bundle(walk, scope_of(walk.resources), name_entries=True)
+
+
+def _nothing_to_map(events: int) -> None:
+    """Stored, such a Bundle would only become a ``nothing_to_map`` dead letter."""
+    if not events:
+        exc = Refused(
+            ReasonCode.NOTHING_TO_MAP,
+            "the Bundle holds no entry this hub maps (no resource of a mapped type, no DELETE of one)",
+            "Bundle.entry",
+        )
+        raise _invalid(exc)
 
 
 def _entries(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -149,10 +174,11 @@ def resource_item(body: bytes, url_type: str, url_id: str | None = None) -> Item
         raise Refusal(
             422, Issue("invalid", "the resource id differs from the id in the URL", f"{url_type}.id")
         )
-    _validate(resource, url_type)
+    events = _validate(resource, url_type)
     vid = version_id(resource)
     message_type = url_type
     if url_type == "Bundle":
+        _nothing_to_map(events)
         message_type = f"Bundle/{resource.get('type')}" if isinstance(resource.get("type"), str) else "Bundle"
     return Item(
         payload=body,
@@ -170,7 +196,7 @@ def bundle_plan(body: bytes) -> Plan:
     if bundle["resourceType"] != "Bundle":
         raise Refusal(422, Issue("invalid", "only a Bundle can be posted to the base URL", "resourceType"))
     btype = bundle.get("type")
-    if btype not in ROOT_BUNDLE_TYPES:
+    if not isinstance(btype, str) or btype not in ROOT_BUNDLE_TYPES:  # a list or object is not hashable
         raise Refusal(
             422, Issue("not-supported", "Bundle.type must be batch, transaction or collection", "Bundle.type")
         )
@@ -181,10 +207,11 @@ def bundle_plan(body: bytes) -> Plan:
             raise _invalid(exc) from None
         entries = [_batch_entry(i, e) for i, e in enumerate(_entries(bundle))]
         return Plan("batch", [e.item for e in entries if e.item is not None], entries)
-    _validate(bundle, "Bundle")
+    events = _validate(bundle, "Bundle")
     entries = (
         [_transaction_entry(i, e) for i, e in enumerate(_entries(bundle))] if btype == "transaction" else []
     )
+    _nothing_to_map(events)
     whole = Item(
         payload=body,
         message_type=f"Bundle/{btype}",
@@ -209,6 +236,16 @@ def _method(entry: Mapping[str, Any], index: int) -> str:
 def _transaction_entry(index: int, entry: Mapping[str, Any]) -> Entry:
     method = _method(entry, index)
     where = f"Bundle.entry[{index}].request.method"
+    if method in _READS:
+        raise Refusal(
+            422,
+            Issue(
+                "not-supported",
+                "a transaction cannot hold GET or HEAD entries: the hub keeps no readable copy to answer "
+                "them and a transaction is all or nothing; read from your own server, or send a batch",
+                where,
+            ),
+        )
     if method not in ("POST", "PUT", "DELETE"):
         raise Refusal(422, Issue("not-supported", "only POST, PUT and DELETE entries are accepted", where))
     resource = entry.get("resource")
@@ -229,6 +266,16 @@ def _batch_entry(index: int, entry: Mapping[str, Any]) -> Entry:
         if method == "DELETE":
             item = _delete_item(index, entry)
             return Entry(index, item.status, item=item)
+        if method in _READS:
+            raise Refusal(
+                405,
+                Issue(
+                    "not-supported",
+                    "GET and HEAD entries are not answered: the hub keeps no readable copy; read from "
+                    "your own server (the batch's other entries are processed)",
+                    f"Bundle.entry[{index}].request.method",
+                ),
+            )
         if method not in ("POST", "PUT"):
             raise Refusal(
                 422,
@@ -277,6 +324,13 @@ def delete_item(url_type: str, url_id: str, if_match: str | None) -> Item:
     if url_type not in MAPPED_TYPES:
         raise Refusal(404, Issue("not-supported", "this resource type is not accepted here", "resourceType"))
     request = {"method": "DELETE", "url": f"{url_type}/{url_id}"}
+    try:
+        delete_target({"request": request}, 0)
+    except Refused as exc:
+        raise Refusal(
+            exc.code.http_status,
+            Issue(exc.code.fhir_issue, "the id in the URL is not a FHIR id", f"{url_type}.id"),
+        ) from None
     if if_match:
         request["ifMatch"] = if_match
     item = _delete_item(0, {"request": request})
@@ -289,6 +343,19 @@ def _delete_item(index: int, entry: Mapping[str, Any]) -> Item:
     if not isinstance(url, str) or not url:
         raise Refusal(
             400, Issue("required", "a DELETE entry needs request.url", f"Bundle.entry[{index}].request")
+        )
+    try:  # stored as a one-entry batch, mapped as the retraction of what the url names
+        rtype = delete_target(entry, index)[0]
+    except Refused as exc:
+        raise _invalid(exc) from None
+    if rtype not in MAPPED_TYPES:  # nothing was ever stored for it: the retraction would name nothing
+        raise Refusal(
+            404,
+            Issue(
+                "not-supported",
+                "this resource type is not accepted here",
+                f"Bundle.entry[{index}].request.url",
+            ),
         )
     one = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": dict(request or {})}]}
     return Item(

@@ -119,6 +119,8 @@ def test_batch_delete_travels_as_a_one_entry_bundle():
 def test_only_batch_transaction_and_collection_go_to_the_base():
     assert refusal_of(intake.bundle_plan, body({"resourceType": "Bundle", "type": "searchset"})).status == 422
     assert refusal_of(intake.bundle_plan, body(observation())).status == 422
+    for wrong in ({"a": 1}, ["batch"], 7, None):  # a dict here raised TypeError: a 500 "resending is safe"
+        assert refusal_of(intake.bundle_plan, body({"resourceType": "Bundle", "type": wrong})).status == 422
 
 
 def status(kind: str) -> dict:

@@ -156,7 +156,12 @@ def test_tokens_without_or_with_another_audience_are_401(tmp_path: Path) -> None
 
 
 def bundle(kind: str, entries: int) -> bytes:
-    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    obs = {  # a mappable one: the door refuses what the mapper would (formats/fhir/admission.py)
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]},
+        "subject": {"reference": "Patient/p"},
+    }
     entry = {"resource": obs, "request": {"method": "POST", "url": "Observation"}}
     return json.dumps({"resourceType": "Bundle", "type": kind, "entry": [entry] * entries}).encode()
 

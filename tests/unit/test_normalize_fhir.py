@@ -450,13 +450,11 @@ REJECTIONS: list[tuple[str, Any, str, str]] = [
         "Patient.identifier",
     ),
     (
-        "INS with a wrong key",
+        "INS with a wrong key and no IPP left",  # next to an IPP it is dropped: a partial mapping
         {
             **golden_input("patient_ipp_only"),
-            "identifier": [
-                {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": INS_BAD_KEY},
-                {"system": "urn:oid:1.2.250.1.999.1.1.1", "value": CANARY},
-            ],
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": INS_BAD_KEY}],
+            "name": [{"family": CANARY}],
         },
         "bad_ins_key",
         "Patient.identifier",

@@ -6,7 +6,8 @@ Why the code looks the way it does (the decisions themselves are listed in docs/
   rejects ordinary R4 content (``Encounter.class`` became a list, ``Procedure.performed[x]`` became
   ``occurrence[x]``, ``Condition.clinicalStatus`` became required) while R4B (4.3.0) kept R4's shape for
   every resource mapped here. The models do not check required bindings, so the codes that land in
-  closed canonical fields (statuses, gender) are checked here.
+  closed canonical fields (statuses, gender) are checked by ``formats/fhir/admission.py`` — with every
+  other rule that refuses a validated resource, so the FHIR door refuses what this mapper would.
 * Mapping from the plain JSON dict, not the model objects: validation already costs most of the time
   budget (130–350 µs per resource here), walking pydantic objects would double it. Because pydantic validates
   in lax mode (``"true"`` passes as a boolean, ``"5.2"`` as a decimal), every read coerces or ignores,

@@ -7,12 +7,21 @@ birth place, locations — and are read and reviewed with that in mind.
 from __future__ import annotations
 
 from formats.clinical.codes import Record
-from formats.reasons import ReasonCode
+from formats.fhir.admission import check_gender, check_visit
 from streams.normalize.fhir.document import _Doc
 from streams.normalize.fhir.entry import _Entry
-from streams.normalize.fhir.read import _bool, _coding, _dict, _dicts, _first_code, _first_coding, _str
-from streams.normalize.fhir.vocabulary import _GENDERS, BIRTH_PLACE, FR_CORE_INSEE_CODE, _ext_code, _status
-from streams.normalize.result import CanonicalEvent, MappingError
+from streams.normalize.fhir.read import (
+    _bool,
+    _coding,
+    _dict,
+    _dicts,
+    _first_code,
+    _first_coding,
+    _list,
+    _str,
+)
+from streams.normalize.fhir.vocabulary import BIRTH_PLACE, FR_CORE_INSEE_CODE, _ext_code, _status
+from streams.normalize.result import CanonicalEvent
 
 
 def _map_patient(doc: _Doc, entry: _Entry) -> CanonicalEvent:
@@ -20,14 +29,14 @@ def _map_patient(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     names = []
     for name in _dicts(r.get("name")):
         family = _str(name.get("family"))
-        given = [g.strip() for g in name.get("given") or () if _str(g)]
+        given = [g.strip() for g in _list(name.get("given")) if _str(g)]
         if family or given:
             names.append(
                 {"use": _str(name.get("use")), "family": family.strip() if family else None, "given": given}
             )
     addresses = []
     for addr in _dicts(r.get("address")):
-        lines = [line.strip() for line in addr.get("line") or () if _str(line)]
+        lines = [line.strip() for line in _list(addr.get("line")) if _str(line)]
         record = {
             "use": _str(addr.get("use")),
             "lines": lines,
@@ -48,14 +57,8 @@ def _map_patient(doc: _Doc, entry: _Entry) -> CanonicalEvent:
                     "use": _str(cp.get("use")),
                 }
             )
+    check_gender(r)
     gender = r.get("gender")
-    if gender is not None and (not isinstance(gender, str) or gender not in _GENDERS):
-        raise MappingError(
-            ReasonCode.INVALID_RESOURCE,
-            "Patient.gender: code outside the required value set",
-            "Patient.gender",
-            "required binding",
-        )
     deceased = _bool(r.get("deceasedBoolean"))
     death_date = doc.date_text(r.get("deceasedDateTime"), "Patient.deceasedDateTime")
     if death_date is not None:
@@ -133,14 +136,9 @@ def _location_record(doc: _Doc, items: list[tuple[Record, _Entry]]) -> Record | 
 
 def _map_encounter(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     r = entry.resource
+    check_visit(r, entry.full_url)
     visit = doc.encounter_identity(entry)
-    if visit is None:
-        raise MappingError(
-            ReasonCode.NO_VISIT,
-            "Encounter has neither an identifier nor an id",
-            "Encounter.identifier",
-            "visit number",
-        )
+    assert visit is not None  # check_visit's rule is exactly when encounter_identity finds none
     status = _status(r, "Encounter")
     start, end = doc.period(r.get("period"), "Encounter.period")
     current: list[tuple[Record, _Entry]] = []

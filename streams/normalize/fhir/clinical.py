@@ -12,7 +12,7 @@ from formats.clinical import codes as common
 from formats.clinical.codes import Record
 from formats.clinical.times import ClinicalTime
 from formats.clinical.units import Quantity
-from formats.reasons import ReasonCode
+from formats.fhir.admission import require_code, unsupported_value
 from streams.normalize.fhir.document import _Doc
 from streams.normalize.fhir.entry import _Entry, resource_event_id
 from streams.normalize.fhir.read import (
@@ -40,7 +40,7 @@ from streams.normalize.fhir.vocabulary import (
     _status,
 )
 from streams.normalize.options import MappingOptions
-from streams.normalize.result import CanonicalEvent, MappingError
+from streams.normalize.result import CanonicalEvent
 
 
 def _value_fields(doc: _Doc, r: Record, location: str) -> Record:
@@ -70,14 +70,7 @@ def _value_fields(doc: _Doc, r: Record, location: str) -> Record:
     elif "valueDateTime" in r or "valueTime" in r:
         fields["value_string"] = _str(r.get("valueDateTime")) or _str(r.get("valueTime"))
     else:
-        for name in ("valueRange", "valueRatio", "valueSampledData", "valuePeriod"):
-            if name in r:
-                raise MappingError(
-                    ReasonCode.UNSUPPORTED_VALUE,
-                    f"{location}.{name} has no canonical form",
-                    f"{location}.{name}",
-                    "canonical Observation value",
-                )
+        unsupported_value(r, location)
     return fields
 
 
@@ -193,14 +186,8 @@ def _tumour(r: Record, codings: list[Record]) -> Record | None:
 
 def _map_condition(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     r = entry.resource
+    require_code(r.get("code"), "Condition.code", "CIM-10 diagnosis")
     codings = _codings(r.get("code"))
-    if not codings:
-        raise MappingError(
-            ReasonCode.NO_CODE,
-            "Condition.code has no coding with a code",
-            "Condition.code",
-            "CIM-10 diagnosis",
-        )
     primary, others, _ = _split_primary(codings, _CIM10_SYSTEMS | _cim10_option_systems(doc.options))
     onset = None
     if "onsetDateTime" in r:
@@ -237,11 +224,8 @@ def _cim10_option_systems(options: MappingOptions) -> frozenset[str]:
 def _map_procedure(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     r = entry.resource
     status = _status(r, "Procedure")
+    require_code(r.get("code"), "Procedure.code", "CCAM act")
     codings = _codings(r.get("code"))
-    if not codings:
-        raise MappingError(
-            ReasonCode.NO_CODE, "Procedure.code has no coding with a code", "Procedure.code", "CCAM act"
-        )
     ccam = _CCAM_SYSTEMS | {_norm_system(doc.options.code_systems.get("CCAM"))}
     primary, others, _ = _split_primary(codings, ccam)
     start = end = None
@@ -275,14 +259,8 @@ def _map_procedure(doc: _Doc, entry: _Entry) -> CanonicalEvent:
 def _map_diagnostic_report(doc: _Doc, entry: _Entry) -> CanonicalEvent:
     r = entry.resource
     status = _status(r, "DiagnosticReport")
+    require_code(r.get("code"), "DiagnosticReport.code", "coded report")
     codings = _codings(r.get("code"))
-    if not codings:
-        raise MappingError(
-            ReasonCode.NO_CODE,
-            "DiagnosticReport.code has no coding with a code",
-            "DiagnosticReport.code",
-            "coded report",
-        )
     primary, _, _ = _split_primary(codings, frozenset({common.LOINC}))
     when = _effective(doc, r, "DiagnosticReport")
     issued = doc.time(r.get("issued"), "DiagnosticReport.issued")

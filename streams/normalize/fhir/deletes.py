@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from formats.clinical.codes import Record
 from formats.clinical.identity import LocalId, patient_ref
-from formats.reasons import ReasonCode
+from formats.fhir.admission import delete_target
 from streams.normalize.fhir.document import _Doc
 from streams.normalize.fhir.entry import _scoped_envelope, resource_event_id
-from streams.normalize.fhir.read import _dict, _etag_version, _parse_reference, _str
+from streams.normalize.fhir.read import _dict, _etag_version
 from streams.normalize.fhir.vocabulary import _MAX_RETRACTED_VERSIONS, MAPPED_TYPES
-from streams.normalize.result import CanonicalEvent, MappingError
+from streams.normalize.result import CanonicalEvent
 
 
 def _retraction(doc: _Doc, position: int, raw: Record) -> CanonicalEvent | None:
@@ -25,22 +25,8 @@ def _retraction(doc: _Doc, position: int, raw: Record) -> CanonicalEvent | None:
     ('<Type>/<id>') tells consumers what went. The patient is unknown to a stateless mapper: the
     retraction is keyed on the deleted resource reference (docs/mapping-fhir.md).
     """
-    location = f"Bundle.entry[{position}].request.url"
+    rtype, rid, _ = delete_target(raw, position, doc.ctx.facility)  # the door's rule: url and sender
     request = _dict(raw.get("request")) or {}
-    url = _str(request.get("url"))
-    if url is None or "?" in url:
-        raise MappingError(
-            ReasonCode.UNSUPPORTED_REQUEST,
-            "conditional or empty DELETE cannot be resolved to events",
-            location,
-            "DELETE Type/id",
-        )
-    parsed = _parse_reference(url.strip())
-    if parsed is None:
-        raise MappingError(
-            ReasonCode.UNSUPPORTED_REQUEST, "DELETE url is not <Type>/<id>", location, "DELETE Type/id"
-        )
-    rtype, rid, _ = parsed
     if rtype not in MAPPED_TYPES:
         return None  # nothing was ever emitted for it
     response = _dict(raw.get("response")) or {}
@@ -55,7 +41,7 @@ def _retraction(doc: _Doc, position: int, raw: Record) -> CanonicalEvent | None:
         targets = [resource_event_id(doc.ctx, rtype, rid, v) for v in versions]
     reference = f"{rtype}/{rid}"
     index = f"deleted/_history/{version}" if version else "deleted"
-    patient = patient_ref([LocalId(reference, doc.ctx.facility, None)])
+    patient = patient_ref([LocalId(reference, doc.ctx.facility, None)])  # delete_target saw a sender
     record: Record = {
         "envelope": _scoped_envelope(doc.ctx, reference, index, "retraction.issued", None),
         "patient": patient,

@@ -2,7 +2,8 @@
 
 One object per payload because references resolve inside it (Bundle entries, contained resources) and the
 patient and visit identities derived from them are cached per entry, so every mapper sees the same key for
-the same patient.
+the same patient. How a reference resolves and links a patient is ``formats/fhir/admission.py``'s, over
+the :class:`Scope` built here: the FHIR door decides with the same functions what it may answer 2xx for.
 """
 
 from __future__ import annotations
@@ -11,16 +12,25 @@ from typing import Any
 
 from formats.clinical import codes as common
 from formats.clinical.codes import Record
-from formats.clinical.identity import INS_OIDS, IdentityError, LocalId, oid_of, patient_ref
+from formats.clinical.identity import IdentityError, LocalId, oid_of, patient_ref
 from formats.clinical.times import ClinicalTime, TimeFormatError, parse_fhir_datetime
-from formats.clinical.units import UCUM_SYSTEM, Quantity, quantity
+from formats.clinical.units import MDC_SYSTEM, UCUM_SYSTEM, Quantity, mdc_to_ucum, quantity, ucum_quantity
+from formats.fhir.admission import (
+    Scope,
+    link_patient,
+    local_id,
+    patient_ids,
+    patient_key,
+    resolve,
+    scope_of,
+)
 from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext
 from streams.normalize.fhir.entry import _Entry, _scoped_envelope, _scoped_event_id, _version_index
 from streams.normalize.fhir.read import _codings, _dict, _dicts, _number, _parse_reference, _str
-from streams.normalize.fhir.vocabulary import _LINKAGE, FINESS_OID, _identity_status
+from streams.normalize.fhir.vocabulary import FINESS_OID, _identity_status
 from streams.normalize.options import MappingOptions
-from streams.normalize.result import CanonicalEvent, MappingError
+from streams.normalize.result import CanonicalEvent, MappingError, Rejection
 
 
 class _Doc:
@@ -29,27 +39,15 @@ class _Doc:
     def __init__(self, ctx: RawContext, options: MappingOptions, entries: list[_Entry]) -> None:
         self.ctx = ctx
         self.options = options
-        self.by_ref: dict[str, _Entry] = {}
-        for entry in entries:
-            if entry.full_url:
-                self.by_ref.setdefault(entry.full_url, entry)
-            rid = _str(entry.resource.get("id"))
-            if rid:
-                self.by_ref.setdefault(f"{entry.rtype}/{rid}", entry)
+        # The payload's resources by fullUrl and <Type>/<id>, and the identifiers other references gave
+        # for a Patient/<id> (one key per patient within a message): what the door's check saw too.
+        self.scope: Scope[_Entry] = scope_of(entries, ctx.facility)
         # Keyed by the entry object itself (identity hash): holding it keeps it alive, so a contained
         # resource resolved on the fly can never hand its cache slot to another one (as id() could).
         self._patients: dict[_Entry, Record] = {}
         self._identities: dict[_Entry, tuple[str, str]] = {}
-        # 'Patient/<id>' → the logical identifier another reference in this payload gave for it, so that
-        # two resources about the same patient get the same key even if only one says who it is.
-        self.patient_aliases: dict[str, Record] = {}
-        for entry in entries if len(entries) > 1 else ():
-            subject = _dict(entry.resource.get("subject"))
-            ident = _dict(subject.get("identifier")) if subject else None
-            text = _str(subject.get("reference")) if subject else None
-            parsed = _parse_reference(text) if text else None
-            if ident is not None and parsed is not None and parsed[0] == "Patient":
-                self.patient_aliases.setdefault(f"Patient/{parsed[1]}", ident)
+        # Parts left out while the rest is mapped (an INS failing its key check next to an IPP).
+        self.dropped: list[Rejection] = []
 
     # -- event identity --------------------------------------------------------------------------------
 
@@ -64,6 +62,9 @@ class _Doc:
         version = _str(meta.get("versionId")) or entry.etag_version
         if rid:
             found = (f"{entry.rtype}/{rid}", _version_index(version, resource))
+            reused = self.ctx.attributes.get("content_digest") if version else None
+            if reused:  # the door saw this version id before with other bytes: keep both apart
+                found = (found[0], f"{found[1]}#{reused}")
         elif entry.full_url and entry.full_url.startswith(("urn:uuid:", "urn:oid:")):
             found = (entry.full_url, _version_index(version, resource))
         else:
@@ -88,20 +89,19 @@ class _Doc:
 
     # -- references ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _root(holder: _Entry) -> _Entry:
+        while holder.holder is not None:
+            holder = holder.holder
+        return holder
+
     def resolve(self, ref: str, holder: _Entry) -> _Entry | None:
-        if ref.startswith("#"):
-            root = holder
-            while root.holder is not None:
-                root = root.holder
-            for contained in _dicts(root.resource.get("contained")):
-                if contained.get("id") == ref[1:] and isinstance(contained.get("resourceType"), str):
-                    return _Entry(contained, contained["resourceType"], None, holder=root)
+        root = self._root(holder)
+        found = resolve(ref, root.resource, self.scope)
+        if found is None:
             return None
-        hit = self.by_ref.get(ref)
-        if hit is not None:
-            return hit
-        parsed = _parse_reference(ref)
-        return self.by_ref.get(f"{parsed[0]}/{parsed[1]}") if parsed else None
+        resource, rtype, hit = found
+        return hit if hit is not None else _Entry(resource, rtype, None, holder=root)
 
     def referenced(self, value: Any, holder: _Entry, rtype: str) -> tuple[Record | None, _Entry | None]:
         """(the Reference, the entry it resolves to when that entry is a `rtype`)."""
@@ -151,89 +151,42 @@ class _Doc:
     # -- identities --------------------------------------------------------------------------------------
 
     def local_id(self, ident: Record) -> LocalId | None:
-        value = _str(ident.get("value"))
-        if value is None or ident.get("use") == "old":
-            return None
-        value = value.strip()
-        system = _str(ident.get("system"))
-        type_codes = [str(c["code"]) for c in _codings(ident.get("type"))]
-        type_code = "PI" if "PI" in type_codes else (type_codes[0] if type_codes else None)
-        if system is None:
-            # An identifier without a system is scoped by whoever sent it.
-            return LocalId(value, self.ctx.facility, None, type_code)
-        if system.startswith("urn:oid:"):
-            return LocalId(value, None, oid_of(system), type_code)
-        return LocalId(value, system, None, type_code)
+        return local_id(ident, self.ctx.facility)
+
+    def _drop_ins(self, errors: list[IdentityError], location: str) -> None:
+        for exc in errors:
+            rejection = Rejection(exc.code, f"{exc}; the INS is left out, the IPP kept", location, "INS")
+            if rejection not in self.dropped:
+                self.dropped.append(rejection)
 
     def patient_identity(self, entry: _Entry) -> Record:
         cached = self._patients.get(entry)
         if cached is not None:
             return cached
-        resource = entry.resource
-        ids = [i for i in map(self.local_id, _dicts(resource.get("identifier"))) if i is not None]
-        has_ins = any(i.authority_oid in INS_OIDS for i in ids)
-        status = _identity_status(resource, has_ins)
-        try:
-            ref = patient_ref(ids, [status] if status else [])
-        except IdentityError as exc:
-            if exc.code == ReasonCode.NO_LOCAL_IDENTIFIER:
-                raise MappingError(
-                    ReasonCode.NO_PATIENT,
-                    "no hospital patient identifier (IPP) besides the INS",
-                    "Patient.identifier",
-                    "IPP required",
-                ) from None
-            raise MappingError(exc.code, str(exc), "Patient.identifier", "INS") from None
+        ids, has_ins = patient_ids(entry.resource, self.ctx.facility)
+        status = _identity_status(entry.resource, has_ins)
+        dropped: list[IdentityError] = []
+        ref = patient_key(ids, has_ins, [status] if status else [], dropped)
+        self._drop_ins(dropped, "Patient.identifier")
         self._patients[entry] = ref
         return ref
 
     def patient_from_reference(self, value: Any, holder: _Entry, location: str) -> Record:
-        """The PatientRef of a Reference(Patient), in order: the Patient in the Bundle (or contained), the
-        reference's logical identifier, the identifier another reference of the payload gave for the same
-        Patient, then the reference itself as a facility-scoped key (docs/mapping-fhir.md, linkage)."""
-        ref = _dict(value)
-        if ref is None:
-            raise MappingError(
-                ReasonCode.NO_PATIENT, f"{location} is missing", location, "a Reference(Patient)"
+        """The PatientRef of a Reference(Patient), linked as ``admission.link_patient`` says (the order
+        is in docs/mapping-fhir.md, linkage); a Patient of the payload gives its own, cached, identity."""
+        root = self._root(holder)
+        link = link_patient(value, root.resource, location, self.scope)
+        if link.target is not None:
+            resource, hit = link.target
+            return self.patient_identity(
+                hit if hit is not None else _Entry(resource, "Patient", None, holder=root)
             )
-        text = _str(ref.get("reference"))
-        declared = _str(ref.get("type"))
-        if declared is not None and declared != "Patient":
-            raise MappingError(
-                ReasonCode.NO_PATIENT, f"{location} does not reference a Patient", location, _LINKAGE
-            )
-        if text:
-            target = self.resolve(text, holder)
-            if target is not None:
-                if target.rtype != "Patient":
-                    raise MappingError(
-                        ReasonCode.NO_PATIENT, f"{location} does not reference a Patient", location, _LINKAGE
-                    )
-                return self.patient_identity(target)
-        parsed = _parse_reference(text) if text else None
-        alias = (
-            self.patient_aliases.get(f"Patient/{parsed[1]}") if parsed and parsed[0] == "Patient" else None
-        )
-        for ident in (_dict(ref.get("identifier")), alias):
-            local = self.local_id(ident) if ident is not None else None
-            if local is not None:
-                try:
-                    return patient_ref([local])
-                except IdentityError as exc:
-                    if exc.code != ReasonCode.NO_LOCAL_IDENTIFIER:  # an INS alone: try the next way
-                        raise MappingError(exc.code, str(exc), f"{location}.identifier", "INS") from None
-        if parsed is None:
-            raise MappingError(
-                ReasonCode.NO_PATIENT,
-                f"{location} cannot be resolved to a patient identifier",
-                location,
-                _LINKAGE,
-            )
-        if parsed[0] != "Patient":
-            raise MappingError(
-                ReasonCode.NO_PATIENT, f"{location} does not reference a Patient", location, _LINKAGE
-            )
-        return patient_ref([LocalId(f"Patient/{parsed[1]}", self.ctx.facility, None)])
+        if link.dropped is not None:
+            self._drop_ins([link.dropped], f"{location}.identifier")
+        if link.patient is not None:
+            return link.patient
+        assert link.scoped is not None  # a Link names its patient one way or another
+        return patient_ref([link.scoped])
 
     def encounter_identity(self, entry: _Entry) -> Record | None:
         resource = entry.resource
@@ -399,6 +352,9 @@ class _Doc:
                 if converted.unit == target and converted.unit_system == UCUM_SYSTEM:
                     return Quantity(converted.value, target, UCUM_SYSTEM, original).as_record(comparator)
             return Quantity(number, code, UCUM_SYSTEM, original).as_record(comparator)
+        ucum = mdc_to_ucum(code, unit_text) if system == MDC_SYSTEM else None
+        if ucum is not None:  # IEEE 11073 units, through the table the HL7 path uses for OBX-6 ^MDC
+            return ucum_quantity(number, ucum, unit_text or code, conversions).as_record(comparator)
         text = unit_text or code
         if text is None:
             return Quantity(number, None, None, None).as_record(comparator)

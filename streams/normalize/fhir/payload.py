@@ -3,18 +3,30 @@
 Apart from the mappers because this is where the payload as a whole is judged — parsed, validated
 (Bundle shell, then each entry), notification status entries, reads and OperationOutcomes skipped,
 PATCH refused — and each mapped entry is dispatched to its resource type's mapper or to a retraction.
+
+What the payload is judged by is not decided here but in ``formats/fhir/admission.py``, which the FHIR
+door calls with the same inputs before it answers 2xx (issue #18): which entries are mapped
+(``walk_bundle``), and every rule that refuses a validated resource (``check_mappable`` through
+``check_bundle``), checked before any mapping so the mappers only read what is known to map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Final
 
 from fhir.resources.R4B import get_fhir_model_class
 
 from formats.clinical.codes import Record
+from formats.fhir.admission import (
+    check_bundle,
+    check_entry_resources,
+    check_mappable,
+    resource_type,
+    walk_bundle,
+)
 from formats.fhir.validate import parse_json, validate_bundle_shell, validate_resource
-from formats.reasons import ReasonCode
+from formats.reasons import ReasonCode, Refused
 from streams.normalize.envelope import RawContext
 from streams.normalize.fhir.administrative import _map_encounter, _map_patient
 from streams.normalize.fhir.clinical import (
@@ -26,10 +38,10 @@ from streams.normalize.fhir.clinical import (
 from streams.normalize.fhir.deletes import _retraction
 from streams.normalize.fhir.document import _Doc
 from streams.normalize.fhir.entry import _Entry
-from streams.normalize.fhir.read import _dict, _etag_version, _str
-from streams.normalize.fhir.vocabulary import MAPPED_TYPES, NOTIFICATION_STATUS_TYPES, SUPPORTING_TYPES
+from streams.normalize.fhir.read import _dict, _etag_version
+from streams.normalize.fhir.vocabulary import MAPPED_TYPES
 from streams.normalize.options import MappingOptions
-from streams.normalize.result import CanonicalEvent, MappingError
+from streams.normalize.result import CanonicalEvent, Mapped, MappingError
 
 _MAPPERS: Final[Mapping[str, Callable[[_Doc, _Entry], CanonicalEvent]]] = {
     "Patient": _map_patient,
@@ -50,88 +62,38 @@ def _known_type(rtype: str) -> str:
     return rtype
 
 
-def _resource_type(resource: Any, location: str) -> str:
-    if not isinstance(resource, dict):
-        raise MappingError(
-            ReasonCode.INVALID_RESOURCE, f"{location} is not a JSON object", location, "FHIR JSON resource"
-        )
-    rtype = resource.get("resourceType")
-    if not isinstance(rtype, str) or not rtype:
-        raise MappingError(
-            ReasonCode.INVALID_RESOURCE, f"{location} has no resourceType", location, "FHIR JSON resource"
-        )
-    return rtype
-
-
-def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> list[CanonicalEvent]:
-    raw_entries = bundle.get("entry")
-    entries_in = raw_entries if isinstance(raw_entries, list) else []
-    for position, raw in enumerate(entries_in):
-        if isinstance(raw, dict) and "resource" in raw:
-            _resource_type(raw["resource"], f"Bundle.entry[{position}].resource")
+def _map_bundle(bundle: Record, ctx: RawContext, options: MappingOptions) -> Mapped:
+    check_entry_resources(bundle)
     validate_bundle_shell(bundle)
-    start = 0
-    if entries_in and bundle.get("type") in ("history", "subscription-notification"):
-        first = entries_in[0].get("resource") if isinstance(entries_in[0], dict) else None
-        if isinstance(first, dict) and first.get("resourceType") in NOTIFICATION_STATUS_TYPES:
-            start = 1  # the notification's status entry; the events follow it
-    entries: list[_Entry] = []
-    actions: list[tuple[int, Record, _Entry | None]] = []
-    carried = 0
-    for position in range(start, len(entries_in)):
-        raw = entries_in[position]
-        request = _dict(raw.get("request")) or {}
-        method = request.get("method")
-        if method == "DELETE":
-            actions.append((position, raw, None))
-            continue
-        if method == "PATCH":
-            raise MappingError(
-                ReasonCode.UNSUPPORTED_REQUEST,
-                "PATCH cannot be applied without the current resource",
-                f"Bundle.entry[{position}].request.method",
-                "stateless mapping",
-            )
-        resource = raw.get("resource")
-        if method in ("GET", "HEAD") or resource is None:
-            continue  # a read, or an id-only notification entry: fetched by the connector, not mapped here
-        rtype = resource["resourceType"]
-        if rtype == "OperationOutcome":
-            continue  # a searchset's warnings, not data
-        carried += 1
-        if rtype not in MAPPED_TYPES and rtype not in SUPPORTING_TYPES:
-            continue
-        validate_resource(resource, rtype, f"Bundle.entry[{position}]: ")
-        response = _dict(raw.get("response")) or {}
-        entry = _Entry(
-            resource, rtype, position, _str(raw.get("fullUrl")), _etag_version(response.get("etag"))
+    walk = walk_bundle(bundle)
+    entries: dict[int, _Entry] = {}
+    for walked in walk.resources:
+        validate_resource(walked.resource, walked.rtype, f"Bundle.entry[{walked.position}]: ")
+        response = _dict(walked.entry.get("response")) or {}
+        entries[walked.position] = _Entry(
+            walked.resource,
+            walked.rtype,
+            walked.position,
+            walked.full_url,
+            _etag_version(response.get("etag")),
         )
-        entries.append(entry)
-        if rtype in MAPPED_TYPES:
-            actions.append((position, raw, entry))
-    doc = _Doc(ctx, options, entries)
+    doc = _Doc(ctx, options, list(entries.values()))
+    check_bundle(walk, doc.scope)
     events: list[CanonicalEvent] = []
-    for position, raw, action_entry in actions:
-        if action_entry is None:
-            retraction = _retraction(doc, position, raw)
+    for walked in walk.actions:
+        if walked.delete:
+            retraction = _retraction(doc, walked.position, walked.entry)
             if retraction is not None:
                 events.append(retraction)
         else:
-            events.append(_MAPPERS[action_entry.rtype](doc, action_entry))
-    if carried and not any(e is not None for _, _, e in actions) and not events:
-        raise MappingError(
-            ReasonCode.UNSUPPORTED_RESOURCE,
-            "the Bundle holds no resource type this hub maps",
-            "Bundle.entry",
-            "mapped types",
-        )
-    return events
+            entry = entries[walked.position]
+            events.append(_MAPPERS[entry.rtype](doc, entry))
+    return Mapped(events, doc.dropped)
 
 
-def map_fhir(payload: bytes, ctx: RawContext, options: MappingOptions) -> list[CanonicalEvent]:
-    """Map one raw FHIR JSON payload; raises MappingError with a content-free reason."""
+def _map(payload: bytes, ctx: RawContext, options: MappingOptions) -> Mapped:
     data = parse_json(payload)
-    rtype = _resource_type(data, "payload")
+    rtype = resource_type(data, "payload")
     if rtype == "Bundle":
         return _map_bundle(data, ctx, options)
     if rtype not in MAPPED_TYPES:
@@ -143,4 +105,17 @@ def map_fhir(payload: bytes, ctx: RawContext, options: MappingOptions) -> list[C
         )
     validate_resource(data, rtype, "")
     entry = _Entry(data, rtype, None)
-    return [_MAPPERS[rtype](_Doc(ctx, options, [entry]), entry)]
+    doc = _Doc(ctx, options, [entry])
+    check_mappable(data, rtype, "", doc.scope)
+    return Mapped([_MAPPERS[rtype](doc, entry)], doc.dropped)
+
+
+def map_fhir(payload: bytes, ctx: RawContext, options: MappingOptions) -> Mapped:
+    """Map one raw FHIR JSON payload; raises MappingError with a content-free reason (the shared
+    checks of formats/fhir raise its base, Refused: each is re-raised as the MappingError it is)."""
+    try:
+        return _map(payload, ctx, options)
+    except MappingError:
+        raise
+    except Refused as exc:
+        raise MappingError(exc.code, exc.reason, exc.location, exc.rule) from None

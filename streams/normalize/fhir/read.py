@@ -7,21 +7,14 @@ the same way everywhere, and a number that is too large or not finite must fail 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Any, Final
 
 from formats.clinical import codes as common
 from formats.clinical.codes import Record
-from formats.reasons import ReasonCode
-from streams.normalize.result import MappingError
+from formats.fhir.admission import finite_number, parse_reference
 
-_REFERENCE: Final = re.compile(
-    r"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
-    r"(?:/_history/(?P<version>[A-Za-z0-9\-.]{1,64}))?"
-)
 _ETAG: Final = re.compile(r'(?:W/)?"?(?P<version>[A-Za-z0-9\-.]{1,64})"?')
 _TRUE: Final = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE: Final = frozenset({"false", "0", "no", "off", "f", "n"})
@@ -35,6 +28,11 @@ def _dict(value: Any) -> Record | None:
     return value if isinstance(value, dict) else None
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array, or nothing: a string or an object where an array belongs is not iterated."""
+    return value if isinstance(value, list) else []
+
+
 def _dicts(value: Any) -> Iterator[Record]:
     if isinstance(value, list):
         for item in value:
@@ -42,22 +40,8 @@ def _dicts(value: Any) -> Iterator[Record]:
                 yield item
 
 
-def _number(value: Any, location: str) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    except OverflowError:
-        raise MappingError(
-            ReasonCode.INVALID_RESOURCE, f"{location} is too large for a double", location, "decimal range"
-        ) from None
-    if not math.isfinite(number):
-        raise MappingError(
-            ReasonCode.INVALID_RESOURCE, f"{location} is not a finite number", location, "decimal range"
-        )
-    return number
+# A decimal no double holds is refused the way the door refuses it (formats/fhir/admission.py).
+_number: Final = finite_number
 
 
 def _bool(value: Any) -> bool | None:
@@ -87,7 +71,7 @@ def _coding(value: Any) -> Record | None:
 def _codings(concept: Any) -> list[Record]:
     if not isinstance(concept, dict):
         return []
-    return [c for c in map(_coding, concept.get("coding") or ()) if c is not None]
+    return [c for c in map(_coding, _list(concept.get("coding"))) if c is not None]
 
 
 def _first_coding(concept: Any, preferred: str | None = None) -> Record | None:
@@ -116,13 +100,8 @@ def _split_primary(codings: list[Record], systems: frozenset[str]) -> tuple[Reco
     return codings[0], codings[1:], False
 
 
-@lru_cache(maxsize=4096)  # the same few references recur in every resource of a feed
-def _parse_reference(ref: str) -> tuple[str, str, str | None] | None:
-    """'[base/]Type/id[/_history/v]' → (Type, id, version); None for urn:uuid, #contained or queries."""
-    match = _REFERENCE.fullmatch(ref)
-    if match is None:
-        return None
-    return match.group("type"), match.group("id"), match.group("version")
+# References parse as the door's check parses them (formats/fhir/admission.py).
+_parse_reference: Final = parse_reference
 
 
 def _etag_version(value: Any) -> str | None:
