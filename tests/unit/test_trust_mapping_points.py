@@ -367,6 +367,16 @@ def test_pcd01_tree_rows_are_not_observations_and_metrics_keep_their_eui64() -> 
     assert [o["device"]["hierarchy"] for o in observations] == ["1.0.1.1", "1.0.1.2", "1.1.1.1"]
 
 
+def test_a_containment_ordinal_of_thousands_of_digits_is_read_without_int() -> None:
+    """Found by `make fuzz` (10 min, hl7_normalizer): int() of a 5,000-digit OBX-4 level raised
+    ValueError (Python's int-from-text digit limit) out of the mapper instead of a mapping."""
+    huge = "1.1.0." + "9" * 5000
+    obx = f"OBX|2||69643^MDC_DEV_ANALY_SAT_O2_VMD^MDC|{huge}|||||||X"
+    text = hl7(pid("42^^^CH_NORD^PI"), "OBR|1|||P^P^L|||20240316", obx, trigger="ORU^R01")
+    outcome = run_mapper(map_hl7, text, HL7_CTX, OPTIONS)
+    assert isinstance(outcome, (Mapped, Rejection))
+
+
 def test_a_lab_sub_id_without_value_is_still_an_observation() -> None:
     obx = "OBX|1||777-3^Plaquettes^LN|1|||||||X"
     text = hl7(pid("42^^^CH_NORD^PI"), "OBR|1|||P^P^L|||20240316", obx, trigger="ORU^R01")

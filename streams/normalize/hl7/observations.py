@@ -109,7 +109,7 @@ def _position(sub_id: str) -> list[str] | None:
 
 def _is_metric(levels: list[str]) -> bool:
     """A metric has all four levels and a metric ordinal; MDS, VMD and channel rows do not."""
-    return len(levels) >= 4 and int(levels[3]) != 0
+    return len(levels) >= 4 and levels[3].strip("0") != ""  # not int(): an ordinal may be 5,000 digits
 
 
 def _device(d: Delimiters, raw: str) -> tuple[str, str | None] | None:
