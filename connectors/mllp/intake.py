@@ -15,7 +15,7 @@ from affluent.core.errors import ConfigError
 from connectors.raw import raw_id_of
 from formats.hl7 import er7
 from formats.hl7.charset import Decoded, UnknownCharset, decode
-from formats.hl7.coverage import MAPPED, is_mapped
+from formats.hl7.coverage import MAPPED, event_of, is_mapped
 from formats.reasons import ReasonCode
 
 DEFAULT_DELIMITERS = er7.Delimiters()
@@ -232,7 +232,7 @@ def assess(payload: bytes, policy: IntakePolicy) -> Assessment:
             "MSH-9",
             header=header,
         )
-    trigger = header.trigger_event or (msg.get("EVN-1") if header.message_type == "ADT" else "") or ""
+    _, trigger = event_of(msg)  # the mapper's own reading (formats/hl7/coverage.py)
     if not is_mapped(header.message_type, trigger):
         shown = "".join(c for c in trigger[:4] if c.isalnum())
         return Rejected(

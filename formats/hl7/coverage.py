@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from formats.hl7.er7 import Message
+
 # ADT movements that carry an encounter (PV1-19 visit), with the encounter event each one gives.
 ADT_MOVEMENTS: Final[Mapping[str, str]] = {
     "A01": "encounter.admitted",
@@ -34,6 +36,19 @@ MAPPED: Final[Mapping[str, frozenset[str]]] = {
     "ADT": frozenset({*ADT_MOVEMENTS, *ADT_PATIENT_ONLY, ADT_UPDATE, ADT_MERGE}),
     "ORU": frozenset({"R01"}),
 }
+
+
+def event_of(message: Message) -> tuple[str, str]:
+    """(MSH-9.1, trigger event) as both the door and the mapper read them: the first subcomponent of
+    each component (an ``ADT&`` read whole by one and cut by the other made the door answer AA for what
+    the mapper then refused, found by `make fuzz`), and for an ADT with MSH-9.2 empty, EVN-1."""
+    msh = message.segments[0]
+    code = msh.value(9, 1, 1) or ""
+    trigger = msh.value(9, 1, 2) or ""
+    if code == "ADT" and not trigger:
+        evn = message.segment("EVN")
+        trigger = (evn.value(1) if evn is not None else None) or ""
+    return code, trigger
 
 
 def is_mapped(message_type: str, trigger: str) -> bool:

@@ -83,3 +83,12 @@ def test_a_configured_type_the_hub_does_not_map_stops_the_door() -> None:
 def test_labels_list_every_mapped_event() -> None:
     assert "ADT^A01" in mapped_labels() and "ORU^R01" in mapped_labels()
     assert len(mapped_labels()) == sum(len(v) for v in MAPPED.values())
+
+
+@pytest.mark.parametrize("msh9", ["ADT&^A02^ADT_A02", "ADT^A02&X^ADT_A02", "ADT&X^A34"])
+def test_door_and_mapper_read_msh9_the_same_way(msh9: str) -> None:
+    """Found by `make fuzz`: the door read MSH-9.1 ``ADT&`` as ADT, the mapper as ``ADT&``, so the
+    door answered AA for a message the mapper could only refuse as ``unsupported_event``."""
+    text = message("ADT", "A02").replace("ADT^A02", msh9)
+    door = assess(text.encode(), IntakePolicy())
+    assert isinstance(door, Accepted) == (not mapper_refuses_the_event(text))

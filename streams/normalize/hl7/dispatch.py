@@ -6,7 +6,7 @@ module, above every section and imported by none of them.
 
 from __future__ import annotations
 
-from formats.hl7.coverage import ADT_MERGE, ADT_PATIENT_ONLY, is_mapped
+from formats.hl7.coverage import ADT_MERGE, ADT_PATIENT_ONLY, event_of, is_mapped
 from formats.hl7.er7 import Er7Error, parse
 from formats.reasons import ReasonCode
 from streams.normalize.envelope import RawContext
@@ -29,10 +29,7 @@ def map_hl7(text: str, ctx: RawContext, options: MappingOptions) -> Mapped:
             ReasonCode.UNPARSABLE, f"not a readable ER7 message ({exc.code})", exc.location, "ER7"
         ) from None
     m = _Mapping(message, ctx, options)
-    code = message.get("MSH-9.1") or ""
-    trigger = message.get("MSH-9.2") or ""
-    if code == "ADT" and not trigger:
-        trigger = message.get("EVN-1") or ""
+    code, trigger = event_of(message)
     # The one table the MLLP door also reads: what is acknowledged there is what is mapped here.
     if is_mapped(code, trigger):
         return m.result(_map_adt(m, trigger) if code == "ADT" else _map_oru(m))
