@@ -1,23 +1,41 @@
 """The ``affluent`` command.
 
-Each sub-command is a thin shell over a library call; errors that affluent raises on purpose are
-printed as one sentence with a non-zero exit code, never a traceback.
+Each sub-command is a thin shell over a library call. Every mistake is answered here, in one place
+(:func:`main` through :func:`one_line`), as one line on stderr — ``affluent: error: <what>, <where>,
+<what to do>`` — and an exit code: 2 (``EXIT_CONFIG``) for a wrong setting, argument or file, 3
+(``EXIT_UNAVAILABLE``) for a dependency that is down. No traceback, unless ``--debug`` is given; an
+error nobody foresaw (a bug) keeps its traceback and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
+import re
+import shlex
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ValidationError
 
 from affluent import __version__
-from affluent.core.errors import AffluentError
-from affluent.core.settings import Settings, load_settings
+from affluent.core.errors import (
+    EXIT_CONFIG,
+    EXIT_UNAVAILABLE,
+    AffluentError,
+    ConfigError,
+    KafkaUnavailable,
+    Unavailable,
+)
+from affluent.core.settings import Settings, describe_invalid, load_settings
 from affluent.local.stack import LocalStack
 
 if TYPE_CHECKING:
@@ -136,6 +154,15 @@ def cmd_schemas_check(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _start_checks(settings: Settings, name: str) -> None:
+    """A component's start-up refusals (files, ports, exposure) before anything starts, as ``run`` does."""
+    from affluent.components import COMPONENTS, start_checks
+
+    for component in COMPONENTS:
+        if component.name == name:
+            start_checks(component, settings)
+
+
 def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -143,6 +170,7 @@ def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.port is not None:
         settings = settings.model_copy(update={"mllp": settings.mllp.model_copy(update={"port": args.port})})
+    _start_checks(settings, "mllp")
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -155,6 +183,7 @@ def cmd_fhir(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         fhir = settings.fhir_rest.model_copy(update={"port": args.port})
         settings = settings.model_copy(update={"fhir_rest": fhir})
+    _start_checks(settings, "fhir")
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -162,6 +191,7 @@ def cmd_fhir(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
     from streams.normalize.worker import run
 
+    _start_checks(settings, "normalize")
     run(settings)
     return 0
 
@@ -169,6 +199,7 @@ def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_pseudonymize(settings: Settings, args: argparse.Namespace) -> int:
     from streams.pseudonymize.cli import run_worker
 
+    _start_checks(settings, "pseudonymize")
     run_worker(settings)
     return 0
 
@@ -215,16 +246,18 @@ def cmd_opposition_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_opposition_serve(settings: Settings, args: argparse.Namespace) -> int:
     from streams.opposition.cli import serve
 
+    _start_checks(settings, "opposition")
     serve(settings)
     return 0
 
 
 def cmd_opposition_token(settings: Settings, args: argparse.Namespace) -> int:
-    from affluent.core.auth import new_token
+    from affluent.core.auth import StaticTokens, new_token
 
     token, digest = new_token()
+    StaticTokens({args.principal: digest}, origin="AFFLUENT_OPPOSITION__TOKENS")  # the endpoint's own check
     print(f"token (give it to {args.principal}, shown once): {token}")
-    print(f'configuration: AFFLUENT_OPPOSITION__TOKENS=\'{{"{args.principal}": "{digest}"}}\'')
+    print(f"AFFLUENT_OPPOSITION__TOKENS={shlex.quote(json.dumps({args.principal: digest}))}")
     return 0
 
 
@@ -258,7 +291,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.sim.demo import run_demo
 
     return run_demo(
-        settings, out=lambda line: print(line, flush=True), duration_s=args.duration, rate=args.rate
+        settings,
+        out=lambda line: print(line, flush=True),
+        duration_s=args.duration,
+        rate=args.rate,
+        keep_running=args.keep_running,
     )
 
 
@@ -317,6 +354,8 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning,
         limit=args.max,
         out=lambda line: print(line, flush=True),
+        follow=args.follow or not args.from_beginning,
+        wait_s=args.wait,
     )
     return 0
 
@@ -329,6 +368,7 @@ def cmd_devices_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         devices = settings.devices.model_copy(update={"port": args.port})
         settings = settings.model_copy(update={"devices": devices})
+    _start_checks(settings, "devices")
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -349,13 +389,6 @@ def cmd_devices_test_mapping(settings: Settings, args: argparse.Namespace) -> in
     return 0
 
 
-def _instant(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.devices_cli import link
     from formats.devices.registry import Link
@@ -363,8 +396,8 @@ def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
     new = Link(
         ipp=args.ipp,
         authority=args.authority,
-        valid_from=_instant(args.valid_from) or datetime.now(UTC),
-        valid_to=_instant(args.valid_to),
+        valid_from=args.valid_from or datetime.now(UTC),
+        valid_to=args.valid_to,
         ins=args.ins,
         ins_oid=args.ins_oid,
         ins_qualified=args.ins_qualified,
@@ -378,7 +411,7 @@ def cmd_devices_link(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_devices_unlink(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.devices_cli import unlink
 
-    unlink(settings, args.device, _instant(args.at) or datetime.now(UTC))
+    unlink(settings, args.device, args.at or datetime.now(UTC))
     print("device unlinked")
     return 0
 
@@ -394,25 +427,95 @@ def cmd_devices_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_devices_token(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.devices_cli import new_token
 
+    if args.mapping:
+        from formats.devices.templates import load_templates
+
+        known = load_templates(settings.devices.templates_dir)
+        unknown = [name for name in args.mapping if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"--mapping {', '.join(unknown)}: no such template (known: {', '.join(sorted(known))})"
+            )
     token, digest = new_token()
-    print(f"token (give to the device, shown once): {token}")
-    print(f"settings entry: {{sha256: {digest}, sender: {args.sender}}}")
+    entry: dict[str, Any] = {"sha256": digest, "sender": args.sender}
+    if args.mapping:
+        entry["mappings"] = args.mapping
+    print(f"token (give it to {args.sender}, shown once): {token}")
+    print(f"AFFLUENT_DEVICES__TOKENS={shlex.quote(json.dumps([entry]))}")
     return 0
 
 
-COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {}
+# --- arguments: a wrong one is refused by the parser, in one line, before anything starts --------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in affluent's one-line form (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"affluent: error: {message} ({self.prog}): see '{self.prog} --help'\n")
 
 
 def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one component (affluent run --list shows them)")
+    return names
+
+
+def _number(kind: Callable[[str], float], text: str) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _positive(text: str) -> float:
+    value = _number(float, text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(_number(int, text))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(_number(int, text))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
+    return value
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-11-24T10:15:00+01:00 (no offset: UTC)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL, e.g. http://127.0.0.1:8080/fhir")
+    return text.rstrip("/")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="affluent",
         description="Event-streaming hub from hospitals to national health-data platforms.",
+        epilog="Every error is one line on stderr; exit 2: a setting, argument or file is wrong; "
+        "exit 3: a dependency (Kafka, the registry, a door) is down.",
     )
     parser.add_argument("--version", action="version", version=f"affluent {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error as well")
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="the local Kafka + schema registry (no Docker)")
@@ -446,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--clusters", default=None, help="levels, lowest first (default: hospital,region,national)"
             )
             p.add_argument(
-                "--hospitals", type=int, default=1, help="hospital clusters feeding the next level"
+                "--hospitals", type=_positive_int, default=1, help="hospital clusters feeding the next level"
             )
         if name == "down":
             p.add_argument("--wipe", action="store_true", help="also delete data and logs")
@@ -468,11 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_schemas_check)
 
     mllp = sub.add_parser("mllp", help="run the HL7 v2 MLLP door until SIGINT/SIGTERM")
-    mllp.add_argument("--port", type=int, default=None, help="listen port (default: settings, 2575)")
+    mllp.add_argument("--port", type=_port, default=None, help="listen port (default: settings, 2575)")
     mllp.set_defaults(func=cmd_mllp)
 
     fhir = sub.add_parser("fhir", help="run the FHIR REST door (resources, Bundles, notifications)")
-    fhir.add_argument("--port", type=int, default=None, help="listen port (default: settings, 8080)")
+    fhir.add_argument("--port", type=_port, default=None, help="listen port (default: settings, 8080)")
     fhir.set_defaults(func=cmd_fhir)
 
     sub.add_parser("normalize", help="run a normalize worker (raw topics -> canonical.*)").set_defaults(
@@ -509,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     risk.add_argument("--destination", required=True, help="hdh, inca, …")
     risk.add_argument("--k", type=int, default=5, help="smallest acceptable class size (default 5)")
     risk.add_argument("--quasi", help="comma-separated quasi-identifier paths (default: per destination)")
-    risk.add_argument("--since-hours", type=float, help="only records of the last N hours")
+    risk.add_argument("--since-hours", type=_positive, help="only records of the last N hours")
     risk.add_argument("--show-classes", action="store_true", help="print the small classes' values")
     risk.add_argument("--fail-below-k", action="store_true", help="exit 1 if a class is smaller than k")
     risk.set_defaults(func=cmd_risk_report)
@@ -525,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="telemonitoring devices: HTTPS/MQTT door, templates, registry")
     devices_sub = devices.add_subparsers(dest="devices_command", required=True)
     p = devices_sub.add_parser("serve", help="run the HTTPS JSON (and MQTT, if enabled) door")
-    p.add_argument("--port", type=int, default=None, help="HTTP port (default: settings, 8082)")
+    p.add_argument("--port", type=_port, default=None, help="HTTP port (default: settings, 8082)")
     p.set_defaults(func=cmd_devices_serve)
     p = devices_sub.add_parser("test-mapping", help="print the Observations a payload yields")
     p.add_argument("template", help="template name, or a .yaml file")
@@ -535,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device")
     p.add_argument("--ipp", required=True, help="local patient id")
     p.add_argument("--authority", required=True, help="the IPP's assigning authority (OID or namespace)")
-    p.add_argument("--from", dest="valid_from", help="ISO time the link starts (default: now)")
-    p.add_argument("--to", dest="valid_to", help="ISO time the link ends (default: open)")
+    p.add_argument("--from", dest="valid_from", type=_instant, help="ISO time the link starts (default: now)")
+    p.add_argument("--to", dest="valid_to", type=_instant, help="ISO time the link ends (default: open)")
     p.add_argument("--ins", help="INS matricule")
     p.add_argument("--ins-oid", help="INS OID (1.2.250.1.213.1.4.8, .10 for test NIRs)")
     p.add_argument("--ins-qualified", action="store_true", help="the identity is qualified (QUAL)")
@@ -546,18 +649,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices_link)
     p = devices_sub.add_parser("unlink", help="end the device's open link")
     p.add_argument("device")
-    p.add_argument("--at", help="ISO time the link ends (default: now)")
+    p.add_argument("--at", type=_instant, help="ISO time the link ends (default: now)")
     p.set_defaults(func=cmd_devices_unlink)
     devices_sub.add_parser("list", help="devices and link periods (no patient ids)").set_defaults(
         func=cmd_devices_list
     )
-    p = devices_sub.add_parser("token", help="make a bearer token and its settings hash")
-    p.add_argument("--sender", default="<gateway id>", help="gateway or device id the token is for")
+    p = devices_sub.add_parser("token", help="make a bearer token and its AFFLUENT_DEVICES__TOKENS entry")
+    p.add_argument("--sender", required=True, help="gateway or device id the token is for")
+    p.add_argument(
+        "--mapping", action="append", help="a template the token may post to (repeatable; default any)"
+    )
     p.set_defaults(func=cmd_devices_token)
 
     demo = sub.add_parser("demo", help="show the platform working end to end")
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds of hospital traffic (default 60)")
-    demo.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
+    demo.add_argument(
+        "--duration", type=_positive, default=60.0, help="seconds of hospital traffic (default 60)"
+    )
+    demo.add_argument("--rate", type=_positive, default=50.0, help="messages per second (default 50)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the pipeline up for its URLs until Ctrl-C"
+    )
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run the doors and stream workers as one supervised process group")
@@ -567,20 +678,26 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser(
         "simulate", help="a synthetic hospital sending HL7 v2, FHIR and device traffic, with accounting"
     )
-    simulate.add_argument("--patients", type=int, default=200, help="synthetic patients (default 200)")
-    simulate.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
-    simulate.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
-    simulate.add_argument("--senders", type=int, default=4, help="MLLP connections (default 4)")
+    simulate.add_argument(
+        "--patients", type=_positive_int, default=200, help="synthetic patients (default 200)"
+    )
+    simulate.add_argument("--rate", type=_positive, default=50.0, help="messages per second (default 50)")
+    simulate.add_argument("--duration", type=_positive, default=60.0, help="seconds of traffic (default 60)")
+    simulate.add_argument("--senders", type=_positive_int, default=4, help="MLLP connections (default 4)")
     simulate.add_argument("--host", default="127.0.0.1", help="the MLLP door's host")
-    simulate.add_argument("--port", type=int, default=None, help="the MLLP door's port (default: settings)")
+    simulate.add_argument("--port", type=_port, default=None, help="the MLLP door's port (default: settings)")
     simulate.add_argument("--seed", type=int, default=None, help="for a reproducible cohort")
     simulate.add_argument(
-        "--fhir-url", help="also FHIR resources to this base URL (token: $AFFLUENT_SIMULATE_FHIR_TOKEN)"
+        "--fhir-url",
+        type=_http_url,
+        help="also FHIR resources to this base URL (token: $AFFLUENT_SIMULATE_FHIR_TOKEN)",
     )
     simulate.add_argument(
-        "--devices-url", help="also readings to this device door (token: $AFFLUENT_SIMULATE_DEVICE_TOKEN)"
+        "--devices-url",
+        type=_http_url,
+        help="also readings to this device door (token: $AFFLUENT_SIMULATE_DEVICE_TOKEN)",
     )
-    simulate.add_argument("--mqtt-port", type=int, default=None, help="also gateway batches over MQTT")
+    simulate.add_argument("--mqtt-port", type=_port, default=None, help="also gateway batches over MQTT")
     simulate.add_argument("--mqtt-host", default="127.0.0.1", help="the MQTT broker the device door reads")
     simulate.add_argument(
         "--mqtt-prefix", default="sim", help="topics <prefix>/+/gateway-batch (default sim)"
@@ -588,29 +705,107 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=cmd_simulate)
     tail_ = sub.add_parser("tail", help="print a topic's records decoded through the registry, as JSON lines")
     tail_.add_argument("topic")
-    tail_.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
-    tail_.add_argument("--max", type=int, default=None, help="stop after this many records")
+    tail_.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest record; stop at the newest"
+    )
+    tail_.add_argument("--follow", action="store_true", help="with --from-beginning: keep waiting for more")
+    tail_.add_argument(
+        "--wait", type=_positive, default=10.0, help="seconds to wait for Kafka to answer (default 10)"
+    )
+    tail_.add_argument("--max", type=_positive_int, default=None, help="stop after this many records")
     tail_.set_defaults(func=cmd_tail)
     return parser
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_BIND = re.compile(r"address \('?([^',]*)'?, (\d+)")
+
+
+def _listeners(settings: Settings | None, port: int, args: argparse.Namespace) -> list[str]:
+    """The settings (and arguments) that name a listening port, for "port N is in use"."""
+    if getattr(args, "port", None) == port:
+        return ["--port"]
+    names = []
+    if settings is not None:
+        for section, model in settings:
+            if not isinstance(model, BaseModel):
+                continue
+            for field, value in model:
+                if field.endswith("port") and value == port:
+                    names.append(f"AFFLUENT_{section.upper()}__{field.upper()}")
+    return names
+
+
+def one_line(
+    exc: BaseException, settings: Settings | None, args: argparse.Namespace
+) -> tuple[str, int] | None:
+    """The one line and the exit code for an error the user can act on; None for anything else (a bug)."""
+    if isinstance(exc, Unavailable):
+        hint = ""
+        if isinstance(exc, KafkaUnavailable) and "AFFLUENT_KAFKA" not in str(exc):
+            hint = ": is it running (make up)? Else set AFFLUENT_KAFKA__BOOTSTRAP_SERVERS"
+        elif "registry" in str(exc) and "AFFLUENT_REGISTRY" not in str(exc):
+            hint = ": is it running (make up)? Else set AFFLUENT_REGISTRY__URL"
+        return f"{exc}{hint}", EXIT_UNAVAILABLE
+    if isinstance(exc, AffluentError):
+        return str(exc), EXIT_CONFIG
+    if isinstance(exc, ValidationError):
+        return describe_invalid(exc), EXIT_CONFIG
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        found = _BIND.search(str(exc))
+        if found is not None and exc.filename is None:
+            host, port = found.group(1), int(found.group(2))
+            names = _listeners(settings, port, args)
+            where = f"{host}:{port}" + (f" ({', '.join(names)})" if names else "")
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"{where} is already in use: stop what listens there, or choose another port",
+                    EXIT_CONFIG,
+                )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return (
+                    f"cannot listen on {where}: the address is not this machine's; fix the host",
+                    EXIT_CONFIG,
+                )
+            return (
+                f"cannot listen on {where}: permission denied (ports below 1024 need root); choose another",
+                EXIT_CONFIG,
+            )
+    if isinstance(exc, ConnectionError):
+        return f"{exc.strerror or exc}: is the service running? Check the host and port", EXIT_UNAVAILABLE
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}", EXIT_CONFIG
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("AFFLUENT_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = os.environ.get("AFFLUENT_LOG_LEVEL", "WARNING").upper()
+    if level not in _LOG_LEVELS:
+        print(
+            f"affluent: error: AFFLUENT_LOG_LEVEL is not one of {', '.join(_LOG_LEVELS)}; fix it",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings: Settings | None = None
     try:
         settings = load_settings()
         result: int = args.func(settings, args)
         return result
-    except AffluentError as exc:
-        print(f"affluent: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("affluent: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        answer = one_line(exc, settings, args)
+        if answer is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        message, code = answer
+        print(f"affluent: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ Each component (see :mod:`affluent.components`) runs as its own child process, i
 that a Ctrl-C at the terminal reaches only the supervisor, which then stops the children in order:
 doors first (stop accepting, drain, flush), workers last (each finishes and commits its batch in hand),
 each with SIGTERM and, past ``run.stop_timeout_s``, SIGKILL. A child that dies on its own is restarted with an
-exponential back-off, and counted (``affluent_run_restarts_total``); the supervisor's /health lists
-every child's pid, state and restarts, which is what a fault test needs to SIGKILL one and watch it
-come back. Should the supervisor itself be killed, Linux sends its children SIGTERM (PDEATHSIG), so
-no orphan keeps a port or a consumer group.
+exponential back-off, and counted (``affluent_run_restarts_total``) — unless it ended with exit code 2
+(``EXIT_CONFIG``: a setting, argument or file is wrong), which no restart can fix: then the supervisor
+stops every child at once and ends with that child's last error line and exit code 2. The
+supervisor's /health lists every child's pid, state and restarts, which is what a fault test needs to
+SIGKILL one and watch it come back. Should the supervisor itself be killed, Linux sends its children
+SIGTERM (PDEATHSIG), so no orphan keeps a port or a consumer group.
 
 Children's output goes to ``<log_dir>/<name>.log``; they log at WARNING by default, and affluent's log
 texts carry no message content (design §6).
@@ -37,8 +39,8 @@ from typing import IO
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from affluent.components import Component
-from affluent.core.errors import ConfigError
+from affluent.components import Component, start_checks
+from affluent.core.errors import EXIT_CONFIG, ConfigError
 from affluent.core.settings import RunSettings, Settings
 from affluent.core.telemetry import TelemetryServer
 from affluent.core.tls import check_key_file
@@ -85,8 +87,22 @@ def preflight(settings: Settings, components: Sequence[Component], environ: Mapp
         if key_file:
             check_key_file(Path(key_file), KEY_FILE_VARIABLE)
     for component in components:
-        if component.check is not None:
-            component.check(settings)
+        start_checks(component, settings)
+
+
+ERROR_PREFIX = "affluent: error: "
+
+
+def last_error(log_path: Path, limit: int = 64 * 1024) -> str | None:
+    """The last ``affluent: error:`` line a child wrote to its log (read from the end of the file)."""
+    try:
+        with log_path.open("rb") as log_file:
+            log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - limit))
+            tail = log_file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [line for line in tail.splitlines() if line.startswith(ERROR_PREFIX)]
+    return lines[-1].removeprefix(ERROR_PREFIX).strip() if lines else None
 
 
 def log_dir(settings: Settings) -> Path:
@@ -124,8 +140,17 @@ class RunMetrics:
 class Child:
     """One component's process, restarted whenever it ends while the supervisor is not stopping."""
 
-    def __init__(self, component: Component, settings: Settings, metrics: RunMetrics, logs: Path) -> None:
+    def __init__(
+        self,
+        component: Component,
+        settings: Settings,
+        metrics: RunMetrics,
+        logs: Path,
+        on_refusal: Callable[[Child], None] | None = None,
+    ) -> None:
         self.component = component
+        self.on_refusal = on_refusal
+        self.refused: str | None = None  # the child's last error line, when it ended with EXIT_CONFIG
         self.name = component.name
         self.run_settings: RunSettings = settings.run
         self.port = component.metrics_port(settings)
@@ -174,6 +199,13 @@ class Child:
             self.ready = False
             self.metrics.up.labels(self.name).set(0)
             if self.stopping:
+                return
+            if code == EXIT_CONFIG:
+                # A configuration error: a restart would fail the same way, forever.
+                self.refused = last_error(self.log_path) or f"{self.name} ended with exit code {code}"
+                log.info("%s refused to run (exit code %s): %s", self.name, code, self.refused)
+                if self.on_refusal is not None:
+                    self.on_refusal(self)
                 return
             failures = 1 if time.monotonic() - started >= self.run_settings.stable_after_s else failures + 1
             delay = backoff(failures, self.run_settings.restart_backoff_max_s)
@@ -247,9 +279,18 @@ class Supervisor:
         self.metrics = RunMetrics.create(self.registry)
         logs = log_dir(settings)
         logs.mkdir(parents=True, exist_ok=True)
-        self.children = [Child(c, settings, self.metrics, logs) for c in components]
+        self.refused = asyncio.Event()
+        self.children = [Child(c, settings, self.metrics, logs, self._refusal) for c in components]
         self.telemetry = TelemetryServer(self.registry, ready=self._all_ready, health=self.health)
         self._prober: asyncio.Task[None] | None = None
+
+    def _refusal(self, child: Child) -> None:
+        self.refused.set()
+
+    @property
+    def refusal(self) -> Child | None:
+        """The first child that ended with a configuration error, if any."""
+        return next((c for c in self.children if c.refused is not None), None)
 
     async def _all_ready(self) -> bool:
         return all(child.ready for child in self.children)
@@ -315,13 +356,20 @@ async def supervise(settings: Settings, components: Sequence[Component], out: Ou
         out(f"affluent run: supervisor http://{settings.run.metrics_host}:{port}/health and /metrics")
     ready = asyncio.create_task(supervisor.wait_ready(3600 * 24))
     stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    refused = asyncio.create_task(supervisor.refused.wait())
+    await asyncio.wait({ready, stopping, refused}, return_when=asyncio.FIRST_COMPLETED)
     if ready.done() and ready.result():
         out(f"affluent run: {len(supervisor.children)} component(s) ready")
-        await stopping
-    ready.cancel()
+        await asyncio.wait({stopping, refused}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (ready, stopping, refused):
+        task.cancel()
+    failed = supervisor.refusal
+    if failed is not None:
+        out(f"affluent run: {failed.name} refused to run (exit code {EXIT_CONFIG}): {failed.refused}")
     out("affluent run: stopping (doors first, then workers)")
     codes = await supervisor.stop()
     out("affluent run: stopped " + ", ".join(f"{name} ({code})" for name, code in codes.items()))
+    if failed is not None:
+        raise ConfigError(f"{failed.name}: {failed.refused} (log: {failed.log_path})")
     # A child ends with 0 on a clean stop, or -15 when SIGTERM came before its own handler was set.
     return 0 if all(code in (0, None, -signal.SIGTERM) for code in codes.values()) else 1

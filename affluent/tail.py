@@ -1,8 +1,9 @@
 """``affluent tail <topic>``: a topic's records decoded through the schema registry, one JSON object a line.
 
-For looking at what a destination receives (``affluent tail national.hdh.observation.v1``). It reads with
-a throw-away consumer group and commits nothing, so it never moves a real consumer's position. Bytes
-(raw payloads) are shown in base64 and times in ISO 8601, so that every line is valid JSON.
+For looking at what a destination receives (``affluent tail national.hdh.observation.v1``): new records
+as they come, or with ``--from-beginning`` the topic as it is, then exit (``--follow`` to keep waiting).
+It reads with a throw-away consumer group and commits nothing, so it never moves a real consumer's
+position. Bytes (raw payloads) are shown in base64 and times in ISO 8601, so every line is valid JSON.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 
-from affluent.core.errors import AffluentError, ConfigError
-from affluent.core.kafka import make_consumer
+from affluent.core.errors import AffluentError, ConfigError, KafkaUnavailable, Unavailable
+from affluent.core.kafka import make_consumer, wait_for_kafka
 from affluent.core.settings import Settings
 from schemas.registry import Registry, decode
 
@@ -44,22 +45,45 @@ def tail(
     limit: int | None = None,
     out: Callable[[str], None] = print,
     idle_timeout_s: float | None = None,
+    follow: bool = True,
+    wait_s: float = 10.0,
 ) -> int:
-    """Print records until `limit` were shown (or, with `idle_timeout_s`, nothing came for that long;
-    otherwise until interrupted). Returns how many were printed."""
+    """Print records until `limit` were shown; without `follow`, also when every partition is read to
+    the end it had when the tail started (``--from-beginning`` alone: the topic as it is, then exit);
+    with `idle_timeout_s`, also when nothing came for that long; otherwise until interrupted. Returns how
+    many were printed. Kafka not answering within `wait_s` is a KafkaUnavailable."""
+    wait_for_kafka(settings.kafka, timeout_s=wait_s)
     registry = Registry(settings.registry)
-    consumer = make_consumer(settings.kafka, group_id=f"affluent-tail-{uuid.uuid4().hex[:8]}")
+    overrides = {} if follow else {"enable.partition.eof": True}
+    consumer = make_consumer(settings.kafka, group_id=f"affluent-tail-{uuid.uuid4().hex[:8]}", **overrides)
     try:
-        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        try:
+            md = consumer.list_topics(topic, timeout=wait_s).topics.get(topic)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka at {settings.kafka.bootstrap_servers} did not list {topic} within {wait_s:g} s "
+                f"({exc.args[0]})"
+            ) from None
         if md is None or md.error is not None or not md.partitions:
-            raise ConfigError(f"topic {topic} does not exist")
+            raise ConfigError(
+                f"topic {topic} does not exist on Kafka at {settings.kafka.bootstrap_servers}: "
+                "check its name (national.<destination>.<kind>.v1, canonical.<kind>, ingest.*.raw, dlq.*)"
+            )
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in md.partitions])
+        at_end: set[int] = set()
         shown = 0
         idle = 0.0
         while limit is None or shown < limit:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None:
+            error = msg.error() if msg is not None else None
+            if msg is not None and error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
+                    if at_end >= set(md.partitions):
+                        break
+                continue
+            if msg is None:
                 idle += 0.5
                 if idle_timeout_s is not None and idle >= idle_timeout_s:
                     break
@@ -71,6 +95,8 @@ def tail(
             else:
                 try:
                     out(json_line(decode(registry, value)))
+                except Unavailable:
+                    raise  # the registry is away: not this record's fault, and no use printing every one
                 except AffluentError as exc:
                     out(
                         json.dumps(

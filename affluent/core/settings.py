@@ -8,15 +8,20 @@ without any configuration, while a production deployment only sets variables.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -73,6 +78,13 @@ class RegistrySettings(BaseModel):
     basic_auth_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise ValueError("not an http(s) URL, e.g. http://127.0.0.1:8081/apis/ccompat/v7")
+        return url
 
 
 class ConnectionLimits(BaseModel):
@@ -447,14 +459,118 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Load and validate settings, turning pydantic's report into one readable ConfigError."""
+    """Load and validate settings, turning pydantic's report into one readable ConfigError that names
+    each setting as its environment variable and never repeats a value (it may be a secret)."""
     config_file = os.environ.get("AFFLUENT_CONFIG")
     if config_file and not Path(config_file).is_file():
         raise ConfigError(f"AFFLUENT_CONFIG names {config_file}, which is not a readable file")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(describe_invalid(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(_not_json(exc)) from None
+    except (ValueError, yaml.YAMLError) as exc:
+        if not config_file:
+            raise
+        raise ConfigError(
+            f"AFFLUENT_CONFIG names {config_file}, which is not a YAML mapping of settings "
+            f"({type(exc).__name__}): see the README, Configuration"
+        ) from None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds (itself, optional, or as a list's or a mapping's entries)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _takes_json(annotation: Any) -> bool:
+    """Whether an environment variable of this setting must hold JSON (a list, a mapping, a model)."""
+    return any(
+        get_origin(a) in (list, dict) or (isinstance(a, type) and issubclass(a, BaseModel))
+        for a in (annotation, *get_args(annotation))
+    )
+
+
+def setting_name(loc: Sequence[str | int]) -> str:
+    """The environment variable a validation error's location names (``AFFLUENT_FHIR_REST__TOKEN_SHA256``).
+
+    Keys of a mapping and indexes of a list are left out (a key may be a token digest or an account name);
+    a field of a list's entry is kept, e.g. ``AFFLUENT_DEVICES__TOKENS (an entry's sha256)``.
+    """
+    parts: list[str] = []
+    model: type[BaseModel] | None = Settings
+    rest = list(loc)
+    entry = ""
+    while rest and model is not None:
+        name = str(rest.pop(0))
+        if name not in model.model_fields:  # a key that is no setting (extra_forbidden): name it
+            parts.append(name.upper())
+            model = None
+            break
+        parts.append(name.upper())
+        annotation = model.model_fields[name].annotation
+        model = _model_of(annotation)
+        if model is not None and get_origin(annotation) in (list, dict):
+            fields = [str(r) for r in rest[1:] if r in model.model_fields]
+            entry = f" (an entry's {fields[0]})" if fields else " (an entry)"
+            break
+    if not parts:
+        return "a setting"
+    section = "__*" if model is not None and not rest and not entry else ""
+    return "AFFLUENT_" + "__".join(parts) + section + entry
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One sentence for every problem of a settings validation: the setting and what is wrong with it.
+
+    Our own validators' sentences are kept (they name settings, never values); pydantic's are kept
+    with their error type unless the value shows in them, which is then left out."""
+    problems = []
+    for err in exc.errors():
+        if err["type"] in ("value_error", "assertion_error"):
+            text = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            text = f"{err['msg']} ({err['type']})"
+            value = err.get("input")
+            if isinstance(value, str | int | float) and len(str(value)) > 2 and str(value) in text:
+                text = f"invalid value ({err['type']})"
+        problems.append(f"{setting_name(err['loc'])}: {text}")
+    return "invalid settings: " + "; ".join(problems) + "; fix the variable (or the AFFLUENT_CONFIG file)"
+
+
+def _not_json(exc: SettingsError) -> str:
+    """Which variables hold something other than the JSON their setting takes (pydantic-settings only
+    names the section), never what they hold."""
+    bad = []
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if not upper.startswith("AFFLUENT_"):
+            continue
+        model: type[BaseModel] | None = Settings
+        annotation: Any = None
+        for part in upper.removeprefix("AFFLUENT_").lower().split("__"):
+            if model is None or part not in model.model_fields:
+                annotation = None
+                break
+            annotation = model.model_fields[part].annotation
+            model = None if get_origin(annotation) in (list, dict) else _model_of(annotation)
+        if annotation is None or not _takes_json(annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            shape = "list, e.g. '[\"…\"]'" if _json_list(annotation) else "object, e.g. '{\"…\": …}'"
+            bad.append(f"{upper} must be a JSON {shape}")
+    if not bad:
+        return f"invalid settings: {exc}: a value that should be JSON is not (the .env file?); fix it"
+    return (
+        f"invalid settings: {'; '.join(sorted(bad))} (not JSON now); fix the variable, quoted for the shell"
+    )
+
+
+def _json_list(annotation: Any) -> bool:
+    return any(get_origin(a) is list for a in (annotation, *get_args(annotation)))

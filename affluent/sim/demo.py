@@ -8,8 +8,9 @@
    over HTTP JSON and MQTT for ``duration_s`` seconds with a live progress view.
 3. Accounting: every message the hospital saw acknowledged is found downstream — in a national topic,
    as a counted opposition drop, or as a dead letter with its reason — in total and per channel. Then
-   ``affluent run`` and Mosquitto are stopped cleanly. The demo fails (exit 1) if anything is missing or
-   the stop was not clean.
+   ``affluent run`` and Mosquitto are stopped cleanly (with ``keep_running``, after Ctrl-C: the URLs the
+   demo prints stay up until then). The demo fails (exit 1) if anything is missing or the stop was not
+   clean. It says where its pseudonymization keys are (``.state/demo-keys.json`` unless given).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from affluent.core.errors import AffluentError
+from affluent.core.errors import AffluentError, ConfigError
 from affluent.core.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from affluent.core.settings import Settings
 from affluent.core.topics import CORE_TOPICS, INGEST_HL7V2_RAW, value_subject
@@ -78,7 +80,11 @@ def demo_record() -> dict[str, Any]:
     }
 
 
-def run_demo(settings: Settings, out: Out, duration_s: float = 60.0, rate: float = 50.0) -> int:
+def run_demo(
+    settings: Settings, out: Out, duration_s: float = 60.0, rate: float = 50.0, keep_running: bool = False
+) -> int:
+    if not (duration_s > 0 and rate > 0):
+        raise ConfigError("the demo needs a duration and a rate above 0 (--duration, --rate)")
     brokers = wait_for_kafka(settings.kafka, timeout_s=10)
     out(f"Kafka: {brokers} broker(s) at {settings.kafka.bootstrap_servers}")
     ensure_topics(settings.kafka, CORE_TOPICS)
@@ -87,7 +93,7 @@ def run_demo(settings: Settings, out: Out, duration_s: float = 60.0, rate: float
     out(f"Registry: {len(registered)} subjects registered with their compatibility rules ({registry.url})")
     if not round_trip(settings, registry, out):
         return 1
-    return pipeline(settings, out, duration_s, rate)
+    return pipeline(settings, out, duration_s, rate, keep_running)
 
 
 def round_trip(settings: Settings, registry: Registry, out: Out) -> bool:
@@ -286,16 +292,52 @@ def start_run(env: Mapping[str, str], only: Sequence[str] | None, stdout: int) -
     )
 
 
-def pipeline(settings: Settings, out: Out, duration_s: float, rate: float) -> int:
+def pipeline(settings: Settings, out: Out, duration_s: float, rate: float, keep_running: bool = False) -> int:
     with local_mosquitto(settings, out) as mqtt_port:
-        return _pipeline(settings, out, duration_s, rate, mqtt_port)
+        return _pipeline(settings, out, duration_s, rate, mqtt_port, keep_running)
 
 
-def _pipeline(settings: Settings, out: Out, duration_s: float, rate: float, mqtt_port: int | None) -> int:
+def keys_line(key_file: Path, configured: bool) -> str:
+    """Where the demo's pseudonymization keys are, and how they got there."""
+    if configured:
+        return f"Pseudonymization keys: {key_file} (from AFFLUENT_PSEUDO_KEY_FILE)"
+    return (
+        f"Pseudonymization keys: {key_file} (random, made on this machine at the first demo, readable by "
+        "you only, git-ignored; delete it for new ones)"
+    )
+
+
+def hold(process: subprocess.Popen[str], out: Out) -> None:
+    """Wait until Ctrl-C (SIGINT) or SIGTERM, or until ``affluent run`` ends on its own."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        process.wait()
+        out(f"affluent run ended on its own (exit code {process.returncode})")
+    except KeyboardInterrupt:
+        out("")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _pipeline(
+    settings: Settings,
+    out: Out,
+    duration_s: float,
+    rate: float,
+    mqtt_port: int | None,
+    keep_running: bool = False,
+) -> int:
     from affluent.sim.simulate import Plan, live_progress, report_lines, simulate
 
+    configured = "AFFLUENT_PSEUDO_KEY_FILE" in os.environ
     key_file = demo_keys(settings)
     os.environ.setdefault("AFFLUENT_PSEUDO_KEY_FILE", str(key_file))
+    out(keys_line(key_file, configured))
     env, mllp_port, run_port = run_environment(settings, Path(os.environ["AFFLUENT_PSEUDO_KEY_FILE"]))
     extra, fhir, devices = channel_environment(env, mqtt_port)
     env |= extra
@@ -322,12 +364,26 @@ def _pipeline(settings: Settings, out: Out, duration_s: float, rate: float, mqtt
         for line in report_lines(accounts):
             out(line)
         out("")
-        out("Where to look (while `affluent run` runs):")
+        if keep_running:
+            out("Where to look (the pipeline stays up until Ctrl-C):")
+        else:
+            out("Where to look (`affluent demo --keep-running` leaves the pipeline up for these URLs):")
         out(f"  supervisor    http://127.0.0.1:{run_port}/health  and /metrics (children, restarts)")
         for name, child in health["children"].items():
             out(f"  {name:<13} {child['metrics']}")
         out("  decoded national records:  affluent tail national.hdh.observation.v1 --from-beginning --max 5")
         out("  what each destination receives: docs/pseudonymization.md; logs: .state/run/*.log")
+        if keep_running:
+            out(
+                f"  doors         MLLP 127.0.0.1:{mllp_port}, FHIR {fhir.base_url}, "
+                f"devices {devices.http_url}"
+            )
+            out(
+                f"  more traffic  AFFLUENT_PSEUDO_KEY_FILE={os.environ['AFFLUENT_PSEUDO_KEY_FILE']} "
+                f"affluent simulate --port {mllp_port} --duration 30"
+            )
+            out("The pipeline keeps running; Ctrl-C stops it.")
+            hold(process, out)
     finally:
         out("Stopping affluent run (doors first, then workers)…")
         stopped = stop_run(process, settings.run.stop_timeout_s * 2 + 10)

@@ -19,6 +19,7 @@ accounted for per channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from affluent.core.errors import Unavailable
 from affluent.core.settings import Settings
 from affluent.sim import devices as sim_devices
 from affluent.sim import fhir as sim_fhir
@@ -232,6 +234,48 @@ async def open_channels(plan: Plan) -> dict[tuple[str, int], Channel]:
     return channels
 
 
+def targets(plan: Plan) -> list[tuple[str, str, int, str]]:
+    """(what, host, port, what to do) of every door or broker the plan sends to."""
+    from urllib.parse import urlsplit
+
+    found = [("MLLP door", plan.host, plan.port, "start it (affluent run) or give --host/--port")]
+    for what, url, hint in (
+        ("FHIR door", plan.fhir.base_url if plan.fhir else None, "start it (affluent run) or fix --fhir-url"),
+        (
+            "device door",
+            plan.devices.http_url if plan.devices else None,
+            "start it (affluent run) or fix --devices-url",
+        ),
+    ):
+        if url:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            found.append((what, parts.hostname or "", port, hint))
+    if plan.devices is not None and plan.devices.mqtt_port:
+        found.append(
+            (
+                "MQTT broker",
+                plan.devices.mqtt_host,
+                plan.devices.mqtt_port,
+                "start it or fix --mqtt-host/--mqtt-port",
+            )
+        )
+    return found
+
+
+async def check_targets(plan: Plan, timeout_s: float = 5.0) -> None:
+    """Every door (and broker) of the plan accepts a connection, before anything is registered or sent:
+    a door that is not there is one sentence, not a traceback half-way through the run."""
+    for what, host, port, hint in targets(plan):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"no {what} answers at {host}:{port} ({type(exc).__name__}): {hint}") from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 def national_of(keys: Any, opposition: Any) -> Callable[[str, dict[str, Any]], list[tuple[str, str, bool]]]:
     """What the pseudonymize stage must do with one canonical record, computed with the same policies,
     keys and opposition registry: (destination, national event id, dropped by opposition) per feed."""
@@ -291,6 +335,7 @@ async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress 
 
     seed = plan.seed if plan.seed is not None else int(time.time())
     keys = load_keys()
+    await check_targets(plan)
     await asyncio.to_thread(wait_for_kafka, settings.kafka, 30)
     rng = random.Random(seed)
     people = cohort(seed, plan.patients, ipp_base=rng.randrange(10_000_000, 90_000_000))

@@ -80,14 +80,18 @@ class FhirRestService:
         self.server = FhirRestServer(
             s.fhir_rest, committer, self.authenticator, FhirRestMetrics(self.metrics_registry)
         )
-        port = await self.server.start()
-        if with_telemetry:
-            self.telemetry = await start_telemetry(
-                self.metrics_registry,
-                dependencies(s.kafka, s.registry),
-                s.fhir_rest.host,
-                s.fhir_rest.metrics_port,
-            )
+        try:
+            port = await self.server.start()
+            if with_telemetry:
+                self.telemetry = await start_telemetry(
+                    self.metrics_registry,
+                    dependencies(s.kafka, s.registry),
+                    s.fhir_rest.host,
+                    s.fhir_rest.metrics_port,
+                )
+        except BaseException:  # e.g. a port in use: close what was opened, so the error stays one line
+            await self.stop()
+            raise
         return port
 
     async def stop(self) -> None:
