@@ -360,6 +360,29 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent import dlq
+
+    dlq.list_cmd(
+        settings,
+        args.topic or dlq.DLQ_TOPICS,
+        dlq.parse_time(args.since, "--since") if args.since else None,
+        dlq.parse_time(args.until, "--until") if args.until else None,
+        args.reason,
+        args.facility,
+        args.json,
+    )
+    return 0
+
+
+def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent import dlq
+
+    since = dlq.parse_time(args.since, "--since") if args.since else None
+    dlq.show_cmd(settings, args.raw_id, args.topic or dlq.DLQ_TOPICS, since)
+    return 0
+
+
 def cmd_devices_serve(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -714,6 +737,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail_.add_argument("--max", type=_positive_int, default=None, help="stop after this many records")
     tail_.set_defaults(func=cmd_tail)
+    dlq_ = sub.add_parser("dlq", help="dead letters: how many, of what, from whom; one message's in full")
+    dlq_sub = dlq_.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="count dead letters by topic, stage, reason and facility")
+    dlq_show = dlq_sub.add_parser("show", help="a message's dead letters with their reason and payload")
+    dlq_show.add_argument(
+        "raw_id", help="the raw id (8 characters or more of it), as `dlq list --json` or a trace gives"
+    )
+    for p in (dlq_list, dlq_show):
+        p.add_argument(
+            "--topic",
+            action="append",
+            choices=["dlq.ingest", "dlq.normalize", "dlq.pseudonymize"],
+            help="only this dead-letter topic (repeatable; default: all three)",
+        )
+        p.add_argument("--since", help="ISO 8601 time (UTC without an offset); default: the oldest kept")
+    dlq_list.add_argument("--until", help="ISO 8601 time, exclusive; default: now")
+    dlq_list.add_argument("--reason", help="only this reason code (see docs/operations.md)")
+    dlq_list.add_argument("--facility", help="only this sending facility")
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_show.set_defaults(func=cmd_dlq_show)
     return parser
 
 

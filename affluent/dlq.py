@@ -1,0 +1,258 @@
+"""``affluent dlq list`` and ``affluent dlq show``: where messages stopped and why, offsets untouched.
+
+An operator's first questions on a dead letter are "how many, of what, from whom, since when" and
+"what exactly was refused". ``list`` answers the first by reading the dead-letter topics within a time
+range and counting by (topic, stage, reason, sending facility); ``show`` answers the second for one
+raw id: every dead letter of that message with its reason, location and rule, and the refused payload
+decoded (HL7 per its MSH-18, JSON pretty-printed). The dead-letter topics are hospital-internal: they
+hold the refused payloads, so ``show`` prints identifying data to the operator's terminal, and nothing
+else does.
+
+Reads are bounded: from the first offset at ``--since`` (Kafka's time index) to each partition's end
+as it was when the command started, with a throw-away consumer group that commits nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from affluent.core.errors import ConfigError
+from affluent.core.kafka import make_consumer, wait_for_kafka
+from affluent.core.settings import Settings
+from affluent.core.topics import DLQ_INGEST
+from formats.hl7.charset import UnknownCharset, decode
+from schemas.catalog import DLQ_NORMALIZE, DLQ_PSEUDONYMIZE
+from schemas.registry import Registry
+from schemas.registry import decode as decode_record
+
+DLQ_TOPICS = (DLQ_INGEST, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of ``dlq list``: how many dead letters share a topic, stage, reason and sender."""
+
+    topic: str
+    stage: str
+    reason_code: str
+    facility: str
+    count: int
+    first: datetime
+    last: datetime
+
+
+def summarize(records: Iterable[tuple[str, dict[str, Any]]]) -> list[Row]:
+    """Count (topic, record) pairs by topic, stage, reason and sending facility; most frequent first."""
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    first: dict[tuple[str, str, str, str], datetime] = {}
+    last: dict[tuple[str, str, str, str], datetime] = {}
+    for topic, record in records:
+        key = (topic, str(record["stage"]), str(record["reason_code"]), str(record["source"]["facility"]))
+        when: datetime = record["failed_at"]
+        counts[key] += 1
+        first[key] = min(first.get(key, when), when)
+        last[key] = max(last.get(key, when), when)
+    return [
+        Row(*key, count, first[key], last[key])
+        for key, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
+
+
+def render_rows(rows: Sequence[Row]) -> list[str]:
+    if not rows:
+        return ["no dead letters in that range"]
+    lines = [f"{'topic':<17} {'stage':<12} {'reason':<24} {'facility':<20} {'count':>6}  first .. last (UTC)"]
+    for r in rows:
+        span = f"{r.first:%Y-%m-%d %H:%M:%S} .. {r.last:%Y-%m-%d %H:%M:%S}"
+        lines.append(
+            f"{r.topic:<17} {r.stage:<12} {r.reason_code:<24} {r.facility or '-':<20} {r.count:>6}  {span}"
+        )
+    lines.append(f"{sum(r.count for r in rows)} dead letters")
+    return lines
+
+
+def payload_text(payload: bytes | None, content_type: str | None) -> str:
+    """The refused payload as an operator reads it: HL7 segments one per line, JSON indented."""
+    if payload is None:
+        return "(no payload: the input could not be read at all)"
+    kind = (content_type or "").lower()
+    if "hl7" in kind or payload.lstrip()[:3] in (b"MSH", b"BHS", b"FHS"):
+        try:
+            text = decode(payload).text
+        except UnknownCharset:
+            text = payload.decode("latin-1")
+        return text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+    try:
+        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return payload.decode("utf-8", "replace")
+
+
+def render_record(topic: str, record: dict[str, Any]) -> list[str]:
+    lineage = record.get("lineage")
+    source = record["source"]
+    fields = [
+        ("topic", topic),
+        ("stage", record["stage"]),
+        ("reason", f"{record['reason_code']}: {record['reason']}"),
+        ("location", record.get("location") or "-"),
+        ("rule", record.get("rule") or "-"),
+        ("failed at", f"{record['failed_at']:%Y-%m-%d %H:%M:%S} UTC"),
+        ("source", " / ".join(str(source.get(k) or "-") for k in ("facility", "application", "connector"))),
+        ("raw id", record.get("raw_id") or "-"),
+        ("event id", record.get("event_id") or "-"),
+        ("input", f"{lineage['topic']}[{lineage['partition']}]@{lineage['offset']}" if lineage else "-"),
+    ]
+    fields += [(f"attribute {k}", v) for k, v in sorted((record.get("attributes") or {}).items())]
+    lines = [f"{name:<20} {value}" for name, value in fields]
+    lines += ["payload:", payload_text(record.get("raw_payload"), record.get("content_type"))]
+    return lines
+
+
+def read(
+    settings: Settings,
+    topics: Sequence[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    wait_s: float = 10.0,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every dead letter of ``topics`` failed in [since, until), up to each partition's end at the start."""
+    wait_for_kafka(settings.kafka, timeout_s=wait_s)
+    registry = Registry(settings.registry)
+    consumer = make_consumer(
+        settings.kafka, group_id=f"affluent-dlq-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
+    )
+    out: list[tuple[str, dict[str, Any]]] = []
+    try:
+        metadata = consumer.list_topics(timeout=wait_s).topics
+        partitions = [
+            TopicPartition(t, p) for t in topics if t in metadata for p in sorted(metadata[t].partitions)
+        ]
+        if not partitions:
+            return out
+        ends = {
+            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=wait_s)[1]
+            for tp in partitions
+        }
+        if since is not None:
+            stamp = int(since.timestamp() * 1000)
+            starts = consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, stamp) for tp in partitions]
+            )
+        else:
+            starts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions]
+        todo = {
+            (tp.topic, tp.partition)
+            for tp in starts
+            if ends[(tp.topic, tp.partition)] > 0 and tp.offset != -1  # -1: nothing at or after `since`
+        }
+        consumer.assign([tp for tp in starts if (tp.topic, tp.partition) in todo])
+        while todo:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            topic, partition, offset, error = msg.topic(), msg.partition(), msg.offset(), msg.error()
+            if topic is None or partition is None:
+                continue
+            where = (topic, partition)
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    todo.discard(where)
+                continue
+            value = msg.value()
+            if offset is None or value is None or offset >= ends[where]:
+                todo.discard(where)
+                continue
+            if offset >= ends[where] - 1:
+                todo.discard(where)
+            record = decode_record(registry, value)
+            failed: datetime = record["failed_at"]
+            if (since is None or failed >= since) and (until is None or failed < until):
+                out.append((topic, record))
+    finally:
+        consumer.close()
+    return out
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time for --since/--until; without an offset it is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text[:40]!r} is not an ISO 8601 time, e.g. 2026-12-01T08:00 or 2026-12-01T08:00+01:00"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def list_cmd(
+    settings: Settings,
+    topics: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    reason: str | None,
+    facility: str | None,
+    as_json: bool,
+    out: Callable[[str], None] = print,
+) -> int:
+    records = [
+        (t, r)
+        for t, r in read(settings, topics, since, until)
+        if (reason is None or r["reason_code"] == reason)
+        and (facility is None or r["source"]["facility"] == facility)
+    ]
+    rows = summarize(records)
+    if as_json:
+        for row in rows:
+            out(
+                json.dumps(
+                    {
+                        "topic": row.topic,
+                        "stage": row.stage,
+                        "reason_code": row.reason_code,
+                        "facility": row.facility,
+                        "count": row.count,
+                        "first": row.first.isoformat(),
+                        "last": row.last.isoformat(),
+                    }
+                )
+            )
+    else:
+        for line in render_rows(rows):
+            out(line)
+    return sum(row.count for row in rows)
+
+
+def show_cmd(
+    settings: Settings,
+    raw_id: str,
+    topics: Sequence[str],
+    since: datetime | None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Every dead letter of the message with this raw id (a prefix of 8 characters or more is enough)."""
+    if len(raw_id) < 8:
+        raise ConfigError(f"raw id {raw_id!r} is too short: give at least 8 characters of it")
+    found = [
+        (t, r) for t, r in read(settings, topics, since) if str(r.get("raw_id") or "").startswith(raw_id)
+    ]
+    if not found:
+        raise ConfigError(
+            f"no dead letter with raw id {raw_id} in {', '.join(topics)}"
+            + (f" since {since:%Y-%m-%d %H:%M}" if since else "")
+            + ": check the id with `affluent dlq list`, or widen --since"
+        )
+    for n, (topic, record) in enumerate(found):
+        if n:
+            out("")
+        for line in render_record(topic, record):
+            out(line)
+    return len(found)
