@@ -125,9 +125,9 @@ def cmd_network_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
     from affluent.core.kafka import ensure_topics
-    from affluent.core.topics import CORE_TOPICS
+    from affluent.core.topics import CORE_TOPICS, audit_topic
 
-    created = ensure_topics(settings.kafka, CORE_TOPICS)
+    created = ensure_topics(settings.kafka, [*CORE_TOPICS, audit_topic(settings.audit.retention_ms)])
     print(f"{len(created)} topic(s) created" + (f": {', '.join(created)}" if created else ""))
     return 0
 
@@ -155,12 +155,15 @@ def cmd_schemas_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _start_checks(settings: Settings, name: str) -> None:
-    """A component's start-up refusals (files, ports, exposure) before anything starts, as ``run`` does."""
+    """A component's start-up refusals (files, ports, exposure) before anything starts, as ``run`` does;
+    then the configuration it starts with goes to the audit trail (its hash only, best effort)."""
+    from affluent.audit_cli import record_start
     from affluent.components import COMPONENTS, start_checks
 
     for component in COMPONENTS:
         if component.name == name:
             start_checks(component, settings)
+    record_start(settings, name, [name])
 
 
 def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
@@ -221,17 +224,19 @@ def _objection(args: argparse.Namespace) -> Any:
 
 
 def cmd_opposition_add(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.audit_cli import os_user
     from streams.opposition.cli import register
 
-    done = register(settings, _objection(args))
+    done = register(settings, _objection(args), who=os_user())
     print(f"objection registered ({done.entries} entries, {done.retractions} national retractions)")
     return 0
 
 
 def cmd_opposition_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.audit_cli import os_user
     from streams.opposition.cli import withdraw
 
-    n = withdraw(settings, _objection(args))
+    n = withdraw(settings, _objection(args), who=os_user())
     print(f"objection withdrawn ({n} entries)")
     return 0
 
@@ -281,6 +286,9 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
         types = asyncio.run(pull.reset(settings, source, args.type or []))
         print(f"checkpoints of {source.name} forgotten for {', '.join(types)}: the next pass resyncs them")
     elif args.follow:
+        from affluent.audit_cli import record_start
+
+        record_start(settings, "pull", [f"pull:{source.name}"])
         asyncio.run(pull.follow(settings, source))
     else:
         print(pull.summary(asyncio.run(pull.pull_once(settings, source))))
@@ -310,7 +318,13 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             when = "default" if c.default else "on demand"
             print(f"{c.name:<14} {c.role:<7} {when:<10} affluent {' '.join(c.argv)}")
         return 0
-    return asyncio.run(supervise(settings, select(args.only), out=lambda line: print(line, flush=True)))
+    from affluent.audit_cli import record_start
+    from affluent.run import preflight
+
+    components = select(args.only)
+    preflight(settings, components, os.environ)  # a refusal before the trail records a start
+    record_start(settings, "run", [c.name for c in components])
+    return asyncio.run(supervise(settings, components, out=lambda line: print(line, flush=True)))
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -379,7 +393,18 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     from affluent import dlq
 
     since = dlq.parse_time(args.since, "--since") if args.since else None
-    dlq.show_cmd(settings, args.raw_id, args.topic or dlq.DLQ_TOPICS, since)
+    dlq.show_cmd(settings, args.raw_id, args.topic or dlq.DLQ_TOPICS, since)  # audited: identified data
+    return 0
+
+
+def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.audit_cli import list_entries
+
+    if args.since and args.until and args.until <= args.since:
+        raise ConfigError("--until must be later than --since (affluent audit list)")
+    list_entries(
+        settings, args.since, args.until, args.action, args.json, out=lambda line: print(line, flush=True)
+    )
     return 0
 
 
@@ -758,6 +783,19 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
     dlq_list.set_defaults(func=cmd_dlq_list)
     dlq_show.set_defaults(func=cmd_dlq_show)
+    audit = sub.add_parser("audit", help="the audit trail (control.audit): who did what, when, on what")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_list = audit_sub.add_parser("list", help="print entries, oldest first, up to the end of the trail")
+    audit_list.add_argument("--since", type=_instant, default=None, help="ISO 8601 time, inclusive")
+    audit_list.add_argument("--until", type=_instant, default=None, help="ISO 8601 time, exclusive")
+    audit_list.add_argument(
+        "--action",
+        choices=("opposition_add", "opposition_remove", "topic_read", "config_loaded"),
+        default=None,
+        help="only this action",
+    )
+    audit_list.add_argument("--json", action="store_true", help="one JSON object a line")
+    audit_list.set_defaults(func=cmd_audit_list)
     return parser
 
 

@@ -24,11 +24,14 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from affluent.audit_cli import os_user
 from affluent.core.errors import ConfigError
 from affluent.core.kafka import make_consumer, wait_for_kafka
 from affluent.core.settings import Settings
 from affluent.core.topics import DLQ_INGEST
 from formats.hl7.charset import UnknownCharset, decode
+from schemas.audit import AuditAction, AuditChannel, audit_entry
+from schemas.audit_log import record_now
 from schemas.catalog import DLQ_NORMALIZE, DLQ_PSEUDONYMIZE
 from schemas.registry import Registry
 from schemas.registry import decode as decode_record
@@ -237,10 +240,15 @@ def show_cmd(
     topics: Sequence[str],
     since: datetime | None,
     out: Callable[[str], None] = print,
+    who: str | None = None,
 ) -> int:
-    """Every dead letter of the message with this raw id (a prefix of 8 characters or more is enough)."""
+    """Every dead letter of the message with this raw id (a prefix of 8 characters or more is enough).
+
+    The payloads identify patients: the read is recorded in the audit trail first (who, which topics),
+    and nothing is read when that record cannot be written (as for ``affluent tail``)."""
     if len(raw_id) < 8:
         raise ConfigError(f"raw id {raw_id!r} is too short: give at least 8 characters of it")
+    record_now(settings, audit_entry(AuditAction.TOPIC_READ, who or os_user(), AuditChannel.CLI, topics))
     found = [
         (t, r) for t, r in read(settings, topics, since) if str(r.get("raw_id") or "").startswith(raw_id)
     ]

@@ -3,7 +3,9 @@
 For looking at what a destination receives (``affluent tail national.hdh.observation.v1``): new records
 as they come, or with ``--from-beginning`` the topic as it is, then exit (``--follow`` to keep waiting).
 It reads with a throw-away consumer group and commits nothing, so it never moves a real consumer's
-position. Bytes (raw payloads) are shown in base64 and times in ISO 8601, so every line is valid JSON.
+position. A read of an identified topic (every one but ``national.*`` and ``control.audit``:
+:func:`schemas.audit.is_identified`) is first recorded in the audit trail, with the OS user; no entry
+written, no read. Bytes (raw payloads) are shown in base64 and times in ISO 8601, so every line is valid JSON.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 
+from affluent.audit_cli import os_user
 from affluent.core.errors import AffluentError, ConfigError, KafkaUnavailable, Unavailable
 from affluent.core.kafka import make_consumer, wait_for_kafka
 from affluent.core.settings import Settings
+from schemas.audit import AuditAction, AuditChannel, audit_entry, is_identified
+from schemas.audit_log import record_now
 from schemas.registry import Registry, decode
 
 
@@ -47,11 +52,13 @@ def tail(
     idle_timeout_s: float | None = None,
     follow: bool = True,
     wait_s: float = 10.0,
+    who: str | None = None,
 ) -> int:
     """Print records until `limit` were shown; without `follow`, also when every partition is read to
-    the end it had when the tail started (``--from-beginning`` alone: the topic as it is, then exit);
-    with `idle_timeout_s`, also when nothing came for that long; otherwise until interrupted. Returns how
-    many were printed. Kafka not answering within `wait_s` is a KafkaUnavailable."""
+        the end it had when the tail started (``--from-beginning`` alone: the topic as it is, then exit);
+        with `idle_timeout_s`, also when nothing came for that long; otherwise until interrupted. Returns how
+        many were printed. Kafka not answering within `wait_s` is a KafkaUnavailable. ``who`` is the OS user
+    the audit entry names (default: the current one)."""
     wait_for_kafka(settings.kafka, timeout_s=wait_s)
     registry = Registry(settings.registry)
     overrides = {} if follow else {"enable.partition.eof": True}
@@ -69,6 +76,9 @@ def tail(
                 f"topic {topic} does not exist on Kafka at {settings.kafka.bootstrap_servers}: "
                 "check its name (national.<destination>.<kind>.v1, canonical.<kind>, ingest.*.raw, dlq.*)"
             )
+        if is_identified(topic):
+            entry = audit_entry(AuditAction.TOPIC_READ, who or os_user(), AuditChannel.CLI, [topic])
+            record_now(settings, entry, wait_s=wait_s)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in md.partitions])
         at_end: set[int] = set()

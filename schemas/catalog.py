@@ -19,6 +19,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from affluent.core.errors import RegistryError, RegistryUnavailable, SchemaError
 from affluent.core.topics import (
+    CONTROL_AUDIT,
     DLQ_INGEST,
     INGEST_DEVICE_RAW,
     INGEST_FHIR_RAW,
@@ -79,6 +80,7 @@ _TOPIC_SCHEMAS: tuple[tuple[str, str], ...] = (
     (DLQ_INGEST, "dead_letter"),
     (DLQ_NORMALIZE, "dead_letter"),
     (DLQ_PSEUDONYMIZE, "dead_letter"),
+    (CONTROL_AUDIT, "audit_entry"),
     *(
         (f"national.{destination}.{kind}.v1", f"national/{destination}/{kind}_v1")
         for destination, kinds in NATIONAL_KINDS.items()

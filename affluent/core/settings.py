@@ -403,6 +403,13 @@ class OppositionSettings(BaseModel):
         return self
 
 
+class AuditSettings(BaseModel):
+    """The audit trail (``control.audit``)."""
+
+    # How long entries are kept; applied as the topic's retention.ms when the topic is created.
+    retention_ms: int = Field(default=400 * 86_400_000, ge=86_400_000)
+
+
 class NetworkSettings(BaseModel):
     """The local three-level network (hospital -> region -> national): independent clusters + MirrorMaker 2.
 
@@ -441,6 +448,7 @@ class Settings(BaseSettings):
     devices: DeviceSettings = DeviceSettings()
     run: RunSettings = RunSettings()
     network: NetworkSettings = NetworkSettings()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,8 @@ DLQ_INGEST = "dlq.ingest"
 # FHIR REST door: raw_id (or If-None-Exist digest) -> the answer given, so a resend stores nothing new.
 CONTROL_FHIR_SEEN = "control.fhir.seen"
 CONTROL_FHIR_POLL_CHECKPOINTS = "control.fhir_poll.checkpoints"
+# The audit trail: who did what, append-only (never compacted), kept AFFLUENT_AUDIT__RETENTION_MS.
+CONTROL_AUDIT = "control.audit"
 
 COMPACTED_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 # The ACK cache only needs to outlive a sender's retry horizon: compacted, and bounded to 7 days.
@@ -39,6 +41,13 @@ CORE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(CONTROL_FHIR_POLL_CHECKPOINTS, config=COMPACTED_CONFIG),
     TopicSpec(CONTROL_DEVICES, config=COMPACTED_CONFIG),
 )
+
+
+def audit_topic(retention_ms: int) -> TopicSpec:
+    """``control.audit``: one partition (one order for the whole trail), deleted only by age."""
+    return TopicSpec(
+        CONTROL_AUDIT, partitions=1, config={"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+    )
 
 
 def value_subject(topic: str) -> str:

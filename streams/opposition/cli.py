@@ -20,6 +20,7 @@ from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.core.lifecycle import wait_for_signal
 from affluent.core.settings import Settings
 from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
+from schemas.audit import AuditChannel
 from schemas.readiness import dependencies
 from streams.opposition.http import OppositionEndpoint
 from streams.opposition.objection import Objection
@@ -54,24 +55,30 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(main())).result()
 
 
-def register(settings: Settings, objection: Objection, keys: KeyProvider | None = None) -> Registered:
+def register(
+    settings: Settings, objection: Objection, keys: KeyProvider | None = None, who: str = CLI_PRINCIPAL
+) -> Registered:
+    """``who``: the OS user at the console, for the audit trail (the retractions say ``affluent-cli``)."""
+
     async def go() -> Registered:
         service = build_service(settings, keys)
         await service.start(with_view=False)
         try:
-            return await service.register(objection, CLI_PRINCIPAL)
+            return await service.register(objection, CLI_PRINCIPAL, AuditChannel.CLI, who)
         finally:
             await service.stop()
 
     return _run(go)
 
 
-def withdraw(settings: Settings, objection: Objection, keys: KeyProvider | None = None) -> int:
+def withdraw(
+    settings: Settings, objection: Objection, keys: KeyProvider | None = None, who: str = CLI_PRINCIPAL
+) -> int:
     async def go() -> int:
         service = build_service(settings, keys)
         await service.start(with_view=False)
         try:
-            return await service.withdraw(objection, CLI_PRINCIPAL)
+            return await service.withdraw(objection, CLI_PRINCIPAL, AuditChannel.CLI, who)
         finally:
             await service.stop()
 

@@ -9,6 +9,9 @@ never see it. ``GET /opposition`` gives the registry's entry count. Answers:
   that is not JSON, 413 above 4 KiB (an objection is tiny);
 - 503 with ``Retry-After`` when Kafka did not confirm — the objection is not in force, register again.
 
+Every request to change the registry is in the audit trail (``control.audit``): who (the token's
+principal), the keyed hashes, the outcome; a change is made only once its entry is confirmed.
+
 ``/health``, ``/ready`` and ``/metrics`` are unauthenticated and hold no identity.
 
 Served over HTTPS when ``opposition.tls_certificate``/``tls_key`` are set; beyond loopback it must be
@@ -30,11 +33,13 @@ from affluent.core.limits import serve_limited
 from affluent.core.settings import OppositionSettings
 from affluent.core.telemetry import ReadyCheck, ready_response
 from affluent.core.tls import check_key_file, refuse_unprotected, server_context
+from schemas.audit import UNKNOWN_CALLER, AuditAction, AuditChannel, AuditReason
 from streams.opposition.objection import InvalidObjection, Objection
 from streams.opposition.service import OppositionService
 
 MAX_BODY = 4096
 RETRY_AFTER_S = "5"
+AUDITED = {"register": AuditAction.OPPOSITION_ADD, "withdraw": AuditAction.OPPOSITION_REMOVE}
 
 
 def _problem(status: int, code: str, text: str, **headers: str) -> web.Response:
@@ -139,19 +144,22 @@ class OppositionEndpoint:
         return await self._handle(request, "withdraw")
 
     async def _handle(self, request: web.Request, action: str) -> web.Response:
+        audited = AUDITED[action]
         principal = await self._authorized(request, action)
         if isinstance(principal, web.Response):
+            self.service.refused(audited, UNKNOWN_CALLER, AuditChannel.HTTP, AuditReason.UNAUTHORIZED)
             return principal
         objection = await self._objection(request, action)
         if isinstance(objection, web.Response):
+            self.service.refused(audited, principal, AuditChannel.HTTP, AuditReason.INVALID_REQUEST)
             return objection
         try:
             if action == "register":
-                done = await self.service.register(objection, principal)
+                done = await self.service.register(objection, principal, AuditChannel.HTTP)
                 body = {"status": "registered", "entries": done.entries, "retractions": done.retractions}
                 status = 201
             else:
-                entries = await self.service.withdraw(objection, principal)
+                entries = await self.service.withdraw(objection, principal, AuditChannel.HTTP)
                 body, status = {"status": "withdrawn", "entries": entries}, 200
         except KafkaUnavailable:
             self.service.metrics.requests.labels(action, "kafka_unavailable").inc()

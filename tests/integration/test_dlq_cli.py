@@ -62,8 +62,12 @@ def test_list_counts_and_show_prints_one_message(settings, registry, capsys) -> 
     )
     assert later == 0  # nothing at or after --since: the time index, not a full read
     shown: list[str] = []
-    assert dlq.show_cmd(settings, raw_ids[2][:12], [topic], before, shown.append) == 1
+    assert dlq.show_cmd(settings, raw_ids[2][:12], [topic], before, shown.append, who="it-dlq-reader") == 1
     assert any(line.startswith("reason") and "no_patient" in line for line in shown)
     assert shown[-1].splitlines()[-1] == "PID|1"
+    from schemas.audit_log import read_entries
+
+    reads = [e for e in read_entries(settings, since=before) if e["who"] == "it-dlq-reader"]
+    assert [(e["action"], e["targets"], e["outcome"]) for e in reads] == [("topic_read", [topic], "ok")]
     with pytest.raises(ConfigError, match="no dead letter with raw id"):
         dlq.show_cmd(settings, "f" * 12, [topic], before, shown.append)

@@ -591,6 +591,7 @@ def test_catalog_maps_every_topic_to_its_schema():
         "dlq.ingest": "dead_letter",
         "dlq.normalize": "dead_letter",
         "dlq.pseudonymize": "dead_letter",
+        "control.audit": "audit_entry",
         **{
             f"national.{d}.{k}.v1": f"national/{d}/{k}_v1" for d, ks in cat.NATIONAL_KINDS.items() for k in ks
         },
