@@ -37,6 +37,7 @@ from affluent.core.errors import (
 )
 from affluent.core.settings import Settings, describe_invalid, load_settings
 from affluent.local.stack import LocalStack
+from schemas.audit import AuditAction
 
 if TYPE_CHECKING:
     from affluent.local.network import Network
@@ -405,6 +406,14 @@ def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
     list_entries(
         settings, args.since, args.until, args.action, args.json, out=lambda line: print(line, flush=True)
     )
+    return 0
+
+
+def cmd_dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent import dlq
+
+    since = dlq.parse_time(args.since, "--since") if args.since else None
+    dlq.redrive_cmd(settings, args.raw_id, since, args.why, dry_run=args.dry_run, force=args.force)
     return 0
 
 
@@ -781,6 +790,17 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--reason", help="only this reason code (see docs/operations.md)")
     dlq_list.add_argument("--facility", help="only this sending facility")
     dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dlq_redrive = dlq_sub.add_parser(
+        "redrive", help="hand a message back to the normalize stage after a fix (dry run shown first)"
+    )
+    dlq_redrive.add_argument("raw_id", help="the raw id (8 characters or more of it)")
+    dlq_redrive.add_argument("--why", required=True, help="recorded in the audit trail, e.g. a ticket id")
+    dlq_redrive.add_argument("--since", help="look for its dead letters from this ISO 8601 time")
+    dlq_redrive.add_argument("--dry-run", action="store_true", help="only say what the stage would do now")
+    dlq_redrive.add_argument(
+        "--force", action="store_true", help="re-drive even if it would be refused again for the same reason"
+    )
+    dlq_redrive.set_defaults(func=cmd_dlq_redrive)
     dlq_list.set_defaults(func=cmd_dlq_list)
     dlq_show.set_defaults(func=cmd_dlq_show)
     audit = sub.add_parser("audit", help="the audit trail (control.audit): who did what, when, on what")
@@ -790,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_list.add_argument("--until", type=_instant, default=None, help="ISO 8601 time, exclusive")
     audit_list.add_argument(
         "--action",
-        choices=("opposition_add", "opposition_remove", "topic_read", "config_loaded"),
+        choices=[a.value for a in AuditAction],  # the schema's enum: a new action is listable at once
         default=None,
         help="only this action",
     )

@@ -1,4 +1,4 @@
-"""``affluent dlq list`` and ``affluent dlq show``: where messages stopped and why, offsets untouched.
+"""``affluent dlq list|show|redrive``: where messages stopped and why, and handing one back after a fix.
 
 An operator's first questions on a dead letter are "how many, of what, from whom, since when" and
 "what exactly was refused". ``list`` answers the first by reading the dead-letter topics within a time
@@ -14,6 +14,7 @@ as it was when the command started, with a throw-away consumer group that commit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
@@ -27,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from affluent.audit_cli import os_user
 from affluent.core.errors import ConfigError
 from affluent.core.kafka import make_consumer, wait_for_kafka
+from affluent.core.producer import DurableProducer
 from affluent.core.settings import Settings
 from affluent.core.topics import DLQ_INGEST
 from formats.hl7.charset import UnknownCharset, decode
@@ -264,3 +266,150 @@ def show_cmd(
         for line in render_record(topic, record):
             out(line)
     return len(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the normalize stage does with a dead-lettered input today (a dry run of its pure process)."""
+
+    topic: str
+    partition: int
+    offset: int
+    refused_for: frozenset[str]  # the reasons the input was dead-lettered for
+    reasons_now: frozenset[str]  # the reasons it would be dead-lettered for now (empty: it maps)
+    events: int  # canonical events it would produce now
+
+    @property
+    def refused_again(self) -> bool:
+        """Refused again *for the same reason*: re-driving would only add a dead letter."""
+        return bool(self.refused_for & self.reasons_now)
+
+    def line(self) -> str:
+        where = f"{self.topic}[{self.partition}]@{self.offset}"
+        if not self.reasons_now:
+            was = ", ".join(sorted(self.refused_for))
+            return f"{where}: maps now ({self.events} events); was refused for {was}"
+        again = "again " if self.refused_again else ""
+        return f"{where}: refused {again}for {', '.join(sorted(self.reasons_now))} ({self.events} events)"
+
+
+def _read_one(settings: Settings, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes]:
+    """The (key, value) at one offset, or ConfigError when retention has removed it."""
+    consumer = make_consumer(settings.kafka, group_id=f"affluent-redrive-{uuid.uuid4().hex[:8]}")
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        for _ in range(20):
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            value = msg.value()
+            if msg.offset() == offset and value is not None:
+                return msg.key(), value
+            break
+    finally:
+        consumer.close()
+    raise ConfigError(
+        f"{topic}[{partition}]@{offset} is no longer in Kafka (retention): the sender must send it again"
+    )
+
+
+def _normalizer(settings: Settings) -> Any:
+    from zoneinfo import ZoneInfo
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.normalize.options import MappingOptions
+    from streams.normalize.stage import NormalizeMetrics, Normalizer
+    from streams.normalize.worker import default_mappers, device_mapper
+
+    return Normalizer(
+        Registry(settings.registry),
+        MappingOptions(timezone=ZoneInfo(settings.streams.timezone)),
+        NormalizeMetrics(CollectorRegistry()),
+        default_mappers(device_mapper(settings)),
+    )
+
+
+def redrive_cmd(
+    settings: Settings,
+    raw_id: str,
+    since: datetime | None,
+    why: str,
+    dry_run: bool = False,
+    force: bool = False,
+    out: Callable[[str], None] = print,
+    who: str | None = None,
+) -> list[Verdict]:
+    """Hand a message's raw record back to the normalize stage, after a fix.
+
+    The raw record is read again from its raw topic at the offset its dead letter names, put through
+    the stage's own pure ``process`` (the dry run: the verdict is printed first), and, unless it would
+    be refused again for the same reason (``force`` overrides), sent again to its raw topic with its
+    key: the workers map it like any record, and because it keeps its raw id its event ids are the
+    ones a first success would have had, so any earlier partial output collapses with it. The re-drive
+    is recorded in the audit trail (who, which raw id, why) before anything is sent.
+    """
+    from schemas.registry import decode as decode_dead
+
+    if len(raw_id) < 8:
+        raise ConfigError(f"raw id {raw_id!r} is too short: give at least 8 characters of it")
+    letters = [
+        r for _, r in read(settings, [DLQ_NORMALIZE], since) if str(r.get("raw_id") or "").startswith(raw_id)
+    ]
+    if not letters:
+        raise ConfigError(
+            f"no dead letter in {DLQ_NORMALIZE} with raw id {raw_id}: `affluent dlq list --topic "
+            f"{DLQ_NORMALIZE}` shows what is there (ingest dead letters are resent by their sender)"
+        )
+    full_ids = {str(r["raw_id"]) for r in letters}
+    if len(full_ids) > 1:
+        raise ConfigError(f"raw id {raw_id} names {len(full_ids)} messages: give more of it")
+    inputs: dict[tuple[str, int, int], set[str]] = {}
+    for record in letters:
+        lineage = record.get("lineage")
+        if lineage is None:
+            continue
+        inputs.setdefault((lineage["topic"], lineage["partition"], lineage["offset"]), set()).add(
+            str(record["reason_code"])
+        )
+    normalizer = _normalizer(settings)
+    registry = Registry(settings.registry)
+    verdicts: list[Verdict] = []
+    records: list[tuple[str, bytes | None, bytes | None]] = []  # (topic, value, key), as send_all takes
+    for (topic, partition, offset), reasons in sorted(inputs.items()):
+        key, value = _read_one(settings, topic, partition, offset)
+        outputs = normalizer.process(value, topic, partition, offset)
+        now = frozenset(
+            str(decode_dead(registry, o.value)["reason_code"])
+            for o in outputs
+            if o.topic == DLQ_NORMALIZE and o.value
+        )
+        events = sum(1 for o in outputs if o.topic != DLQ_NORMALIZE)
+        verdicts.append(Verdict(topic, partition, offset, frozenset(reasons), now, events))
+        records.append((topic, value, key))
+    for verdict in verdicts:
+        out(verdict.line())
+    if dry_run:
+        return verdicts
+    if any(v.refused_again for v in verdicts) and not force:
+        raise ConfigError(
+            "not re-driven: the stage would refuse it again for the same reason; fix the mapping "
+            "(or the sender's data) first, or re-drive anyway with --force"
+        )
+    [full] = full_ids
+    attributes = {"why": why, "forced": "yes" if force else "no"}
+    record_now(
+        settings,
+        audit_entry(AuditAction.REDRIVE, who or os_user(), AuditChannel.CLI, [full], attributes=attributes),
+    )
+
+    async def send() -> None:
+        producer = DurableProducer(settings.kafka)
+        try:
+            await producer.send_all(records)
+        finally:
+            producer.flush()
+
+    asyncio.run(send())
+    out(f"re-driven: {len(records)} raw record(s) sent again to the normalize stage (raw id {full[:16]}…)")
+    return verdicts

@@ -33,6 +33,7 @@ class AuditAction(StrEnum):
     OPPOSITION_REMOVE = "opposition_remove"
     TOPIC_READ = "topic_read"
     CONFIG_LOADED = "config_loaded"
+    REDRIVE = "redrive"
 
 
 class AuditChannel(StrEnum):
@@ -54,7 +55,7 @@ class AuditReason(StrEnum):
 
 # The caller could not be identified (an HTTP request without a valid bearer token).
 UNKNOWN_CALLER = "-"
-ATTRIBUTES = frozenset({"settings_sha256", "components", "host", "pid", "version"})
+ATTRIBUTES = frozenset({"settings_sha256", "components", "host", "pid", "version", "why", "forced"})
 
 # ``<key_id>:<base32 HMAC>``: the only form an objection has in control.opposition (pseudonym.py).
 _OPPOSITION_KEY = re.compile(r"[A-Za-z0-9._-]{1,100}:[a-z2-7]{52}")
@@ -68,6 +69,7 @@ _TARGETS = {
     AuditAction.OPPOSITION_REMOVE: (_OPPOSITION_KEY, "a control.opposition keyed hash (<key_id>:<base32>)"),
     AuditAction.TOPIC_READ: (_TOPIC, "a topic name"),
     AuditAction.CONFIG_LOADED: (_COMPONENT, "a component name (affluent run --list) or 'run'"),
+    AuditAction.REDRIVE: (_SHA256, "a raw id (lowercase hex SHA-256)"),
 }
 
 
