@@ -417,6 +417,21 @@ def cmd_dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent import dlq
+    from affluent.replay import SOURCES, replay
+
+    replay(
+        settings,
+        args.stage,
+        dlq.parse_time(args.from_, "--from"),
+        dlq.parse_time(args.to, "--to") if args.to else None,
+        args.source or tuple(SOURCES),
+        out=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
 def cmd_devices_serve(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -802,6 +817,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dlq_redrive.set_defaults(func=cmd_dlq_redrive)
     dlq_list.set_defaults(func=cmd_dlq_list)
+    replay_ = sub.add_parser(
+        "replay", help="re-run the normalize stage over a time range after a fix (own group, same outputs)"
+    )
+    replay_.add_argument("--stage", default="normalize", choices=["normalize", "pseudonymize"])
+    replay_.add_argument("--from", dest="from_", required=True, help="ISO 8601 time (UTC without an offset)")
+    replay_.add_argument("--to", help="ISO 8601 time, exclusive; default: the end as the replay starts")
+    replay_.add_argument(
+        "--source",
+        action="append",
+        choices=["hl7v2", "fhir", "device"],
+        help="only this raw topic (repeatable)",
+    )
+    replay_.set_defaults(func=cmd_replay)
     dlq_show.set_defaults(func=cmd_dlq_show)
     audit = sub.add_parser("audit", help="the audit trail (control.audit): who did what, when, on what")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

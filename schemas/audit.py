@@ -34,6 +34,7 @@ class AuditAction(StrEnum):
     TOPIC_READ = "topic_read"
     CONFIG_LOADED = "config_loaded"
     REDRIVE = "redrive"
+    REPLAY = "replay"
 
 
 class AuditChannel(StrEnum):
@@ -70,6 +71,7 @@ _TARGETS = {
     AuditAction.TOPIC_READ: (_TOPIC, "a topic name"),
     AuditAction.CONFIG_LOADED: (_COMPONENT, "a component name (affluent run --list) or 'run'"),
     AuditAction.REDRIVE: (_SHA256, "a raw id (lowercase hex SHA-256)"),
+    AuditAction.REPLAY: (_TOPIC, "a topic name"),
 }
 
 
