@@ -509,12 +509,15 @@ def capability_statement(settings: FhirRestSettings) -> dict[str, Any]:
 
 
 def tls_context(settings: FhirRestSettings) -> ssl.SSLContext | None:
+    """The shared door context (affluent/core/tls.py); a client certificate is optional here because
+    bearer-token clients need none, and one that is presented is verified against the CA."""
     if settings.tls_certificate is None or settings.tls_key is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(settings.tls_certificate, settings.tls_key)
-    if settings.tls_client_ca is not None:
-        ctx.load_verify_locations(settings.tls_client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer-token clients need no certificate
-    return ctx
+    from affluent.core.tls import server_context
+
+    return server_context(
+        settings.tls_certificate,
+        settings.tls_key,
+        key_setting="AFFLUENT_FHIR_REST__TLS_KEY",
+        client_ca=settings.tls_client_ca,
+    )
