@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
 from affluent.audit_cli import os_user
 from affluent.core.errors import ConfigError
-from affluent.core.kafka import make_consumer, wait_for_kafka
+from affluent.core.kafka import wait_for_kafka
 from affluent.core.producer import DurableProducer
+from affluent.core.ranges import Span, read_range, read_spans
 from affluent.core.settings import Settings
 from affluent.core.topics import DLQ_INGEST
 from formats.hl7.charset import UnknownCharset, decode
@@ -132,58 +130,14 @@ def read(
     """Every dead letter of ``topics`` failed in [since, until), up to each partition's end at the start."""
     wait_for_kafka(settings.kafka, timeout_s=wait_s)
     registry = Registry(settings.registry)
-    consumer = make_consumer(
-        settings.kafka, group_id=f"affluent-dlq-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
-    )
     out: list[tuple[str, dict[str, Any]]] = []
-    try:
-        metadata = consumer.list_topics(timeout=wait_s).topics
-        partitions = [
-            TopicPartition(t, p) for t in topics if t in metadata for p in sorted(metadata[t].partitions)
-        ]
-        if not partitions:
-            return out
-        ends = {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=wait_s)[1]
-            for tp in partitions
-        }
-        if since is not None:
-            stamp = int(since.timestamp() * 1000)
-            starts = consumer.offsets_for_times(
-                [TopicPartition(tp.topic, tp.partition, stamp) for tp in partitions]
-            )
-        else:
-            starts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions]
-        todo = {
-            (tp.topic, tp.partition)
-            for tp in starts
-            if ends[(tp.topic, tp.partition)] > 0 and tp.offset != -1  # -1: nothing at or after `since`
-        }
-        consumer.assign([tp for tp in starts if (tp.topic, tp.partition) in todo])
-        while todo:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            topic, partition, offset, error = msg.topic(), msg.partition(), msg.offset(), msg.error()
-            if topic is None or partition is None:
-                continue
-            where = (topic, partition)
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    todo.discard(where)
-                continue
-            value = msg.value()
-            if offset is None or value is None or offset >= ends[where]:
-                todo.discard(where)
-                continue
-            if offset >= ends[where] - 1:
-                todo.discard(where)
-            record = decode_record(registry, value)
-            failed: datetime = record["failed_at"]
-            if (since is None or failed >= since) and (until is None or failed < until):
-                out.append((topic, record))
-    finally:
-        consumer.close()
+    for record in read_range(settings.kafka, topics, since, None, wait_s):
+        if record.value is None:
+            continue
+        letter = decode_record(registry, record.value)
+        failed: datetime = letter["failed_at"]
+        if (since is None or failed >= since) and (until is None or failed < until):
+            out.append((record.topic, letter))
     return out
 
 
@@ -295,19 +249,9 @@ class Verdict:
 
 def _read_one(settings: Settings, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes]:
     """The (key, value) at one offset, or ConfigError when retention has removed it."""
-    consumer = make_consumer(settings.kafka, group_id=f"affluent-redrive-{uuid.uuid4().hex[:8]}")
-    try:
-        consumer.assign([TopicPartition(topic, partition, offset)])
-        for _ in range(20):
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            value = msg.value()
-            if msg.offset() == offset and value is not None:
-                return msg.key(), value
-            break
-    finally:
-        consumer.close()
+    for record in read_spans(settings.kafka, [Span(topic, partition, offset, offset + 1)]):
+        if record.offset == offset and record.value is not None:
+            return record.key, record.value
     raise ConfigError(
         f"{topic}[{partition}]@{offset} is no longer in Kafka (retention): the sender must send it again"
     )

@@ -16,18 +16,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import KafkaError, TopicPartition
-
 from affluent.audit_cli import os_user
 from affluent.core.errors import ConfigError
-from affluent.core.kafka import make_consumer, wait_for_kafka
+from affluent.core.kafka import wait_for_kafka
 from affluent.core.producer import DurableProducer
+from affluent.core.ranges import read_spans, spans
 from affluent.core.settings import Settings
 from affluent.core.topics import INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW
 from affluent.dlq import _normalizer
@@ -68,40 +66,6 @@ def progress(done: int, total: int, started: float) -> str:
     return f"[{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,} {rate:,.0f}/s ETA {left:,.0f} s"
 
 
-def _ranges(
-    settings: Settings, topics: Sequence[str], start: datetime, end: datetime | None
-) -> list[tuple[TopicPartition, int]]:
-    """(first offset at ``start``, offset to stop before) for every partition with records in range."""
-    consumer = make_consumer(settings.kafka, group_id=f"affluent-replay-{uuid.uuid4().hex[:8]}")
-    try:
-        metadata = consumer.list_topics(timeout=10).topics
-        parts = [
-            TopicPartition(t, p) for t in topics if t in metadata for p in sorted(metadata[t].partitions)
-        ]
-        if not parts:
-            return []
-        first = consumer.offsets_for_times(
-            [TopicPartition(tp.topic, tp.partition, int(start.timestamp() * 1000)) for tp in parts],
-            timeout=10,
-        )
-        if end is not None:
-            last = consumer.offsets_for_times(
-                [TopicPartition(tp.topic, tp.partition, int(end.timestamp() * 1000)) for tp in parts],
-                timeout=10,
-            )
-        else:
-            last = [TopicPartition(tp.topic, tp.partition, -1) for tp in parts]
-        out = []
-        for a, b in zip(first, last, strict=True):
-            high = consumer.get_watermark_offsets(TopicPartition(a.topic, a.partition), timeout=10)[1]
-            stop = high if b.offset < 0 else b.offset
-            if a.offset >= 0 and a.offset < stop:
-                out.append((a, stop))
-        return out
-    finally:
-        consumer.close()
-
-
 def replay(
     settings: Settings,
     stage: str,
@@ -124,8 +88,8 @@ def replay(
         raise ConfigError(f"--source {unknown[0]}: one of {', '.join(SOURCES)}")
     wait_for_kafka(settings.kafka, timeout_s=10)
     topics = [SOURCES[s] for s in sources]
-    ranges = _ranges(settings, topics, start, end)
-    total = sum(stop - tp.offset for tp, stop in ranges)
+    ranges = spans(settings.kafka, topics, start, end)
+    total = sum(span.stop - span.start for span in ranges)
     window = f"from {start.isoformat()}" + (f" to {end.isoformat()}" if end else "")
     record_now(
         settings,
@@ -139,36 +103,17 @@ def replay(
         return tally
     normalizer = _normalizer(settings)
     registry = Registry(settings.registry)
-    consumer = make_consumer(
-        settings.kafka, group_id=f"affluent-replay-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
-    )
-    stops = {(tp.topic, tp.partition): stop for tp, stop in ranges}
     started = time.monotonic()
 
     async def run() -> None:
         producer = DurableProducer(settings.kafka)
         pending: list[tuple[str, bytes | None, bytes | None]] = []
         try:
-            consumer.assign([tp for tp, _ in ranges])
-            todo = set(stops)
             last_shown = 0.0
-            while todo:
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                if topic is None or partition is None or offset is None:
-                    continue
-                where = (topic, partition)
-                error = msg.error()
-                if error is not None or offset >= stops[where]:
-                    if error is None or error.code() == KafkaError._PARTITION_EOF or offset >= stops[where]:
-                        todo.discard(where)
-                    continue
-                if offset == stops[where] - 1:
-                    todo.discard(where)
+            for record in read_spans(settings.kafka, ranges):
                 tally.read += 1
-                for output in normalizer.process(msg.value(), topic, partition, offset):
+                outputs = normalizer.process(record.value, record.topic, record.partition, record.offset)
+                for output in outputs:
                     pending.append((output.topic, output.value, output.key))
                     if output.topic == DLQ_NORMALIZE and output.value is not None:
                         tally.dead[str(decode_record(registry, output.value)["reason_code"])] += 1
@@ -185,7 +130,6 @@ def replay(
                 await producer.send_all(pending)
         finally:
             producer.flush()
-            consumer.close()
             if show_progress:
                 sys.stderr.write("\r" + progress(tally.read, total, started) + "\n")
 

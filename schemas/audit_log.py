@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import uuid
 from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-
-from affluent.core.errors import KafkaUnavailable
-from affluent.core.kafka import ensure_topics, make_consumer, wait_for_kafka
+from affluent.core.kafka import ensure_topics, wait_for_kafka
 from affluent.core.producer import Delivery, DurableProducer
+from affluent.core.ranges import read_range
 from affluent.core.settings import Settings
 from affluent.core.topics import CONTROL_AUDIT, audit_topic
 from schemas.audit import AuditAction, selected
@@ -101,66 +98,11 @@ def read_entries(
     the topic had when the read began. A missing topic is an empty trail."""
     wait_for_kafka(settings.kafka, wait_s)
     registry = Registry(settings.registry)
-    consumer = make_consumer(
-        settings.kafka, group_id=f"affluent-audit-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False}
-    )
-    try:
-        try:
-            md = consumer.list_topics(CONTROL_AUDIT, timeout=wait_s).topics.get(CONTROL_AUDIT)
-        except KafkaException as exc:
-            raise KafkaUnavailable(
-                f"Kafka did not list {CONTROL_AUDIT} within {wait_s:g} s ({exc.args[0]})"
-            ) from None
-        if md is None or md.error is not None or not md.partitions:
-            return []
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in md.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(CONTROL_AUDIT, p), timeout=wait_s)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(CONTROL_AUDIT, p, OFFSET_BEGINNING))
-        if since is not None and starts:
-            wanted = [
-                TopicPartition(CONTROL_AUDIT, t.partition, int(since.timestamp() * 1000)) for t in starts
-            ]
-            found = consumer.offsets_for_times(wanted, timeout=wait_s)
-            starts = [
-                t if t.offset >= 0 else TopicPartition(CONTROL_AUDIT, t.partition, ends[t.partition])
-                for t in found
-            ]
-            starts = [t for t in starts if t.offset < ends[t.partition]]
-        if not starts:
-            return []
-        consumer.assign(starts)
-        done: set[int] = set()
-        out: list[dict[str, Any]] = []
-        idle = 0.0
-        while done != {t.partition for t in starts}:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                idle += 0.5
-                if idle > wait_s:
-                    raise KafkaUnavailable(f"Kafka stopped answering while {CONTROL_AUDIT} was read")
-                continue
-            idle = 0.0
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise KafkaUnavailable(f"reading {CONTROL_AUDIT}: {error.name()}")
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if offset >= ends[partition]:
-                done.add(partition)
-                continue
-            value = msg.value()
-            if value is not None:
-                entry = decode(registry, value)
-                if selected(entry, since, until, action):
-                    out.append(entry)
-            if offset + 1 >= ends[partition]:
-                done.add(partition)
-        out.sort(key=lambda e: e["at"])
-        return out
-    finally:
-        consumer.close()
+    out: list[dict[str, Any]] = []
+    for record in read_range(settings.kafka, [CONTROL_AUDIT], since, None, wait_s):
+        if record.value is not None:
+            entry = decode(registry, record.value)
+            if selected(entry, since, until, action):
+                out.append(entry)
+    out.sort(key=lambda e: e["at"])
+    return out
