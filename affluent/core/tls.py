@@ -67,6 +67,22 @@ def refuse_unprotected(
     )
 
 
+def refuse_clear_http(
+    door: str, prefix: str, host: str, certificate: Path | None, key: Path | None, allow_plaintext: bool
+) -> None:
+    """The rule for a door speaking HTTP (FHIR REST, devices, opposition): it authenticates its callers
+    itself, so from the network it needs TLS only. ``prefix`` names its settings (``AFFLUENT_FHIR_REST``)."""
+    if key is not None:
+        check_key_file(key, f"{prefix}__TLS_KEY")
+    refuse_unprotected(
+        door,
+        host,
+        [] if certificate else [f"TLS ({prefix}__TLS_CERTIFICATE, {prefix}__TLS_KEY)"],
+        allow_plaintext=allow_plaintext,
+        allow_setting=f"{prefix}__ALLOW_PLAINTEXT",
+    )
+
+
 def check_key_file(path: Path, setting: str) -> None:
     """Refuse a private key file that another account may read (or anyone may change).
 

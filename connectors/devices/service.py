@@ -18,7 +18,7 @@ from affluent.core.lifecycle import run_until_signalled, shut_down
 from affluent.core.producer import DurableProducer
 from affluent.core.settings import DeviceMqttSettings, DeviceSettings, Settings
 from affluent.core.telemetry import Readiness, TelemetryServer, kafka_check
-from affluent.core.tls import check_key_file, is_loopback, refuse_unprotected
+from affluent.core.tls import check_key_file, is_loopback, refuse_clear_http, refuse_unprotected
 from affluent.core.topics import (
     COMPACTED_CONFIG,
     CONTROL_DEVICES,
@@ -43,16 +43,13 @@ def check_exposure(settings: DeviceSettings) -> None:
     without TLS, and the MQTT door on a remote broker without TLS — or without credentials at all,
     which no setting allows, because the topic is the only sender the door sees and only an
     authenticated broker with per-gateway ACLs makes it mean anything."""
-    if settings.tls_key is not None:
-        check_key_file(settings.tls_key, "AFFLUENT_DEVICES__TLS_KEY")
-    refuse_unprotected(
+    refuse_clear_http(
         "the device HTTP door",
+        "AFFLUENT_DEVICES",
         settings.host,
-        []
-        if settings.tls_certificate
-        else ["TLS (AFFLUENT_DEVICES__TLS_CERTIFICATE, AFFLUENT_DEVICES__TLS_KEY)"],
-        allow_plaintext=settings.allow_plaintext,
-        allow_setting="AFFLUENT_DEVICES__ALLOW_PLAINTEXT",
+        settings.tls_certificate,
+        settings.tls_key,
+        settings.allow_plaintext,
     )
     if settings.mqtt.enabled:
         check_broker(settings.mqtt)

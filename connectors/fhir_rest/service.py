@@ -15,7 +15,7 @@ from affluent.core.lifecycle import run_until_signalled, shut_down
 from affluent.core.producer import DurableProducer
 from affluent.core.settings import FhirRestSettings, Settings
 from affluent.core.telemetry import TelemetryServer
-from affluent.core.tls import check_key_file, refuse_unprotected
+from affluent.core.tls import refuse_clear_http
 from affluent.core.topics import ACK_CACHE_CONFIG, CONTROL_FHIR_SEEN, INGEST_FHIR_RAW
 from connectors.fhir_rest.auth import Authenticator
 from connectors.fhir_rest.commit import Committer
@@ -32,16 +32,13 @@ def check_exposure(settings: FhirRestSettings) -> None:
     """Refuse to listen beyond loopback in clear text: bearer tokens and patients' resources would cross
     the network readable by anyone on the path. The door authenticates its senders itself (tokens, JWT,
     client certificates), so TLS is the one thing it needs from the network."""
-    if settings.tls_key is not None:
-        check_key_file(settings.tls_key, "AFFLUENT_FHIR_REST__TLS_KEY")
-    refuse_unprotected(
+    refuse_clear_http(
         "the FHIR REST door",
+        "AFFLUENT_FHIR_REST",
         settings.host,
-        []
-        if settings.tls_certificate
-        else ["TLS (AFFLUENT_FHIR_REST__TLS_CERTIFICATE, AFFLUENT_FHIR_REST__TLS_KEY)"],
-        allow_plaintext=settings.allow_plaintext,
-        allow_setting="AFFLUENT_FHIR_REST__ALLOW_PLAINTEXT",
+        settings.tls_certificate,
+        settings.tls_key,
+        settings.allow_plaintext,
     )
 
 

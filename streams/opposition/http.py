@@ -32,7 +32,7 @@ from affluent.core.errors import KafkaUnavailable
 from affluent.core.limits import serve_limited
 from affluent.core.settings import OppositionSettings
 from affluent.core.telemetry import ReadyCheck, ready_response
-from affluent.core.tls import check_key_file, refuse_unprotected, server_context
+from affluent.core.tls import refuse_clear_http, server_context
 from schemas.audit import UNKNOWN_CALLER, AuditAction, AuditChannel, AuditReason
 from streams.opposition.objection import InvalidObjection, Objection
 from streams.opposition.service import OppositionService
@@ -48,16 +48,13 @@ def _problem(status: int, code: str, text: str, **headers: str) -> web.Response:
 
 def check_exposure(settings: OppositionSettings, host: str | None = None) -> None:
     """Refuse to listen beyond loopback in clear text (``host``: where it will really listen)."""
-    if settings.tls_key is not None:
-        check_key_file(settings.tls_key, "AFFLUENT_OPPOSITION__TLS_KEY")
-    refuse_unprotected(
+    refuse_clear_http(
         "the opposition endpoint",
+        "AFFLUENT_OPPOSITION",
         settings.host if host is None else host,
-        []
-        if settings.tls_certificate
-        else ["TLS (AFFLUENT_OPPOSITION__TLS_CERTIFICATE, AFFLUENT_OPPOSITION__TLS_KEY)"],
-        allow_plaintext=settings.allow_plaintext,
-        allow_setting="AFFLUENT_OPPOSITION__ALLOW_PLAINTEXT",
+        settings.tls_certificate,
+        settings.tls_key,
+        settings.allow_plaintext,
     )
 
 

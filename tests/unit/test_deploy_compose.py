@@ -187,7 +187,7 @@ def door_check(name: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
     monkeypatch.setattr("connectors.mllp.service.check_key_file", lambda path, setting: None)
-    monkeypatch.setattr("streams.opposition.http.check_key_file", lambda path, setting: None)
+    monkeypatch.setattr("affluent.core.tls.check_key_file", lambda path, setting: None)  # HTTP doors
     (row,) = [c for c in COMPONENTS if c.name == name]
     assert row.check is not None
     row.check(Settings(_env_file=None))  # type: ignore[call-arg]

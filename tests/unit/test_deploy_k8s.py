@@ -298,9 +298,9 @@ def door_check(component: str, settings: Settings, monkeypatch: pytest.MonkeyPat
 
     (row,) = [c for c in COMPONENTS if c.name == component]
     assert row.check is not None
-    for module in ("connectors.mllp.service", "connectors.fhir_rest.service", "connectors.devices.service"):
+    # HTTP doors check their key through affluent.core.tls.refuse_clear_http; MLLP and MQTT directly.
+    for module in ("affluent.core.tls", "connectors.mllp.service", "connectors.devices.service"):
         monkeypatch.setattr(f"{module}.check_key_file", lambda path, setting: None)
-    monkeypatch.setattr("streams.opposition.http.check_key_file", lambda path, setting: None)
     row.check(settings)
 
 
