@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -72,6 +72,15 @@ def tls_subject(request: web.Request) -> str | None:
 
     transport = request.transport
     return subject_cn(transport.get_extra_info("peercert") if transport is not None else None)
+
+
+class Resolved(NamedTuple):
+    """What :meth:`FhirRestServer._resolve` decided for one message."""
+
+    earlier: Answer | None  # the answer to replay, or None: store it
+    message: RawMessage  # with its digest in raw_id and attributes when a version id was reused
+    keys: list[str]  # the resend-index keys to write with it
+    digest: str  # of the payload, for the answers stored
 
 
 class FhirRestServer:
@@ -217,8 +226,9 @@ class FhirRestServer:
             keys.append(if_none_exist_key(sender.name, item.message_type, query))
         return keys
 
-    def _resolve(self, message: RawMessage, keys: list[str]) -> tuple[Answer | None, RawMessage, list[str]]:
-        """Is this a resend? (the earlier answer, to replay), else the message and index keys to store.
+    def _resolve(self, message: RawMessage, keys: list[str]) -> Resolved:
+        """Is this a resend? (the earlier answer, to replay), else the message and index keys to store,
+        with the payload's digest (hashed once: the answers to store carry it).
 
         A resend has a known key *and* the same bytes. The same ``<type>/<id>/_history/<vid>`` from the
         same sender with other bytes is not one (a server that reuses version ids, or a sender trying
@@ -228,18 +238,18 @@ class FhirRestServer:
         """
         digest = payload_digest(message.payload)
         first = self.committer.earlier(keys[0])
+        others = [self.committer.earlier(k) for k in keys[1:]]
         if first is not None and first.digest is not None and first.digest != digest:
             message = replace(
                 message, digest=digest, attributes={**message.attributes, "content_digest": digest}
             )
             keys = [f"{keys[0]}|{digest}", *keys[1:]]
             first = self.committer.earlier(keys[0])
-            if first is None and not any(self.committer.earlier(k) for k in keys[1:]):
+            if first is None and not any(others):
                 self.metrics.version_reuse.labels(self.metrics.type_label(message.message_type or "")).inc()
-        for earlier in (first, *(self.committer.earlier(k) for k in keys[1:])):
-            if earlier is not None:
-                return Answer(200, earlier.location, earlier.version), message, keys
-        return None, message, keys
+        earlier = next((e for e in (first, *others) if e is not None), None)
+        replay = None if earlier is None else Answer(200, earlier.location, earlier.version)
+        return Resolved(replay, message, keys, digest)
 
     async def _delete(self, request: web.Request, sender: Sender, body: bytes) -> web.Response:
         if_match = request.headers.get("If-Match")
@@ -249,7 +259,7 @@ class FhirRestServer:
     async def _store_one(self, request: web.Request, sender: Sender, item: Item) -> web.Response:
         message = self._message(request, sender, item)
         keys = self._keys(sender, message, item, request.headers.get("If-None-Exist"))
-        earlier, message, keys = self._resolve(message, keys)
+        earlier, message, keys, digest = self._resolve(message, keys)
         if earlier is not None:
             self.metrics.record(item.message_type, "duplicate")
             return self._created(request, earlier, None)
@@ -258,7 +268,7 @@ class FhirRestServer:
             item.status,
             item.location or (None if item.status == 204 else hub_name),
             item.version,
-            payload_digest(message.payload),
+            digest,
         )
         await self._commit([message], [(k, answer) for k in keys], [item.message_type])
         return self._created(request, answer, None)
@@ -273,9 +283,9 @@ class FhirRestServer:
             return await self._batch(request, sender, plan)
         [item] = plan.items
         message = self._message(request, sender, item)
-        earlier, message, keys = self._resolve(message, [message.raw_id])
+        earlier, message, keys, digest = self._resolve(message, [message.raw_id])
         if earlier is None:
-            answer = Answer(200, digest=payload_digest(message.payload))
+            answer = Answer(200, digest=digest)
             await self._commit([message], [(keys[0], answer)], [item.message_type])
         else:
             self.metrics.record(item.message_type, "duplicate")
@@ -296,13 +306,12 @@ class FhirRestServer:
                 continue
             message = self._message(request, sender, item)
             keys = self._keys(sender, message, item, item.if_none_exist)
-            earlier, message, keys = self._resolve(message, keys)
+            earlier, message, keys, digest = self._resolve(message, keys)
             if earlier is not None:
                 replayed[entry.index] = earlier
                 self.metrics.record(item.message_type, "duplicate")
                 continue
             messages.append(message)
-            digest = payload_digest(message.payload)
             answers += [(k, Answer(item.status, item.location, item.version, digest)) for k in keys]
             types.append(item.message_type)
         if messages:
@@ -323,19 +332,19 @@ class FhirRestServer:
             self._notified_item(p, "full-resource" if i < len(notification.resources) else "id-only")
             for i, p in enumerate(payloads)
         ]
-        fresh: list[tuple[RawMessage, Item, str]] = []
+        fresh: list[tuple[RawMessage, Item, str, str]] = []
         for item in items:
             message = self._message(request, sender, item)
-            earlier, message, keys = self._resolve(message, [message.raw_id])
+            earlier, message, keys, digest = self._resolve(message, [message.raw_id])
             if earlier is None:
-                fresh.append((message, item, keys[0]))
+                fresh.append((message, item, keys[0], digest))
             else:
                 self.metrics.record(item.message_type, "duplicate")
         if fresh:
             await self._commit(
-                [m for m, _, _ in fresh],
-                [(key, Answer(200, i.location, i.version, payload_digest(m.payload))) for m, i, key in fresh],
-                [i.message_type for _, i, _ in fresh],
+                [m for m, _, _, _ in fresh],
+                [(key, Answer(200, i.location, i.version, digest)) for _, i, key, digest in fresh],
+                [i.message_type for _, i, _, _ in fresh],
             )
         return fhir_response(200, None)
 
