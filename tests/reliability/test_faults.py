@@ -51,6 +51,7 @@ from tests.reliability.harness import (
     account,
     chaos_report,
     leader_of,
+    wait_port,
 )
 from tests.support.mllp_client import with_control_id
 from tests.support.resilient import SenderLog, cut_before_ack, send_lane
@@ -301,13 +302,15 @@ async def test_messages_sharing_a_control_id_all_reach_the_national_topics(clust
     faults: list[str] = []
 
     async def schedule() -> None:
-        await asyncio.sleep(2.0)
+        while len(log.acked) < len(traffic.batch) // 3:  # noqa: ASYNC110 - polls the senders' log
+            await asyncio.sleep(0.05)
         pipe.procs["mllp"].restart()  # the reuse must also hold against a door restarted mid-stream
         faults.append("door SIGKILLed and restarted (its ACK cache re-read from control.ack)")
 
     try:
         await pipe.start()
         await pipe.send(traffic, lanes_of(pipe, log, pause_s=0.02), schedule())
+        await wait_port(pipe.door_metrics_port)  # the restarted door serves its counters
         door = pipe.door_outcomes()
         result = await account(pipe, traffic, log)
     finally:
