@@ -106,13 +106,22 @@ def test_only_national_topics_reach_national_with_decodable_schemas(two_levels: 
 
 
 def test_replication_metrics_are_exported_for_prometheus(two_levels: Network) -> None:
-    """The JMX agent's /metrics has per-partition replication counts and latencies of the national topics."""
+    """The JMX agent's /metrics has per-partition replication counts and latencies of the national topics.
+
+    MirrorMaker restarts its tasks when the set of mirrored topics changes (the previous test creates
+    one), and a restarted task counts from zero: a batch copied partly before such a restart never
+    adds up to its size. So another batch of 20 is sent every 15 s until one task has counted 20.
+    """
     hospital = two_levels.registry("hospital1")
-    produce_events(two_levels.kafka("hospital1"), probe_codec(hospital), new_event_ids(20))
-    deadline = time.monotonic() + 60
+    codec = probe_codec(hospital)
+    deadline = time.monotonic() + 90
+    next_batch = 0.0
     replicated = 0.0
     latency_seen = False
     while time.monotonic() < deadline and not (replicated >= 20 and latency_seen):
+        if time.monotonic() >= next_batch:
+            produce_events(two_levels.kafka("hospital1"), codec, new_event_ids(20))
+            next_batch = time.monotonic() + 15
         with urllib.request.urlopen(two_levels.metrics_url("national"), timeout=30) as resp:
             samples = [
                 s for family in text_string_to_metric_families(resp.read().decode()) for s in family.samples
