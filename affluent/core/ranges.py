@@ -28,6 +28,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0  # the record's Kafka timestamp (producer's create time), 0 when it has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,8 @@ def read_spans(kafka: KafkaSettings, ranges: Sequence[Span], wait_s: float = 10.
                 continue
             if offset + 1 >= stops[where]:
                 todo.discard(where)
-            yield Record(topic, partition, offset, msg.key(), msg.value())
+            kind, stamp = msg.timestamp()
+            yield Record(topic, partition, offset, msg.key(), msg.value(), stamp if kind and stamp > 0 else 0)
     finally:
         consumer.close()
 
