@@ -26,9 +26,9 @@ from affluent.audit_cli import os_user
 from affluent.core.errors import ConfigError
 from affluent.core.kafka import wait_for_kafka
 from affluent.core.producer import DurableProducer
-from affluent.core.ranges import Span, read_range, read_spans
+from affluent.core.ranges import Record, Span, read_range, read_spans
 from affluent.core.settings import Settings
-from affluent.core.topics import DLQ_INGEST
+from affluent.core.topics import DLQ_INGEST, INGEST_DEVICE_RAW
 from formats.hl7.charset import UnknownCharset, decode
 from schemas.audit import AuditAction, AuditChannel, audit_entry
 from schemas.audit_log import record_now
@@ -120,6 +120,27 @@ def render_record(topic: str, record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def read_located(
+    settings: Settings,
+    topics: Sequence[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    wait_s: float = 10.0,
+) -> list[tuple[Record, dict[str, Any]]]:
+    """Every dead letter of ``topics`` failed in [since, until), with where it sits in Kafka."""
+    wait_for_kafka(settings.kafka, timeout_s=wait_s)
+    registry = Registry(settings.registry)
+    out: list[tuple[Record, dict[str, Any]]] = []
+    for record in read_range(settings.kafka, topics, since, None, wait_s):
+        if record.value is None:
+            continue
+        letter = decode_record(registry, record.value)
+        failed: datetime = letter["failed_at"]
+        if (since is None or failed >= since) and (until is None or failed < until):
+            out.append((record, letter))
+    return out
+
+
 def read(
     settings: Settings,
     topics: Sequence[str],
@@ -128,17 +149,7 @@ def read(
     wait_s: float = 10.0,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every dead letter of ``topics`` failed in [since, until), up to each partition's end at the start."""
-    wait_for_kafka(settings.kafka, timeout_s=wait_s)
-    registry = Registry(settings.registry)
-    out: list[tuple[str, dict[str, Any]]] = []
-    for record in read_range(settings.kafka, topics, since, None, wait_s):
-        if record.value is None:
-            continue
-        letter = decode_record(registry, record.value)
-        failed: datetime = letter["failed_at"]
-        if (since is None or failed >= since) and (until is None or failed < until):
-            out.append((record.topic, letter))
-    return out
+    return [(record.topic, letter) for record, letter in read_located(settings, topics, since, until, wait_s)]
 
 
 def parse_time(text: str, option: str) -> datetime:
@@ -224,14 +235,15 @@ def show_cmd(
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the normalize stage does with a dead-lettered input today (a dry run of its pure process)."""
+    """What the refusing stage does with a dead-lettered input today (a dry run of its pure decision)."""
 
     topic: str
     partition: int
     offset: int
     refused_for: frozenset[str]  # the reasons the input was dead-lettered for
-    reasons_now: frozenset[str]  # the reasons it would be dead-lettered for now (empty: it maps)
-    events: int  # canonical events it would produce now
+    reasons_now: frozenset[str]  # the reasons it would be dead-lettered for now (empty: it goes on)
+    events: int  # what it would produce now: canonical events, national records, or readings
+    what: str = "events"
 
     @property
     def refused_again(self) -> bool:
@@ -242,9 +254,19 @@ class Verdict:
         where = f"{self.topic}[{self.partition}]@{self.offset}"
         if not self.reasons_now:
             was = ", ".join(sorted(self.refused_for))
-            return f"{where}: maps now ({self.events} events); was refused for {was}"
+            return f"{where}: maps now ({self.events} {self.what}); was refused for {was}"
         again = "again " if self.refused_again else ""
-        return f"{where}: refused {again}for {', '.join(sorted(self.reasons_now))} ({self.events} events)"
+        return (
+            f"{where}: refused {again}for {', '.join(sorted(self.reasons_now))} ({self.events} {self.what})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One input to hand back: the verdict, and the record to send (topic, value, key) if it goes."""
+
+    verdict: Verdict
+    record: tuple[str, bytes | None, bytes | None]
 
 
 def _read_one(settings: Settings, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes]:
@@ -274,6 +296,140 @@ def _normalizer(settings: Settings) -> Any:
     )
 
 
+def _inputs(letters: Iterable[dict[str, Any]]) -> dict[tuple[str, int, int], set[str]]:
+    """The stage inputs the dead letters name (their lineage), with the reasons each was refused for."""
+    inputs: dict[tuple[str, int, int], set[str]] = {}
+    for record in letters:
+        lineage = record.get("lineage")
+        if lineage is not None:
+            where = (str(lineage["topic"]), int(lineage["partition"]), int(lineage["offset"]))
+            inputs.setdefault(where, set()).add(str(record["reason_code"]))
+    return inputs
+
+
+def _stage_plans(
+    settings: Settings, letters: Sequence[dict[str, Any]], process: Any, dead_topic: str, what: str
+) -> list[Plan]:
+    """Each input a stage dead-lettered, put through the stage's own pure ``process`` again."""
+    registry = Registry(settings.registry)
+    plans = []
+    for (topic, partition, offset), reasons in sorted(_inputs(letters).items()):
+        key, value = _read_one(settings, topic, partition, offset)
+        outputs = process(value, topic, partition, offset)
+        now = frozenset(
+            str(decode_record(registry, o.value)["reason_code"])
+            for o in outputs
+            if o.topic == dead_topic and o.value
+        )
+        produced = sum(1 for o in outputs if o.topic != dead_topic)
+        verdict = Verdict(topic, partition, offset, frozenset(reasons), now, produced, what)
+        plans.append(Plan(verdict, (topic, value, key)))
+    return plans
+
+
+def _normalize_plans(settings: Settings, letters: Sequence[dict[str, Any]]) -> list[Plan]:
+    return _stage_plans(settings, letters, _normalizer(settings).process, DLQ_NORMALIZE, "events")
+
+
+def pseudonymizer(settings: Settings) -> tuple[Any, Any]:
+    """The pseudonymize stage as its worker builds it — keys, policies, the opposition registry read to
+    its end — without the worker: (stage, opposition view). Stop the view when done."""
+    from prometheus_client import CollectorRegistry
+
+    from affluent.core.compacted import CompactedView
+    from affluent.core.topics import CONTROL_OPPOSITION
+    from streams.pseudonymize.stage import PseudonymizeMetrics, Pseudonymizer
+    from streams.pseudonymize.worker import build_feeds, load_keys
+
+    keys = load_keys()  # KeyConfigError (one line) where the worker's keys are not
+    opposition = CompactedView(settings.kafka, CONTROL_OPPOSITION, name="operator-opposition")
+    opposition.start(timeout_s=30)
+    try:
+        stage = Pseudonymizer(
+            Registry(settings.registry),
+            build_feeds(keys),
+            opposition,
+            keys,
+            PseudonymizeMetrics(CollectorRegistry()),
+        )
+    except BaseException:
+        opposition.stop()
+        raise
+    return stage, opposition
+
+
+def _pseudonymize_plans(settings: Settings, letters: Sequence[dict[str, Any]]) -> list[Plan]:
+    """The canonical record a pseudonymize dead letter names, through the stage with its keys, policies
+    and the opposition registry as they are now; re-driven, it goes back to its canonical topic."""
+    stage, opposition = pseudonymizer(settings)
+    try:
+        return _stage_plans(settings, letters, stage.process, DLQ_PSEUDONYMIZE, "national records")
+    finally:
+        opposition.stop()
+
+
+DEVICE_CONNECTORS = ("devices_mqtt", "devices_http")
+
+
+def _ingest_plans(settings: Settings, located: Sequence[tuple[Record, dict[str, Any]]]) -> list[Plan]:
+    """A device payload the door dead-lettered (MQTT: the broker was acknowledged, the gateway will not
+    send it again; HTTP: a 403 for a device bound elsewhere), judged again by the door's own rule with
+    the templates and device registry as they are now. Re-driven, it is stored as the door would have
+    stored it: same raw id, so its readings keep the event ids a first success would have had."""
+    from affluent.core.compacted import CompactedView
+    from affluent.core.topics import CONTROL_DEVICES, value_subject
+    from connectors.devices.intake import judge, raw_message
+    from connectors.devices.mqtt import gateway_of, mapping_for
+    from formats.devices.registry import DeviceRegistry
+    from formats.devices.templates import PayloadError, load_templates
+    from schemas.registry import AvroCodec, load_schema
+
+    codec = AvroCodec(
+        Registry(settings.registry), value_subject(INGEST_DEVICE_RAW), load_schema("raw_message"), "BACKWARD"
+    )
+    templates = load_templates(settings.devices.templates_dir)
+    bindings = CompactedView(settings.kafka, CONTROL_DEVICES, name="redrive-devices")
+    bindings.start(timeout_s=30)
+    bindings.stop()
+    devices = DeviceRegistry(bindings.get)
+    plans = []
+    for record, letter in located:
+        source = letter["source"]
+        sender, mapping, connector = (
+            str(source["facility"]),
+            str(source["application"]),
+            str(source["connector"]),
+        )
+        payload = letter.get("raw_payload") or b""
+        topics = settings.devices.mqtt.topics
+        mqtt = connector == "devices_mqtt"
+        mapping = mapping or (mapping_for(topics, sender) if mqtt else None) or ""
+        gateway = gateway_of(topics, sender) if mqtt else sender
+        reasons_now: frozenset[str] = frozenset()
+        readings = 0
+        stored: tuple[str, bytes | None, bytes | None] = (INGEST_DEVICE_RAW, None, None)
+        try:
+            template, found = judge(
+                templates, mapping, payload, devices, gateway, settings.devices.require_gateway_binding
+            )
+            readings = len(found)
+            message = raw_message(connector, sender, template, payload, readings)
+            stored = (INGEST_DEVICE_RAW, codec.encode(message.record(datetime.now(UTC))), message.key)
+        except PayloadError as exc:
+            reasons_now = frozenset({str(exc.code)})
+        verdict = Verdict(
+            record.topic,
+            record.partition,
+            record.offset,
+            frozenset({str(letter["reason_code"])}),
+            reasons_now,
+            readings,
+            "readings",
+        )
+        plans.append(Plan(verdict, stored))
+    return plans
+
+
 def redrive_cmd(
     settings: Settings,
     raw_id: str,
@@ -283,69 +439,69 @@ def redrive_cmd(
     force: bool = False,
     out: Callable[[str], None] = print,
     who: str | None = None,
+    channel: AuditChannel = AuditChannel.CLI,
 ) -> list[Verdict]:
-    """Hand a message's raw record back to the normalize stage, after a fix.
+    """Hand a message back to the stage that refused it, after a fix.
 
-    The raw record is read again from its raw topic at the offset its dead letter names, put through
-    the stage's own pure ``process`` (the dry run: the verdict is printed first), and, unless it would
-    be refused again for the same reason (``force`` overrides), sent again to its raw topic with its
-    key: the workers map it like any record, and because it keeps its raw id its event ids are the
-    ones a first success would have had, so any earlier partial output collapses with it. The re-drive
-    is recorded in the audit trail (who, which raw id, why) before anything is sent.
+    Each input a dead letter names is read again and judged by the refusing stage's own pure decision
+    (the dry run: the verdict is printed first): a normalize dead letter's raw record, a pseudonymize
+    dead letter's canonical record, a device door's dead-lettered payload. Unless one would be refused
+    again for the same reason (``force`` overrides), each is sent again where the stage reads it, with
+    its key: the workers take it like any record, and because it keeps its raw id (and so its event
+    ids), any earlier partial output collapses with it. The re-drive is recorded in the audit trail
+    (who, which raw id, why) before anything is sent. Doors that answered their sender (MLLP AR/AE,
+    FHIR 4xx) stored nothing to re-drive: the sender resends.
     """
-    from schemas.registry import decode as decode_dead
-
     if len(raw_id) < 8:
         raise ConfigError(f"raw id {raw_id!r} is too short: give at least 8 characters of it")
-    letters = [
-        r for _, r in read(settings, [DLQ_NORMALIZE], since) if str(r.get("raw_id") or "").startswith(raw_id)
+    located = [
+        (record, letter)
+        for record, letter in read_located(settings, DLQ_TOPICS, since)
+        if str(letter.get("raw_id") or "").startswith(raw_id)
     ]
-    if not letters:
+    if not located:
         raise ConfigError(
-            f"no dead letter in {DLQ_NORMALIZE} with raw id {raw_id}: `affluent dlq list --topic "
-            f"{DLQ_NORMALIZE}` shows what is there (ingest dead letters are resent by their sender)"
+            f"no dead letter with raw id {raw_id} in {', '.join(DLQ_TOPICS)}"
+            + (f" since {since:%Y-%m-%d %H:%M}" if since else "")
+            + ": `affluent dlq list` shows what is there (or widen --since)"
         )
-    full_ids = {str(r["raw_id"]) for r in letters}
+    full_ids = {str(letter["raw_id"]) for _, letter in located}
     if len(full_ids) > 1:
         raise ConfigError(f"raw id {raw_id} names {len(full_ids)} messages: give more of it")
-    inputs: dict[tuple[str, int, int], set[str]] = {}
-    for record in letters:
-        lineage = record.get("lineage")
-        if lineage is None:
-            continue
-        inputs.setdefault((lineage["topic"], lineage["partition"], lineage["offset"]), set()).add(
-            str(record["reason_code"])
+    of = {t: [letter for record, letter in located if record.topic == t] for t in DLQ_TOPICS}
+    devices = [
+        (record, letter)
+        for record, letter in located
+        if record.topic == DLQ_INGEST and letter["source"]["connector"] in DEVICE_CONNECTORS
+    ]
+    answered = len(of[DLQ_INGEST]) - len(devices)
+    if answered and not (of[DLQ_NORMALIZE] or of[DLQ_PSEUDONYMIZE] or devices):
+        raise ConfigError(
+            f"raw id {raw_id} was refused at its door, which told the sender (AR/AE or 4xx) and stored "
+            "nothing to re-drive: the sender must send it again once the cause is fixed"
         )
-    normalizer = _normalizer(settings)
-    registry = Registry(settings.registry)
-    verdicts: list[Verdict] = []
-    records: list[tuple[str, bytes | None, bytes | None]] = []  # (topic, value, key), as send_all takes
-    for (topic, partition, offset), reasons in sorted(inputs.items()):
-        key, value = _read_one(settings, topic, partition, offset)
-        outputs = normalizer.process(value, topic, partition, offset)
-        now = frozenset(
-            str(decode_dead(registry, o.value)["reason_code"])
-            for o in outputs
-            if o.topic == DLQ_NORMALIZE and o.value
-        )
-        events = sum(1 for o in outputs if o.topic != DLQ_NORMALIZE)
-        verdicts.append(Verdict(topic, partition, offset, frozenset(reasons), now, events))
-        records.append((topic, value, key))
-    for verdict in verdicts:
-        out(verdict.line())
+    plans: list[Plan] = []
+    if of[DLQ_NORMALIZE]:
+        plans += _normalize_plans(settings, of[DLQ_NORMALIZE])
+    if of[DLQ_PSEUDONYMIZE]:
+        plans += _pseudonymize_plans(settings, of[DLQ_PSEUDONYMIZE])
+    device_plans = _ingest_plans(settings, devices) if devices else []
+    for plan in plans + device_plans:
+        out(plan.verdict.line())
+    verdicts = [p.verdict for p in plans + device_plans]
     if dry_run:
         return verdicts
     if any(v.refused_again for v in verdicts) and not force:
         raise ConfigError(
             "not re-driven: the stage would refuse it again for the same reason; fix the mapping "
-            "(or the sender's data) first, or re-drive anyway with --force"
+            "(or the sender's data, or the device's link) first, or re-drive anyway with --force"
         )
     [full] = full_ids
     attributes = {"why": why, "forced": "yes" if force else "no"}
     record_now(
-        settings,
-        audit_entry(AuditAction.REDRIVE, who or os_user(), AuditChannel.CLI, [full], attributes=attributes),
+        settings, audit_entry(AuditAction.REDRIVE, who or os_user(), channel, [full], attributes=attributes)
     )
+    records = [p.record for p in plans + device_plans if p.record[1] is not None]
 
     async def send() -> None:
         producer = DurableProducer(settings.kafka)
@@ -355,5 +511,6 @@ def redrive_cmd(
             producer.flush()
 
     asyncio.run(send())
-    out(f"re-driven: {len(records)} raw record(s) sent again to the normalize stage (raw id {full[:16]}…)")
+    topics = sorted({topic for topic, _, _ in records})
+    out(f"re-driven: {len(records)} record(s) sent again to {', '.join(topics)} (raw id {full[:16]}…)")
     return verdicts

@@ -1,5 +1,9 @@
-"""``affluent replay --stage normalize --from T [--to T] [--source hl7v2]``: re-run a stage over a time
-range after a mapping fix, without touching the workers' consumer group.
+"""``affluent replay --stage normalize|pseudonymize --from T [--to T] [--source hl7v2]``: re-run a stage
+over a time range after a fix, without touching the workers' consumer group.
+
+``normalize`` reads the raw topics (after a mapping fix); ``pseudonymize`` reads the canonical topics
+and writes national records (after a policy fix, or an objection whose retraction must be followed by
+what is still allowed): with the current key, so national event ids are the ones the workers write.
 
 Resetting the workers' offsets by hand replays a whole partition tail and stops the live flow; this
 reads the raw topics from Kafka's time index at ``--from`` up to ``--to`` (or each partition's end as
@@ -28,10 +32,10 @@ from affluent.core.producer import DurableProducer
 from affluent.core.ranges import read_spans, spans
 from affluent.core.settings import Settings
 from affluent.core.topics import INGEST_DEVICE_RAW, INGEST_FHIR_RAW, INGEST_HL7V2_RAW
-from affluent.dlq import _normalizer
+from affluent.dlq import _normalizer, pseudonymizer
 from schemas.audit import AuditAction, AuditChannel, audit_entry
 from schemas.audit_log import record_now
-from schemas.catalog import DLQ_NORMALIZE
+from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE
 from schemas.registry import Registry
 from schemas.registry import decode as decode_record
 
@@ -46,10 +50,11 @@ class Tally:
     read: int = 0
     events: Counter[str] = field(default_factory=Counter)
     dead: Counter[str] = field(default_factory=Counter)
+    what: str = "raw records"
 
     def lines(self, seconds: float) -> list[str]:
         rate = self.read / seconds if seconds > 0 else 0.0
-        out = [f"replayed {self.read:,} raw records in {seconds:.1f} s ({rate:,.0f}/s)"]
+        out = [f"replayed {self.read:,} {self.what} in {seconds:.1f} s ({rate:,.0f}/s)"]
         out += [f"  events   {kind:<24} {n:>8,}" for kind, n in sorted(self.events.items())]
         out += [f"  dead     {reason:<24} {n:>8,}" for reason, n in sorted(self.dead.items())]
         if not self.events and not self.dead:
@@ -76,18 +81,17 @@ def replay(
     show_progress: bool = True,
     who: str | None = None,
 ) -> Tally:
-    if stage != "normalize":
-        raise ConfigError(
-            f"--stage {stage}: only normalize is replayed here; rebuild national topics with a new "
-            "pseudonymize group (docs/operations.md, Replaying a topic)"
-        )
+    if stage not in ("normalize", "pseudonymize"):
+        raise ConfigError(f"--stage {stage}: normalize or pseudonymize")
+    if stage == "pseudonymize" and tuple(sources) != tuple(SOURCES):
+        raise ConfigError("--source selects raw topics: it applies to --stage normalize only")
     if end is not None and end <= start:
         raise ConfigError("--to must be later than --from")
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         raise ConfigError(f"--source {unknown[0]}: one of {', '.join(SOURCES)}")
     wait_for_kafka(settings.kafka, timeout_s=10)
-    topics = [SOURCES[s] for s in sources]
+    topics = [SOURCES[s] for s in sources] if stage == "normalize" else list(CANONICAL_TOPICS)
     ranges = spans(settings.kafka, topics, start, end)
     total = sum(span.stop - span.start for span in ranges)
     window = f"from {start.isoformat()}" + (f" to {end.isoformat()}" if end else "")
@@ -97,11 +101,16 @@ def replay(
             AuditAction.REPLAY, who or os_user(), AuditChannel.CLI, topics, attributes={"why": window}
         ),
     )
-    tally = Tally()
+    tally = Tally(what="raw records" if stage == "normalize" else "canonical records")
     if not ranges:
         out("nothing to replay in that range")
         return tally
-    normalizer = _normalizer(settings)
+    opposition = None
+    if stage == "normalize":
+        process, dead_topic = _normalizer(settings).process, DLQ_NORMALIZE
+    else:
+        pseudonymize, opposition = pseudonymizer(settings)
+        process, dead_topic = pseudonymize.process, DLQ_PSEUDONYMIZE
     registry = Registry(settings.registry)
     started = time.monotonic()
 
@@ -112,10 +121,10 @@ def replay(
             last_shown = 0.0
             for record in read_spans(settings.kafka, ranges):
                 tally.read += 1
-                outputs = normalizer.process(record.value, record.topic, record.partition, record.offset)
+                outputs = process(record.value, record.topic, record.partition, record.offset)
                 for output in outputs:
                     pending.append((output.topic, output.value, output.key))
-                    if output.topic == DLQ_NORMALIZE and output.value is not None:
+                    if output.topic == dead_topic and output.value is not None:
                         tally.dead[str(decode_record(registry, output.value)["reason_code"])] += 1
                     else:
                         tally.events[output.topic.removeprefix("canonical.")] += 1
@@ -133,7 +142,11 @@ def replay(
             if show_progress:
                 sys.stderr.write("\r" + progress(tally.read, total, started) + "\n")
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if opposition is not None:
+            opposition.stop()
     for line in tally.lines(time.monotonic() - started):
         out(line)
     return tally

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from connectors.devices.intake import (
     may_post,
     payload_raw_id,
     raw_message,
+    unbound_reading,
 )
 from connectors.devices.metrics import DeviceMetrics
 from connectors.raw import RawWriter
@@ -48,18 +49,6 @@ def _problem(status: int, code: str, reason: str, location: str = "", **headers:
     if location:
         body["location"] = location
     return web.json_response(body, status=status, headers=headers or None)
-
-
-def unbound_reading(
-    registry: DeviceRegistry | None, readings: Sequence[Reading], sender: str | None, require_binding: bool
-) -> Reading | None:
-    """The first reading whose device ``sender`` may not send for (both doors ask this); None if all may."""
-    if registry is None:
-        return None
-    for reading in readings:
-        if not registry.may_send(reading.device_id, reading.time.instant, sender, require_binding):
-            return reading
-    return None
 
 
 class DeviceHttpServer:

@@ -7,13 +7,15 @@ reading and the normalize stage cannot tell them apart except by ``connector``.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from affluent.core.auth import token_digest
 from affluent.core.settings import DeviceToken
 from connectors.raw import RawMessage
-from formats.devices.templates import MAPPING_ATTRIBUTE, Template
+from formats.devices.registry import DeviceRegistry
+from formats.devices.templates import MAPPING_ATTRIBUTE, PayloadError, Reading, Template, read_payload
+from formats.reasons import ReasonCode
 
 PROTOCOL: Final = "device"
 CONTENT_TYPE: Final = "application/json"
@@ -80,3 +82,37 @@ def raw_message(
             "readings": str(readings),
         },
     )
+
+
+def unbound_reading(
+    registry: DeviceRegistry | None, readings: Sequence[Reading], sender: str | None, require_binding: bool
+) -> Reading | None:
+    """The first reading whose device ``sender`` may not send for (both doors ask this); None if all may."""
+    if registry is None:
+        return None
+    for reading in readings:
+        if not registry.may_send(reading.device_id, reading.time.instant, sender, require_binding):
+            return reading
+    return None
+
+
+def judge(
+    templates: Mapping[str, Template],
+    mapping: str,
+    payload: bytes,
+    registry: DeviceRegistry | None,
+    gateway: str | None,
+    require_binding: bool,
+) -> tuple[Template, list[Reading]]:
+    """Whether a payload may be stored, as the MQTT door decides it (and ``dlq redrive`` again, later):
+    its template reads every reading, and every device may be sent for by this gateway. Raises the
+    :class:`PayloadError` its dead letter names."""
+    template = templates.get(mapping)
+    if template is None:
+        raise PayloadError(ReasonCode.UNKNOWN_MAPPING, "no mapping template for this MQTT topic")
+    readings = read_payload(template, payload)
+    refused = unbound_reading(registry, readings, gateway, require_binding)
+    if refused is not None:
+        code = ReasonCode.DEVICE_NOT_BOUND
+        raise PayloadError(code, code.text, refused.location)
+    return template, list(readings)

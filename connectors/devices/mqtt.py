@@ -32,12 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from affluent.core.errors import KafkaUnavailable
 from affluent.core.settings import DeviceMqttSettings
-from connectors.devices.http import unbound_reading
-from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, payload_raw_id, raw_message
+from connectors.devices.intake import CONTENT_TYPE, PROTOCOL, judge, payload_raw_id, raw_message
 from connectors.devices.metrics import DeviceMetrics
 from connectors.raw import RawMessage, RawWriter
 from formats.devices.registry import DeviceRegistry
-from formats.devices.templates import PayloadError, Template, read_payload
+from formats.devices.templates import PayloadError, Template
 from formats.reasons import ReasonCode
 from schemas.deadletter import DeadLetterWriter
 
@@ -199,16 +198,11 @@ class DeviceMqttDoor:
         counts: list[tuple[str, int]] = []
         for item in batch:
             name = mapping_for(self.settings.topics, item.topic) or ""
-            template = self.templates.get(name)
             try:
-                if template is None:
-                    raise PayloadError(ReasonCode.UNKNOWN_MAPPING, "no mapping template for this MQTT topic")
-                readings = read_payload(template, item.payload)
                 gateway = gateway_of(self.settings.topics, item.topic)
-                refused = unbound_reading(self.registry, readings, gateway, self.require_binding)
-                if refused is not None:
-                    code = ReasonCode.DEVICE_NOT_BOUND
-                    raise PayloadError(code, code.text, refused.location)
+                template, readings = judge(
+                    self.templates, name, item.payload, self.registry, gateway, self.require_binding
+                )
             except PayloadError as exc:
                 rejected.append((item, name, exc))
                 continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +26,7 @@ import yaml
 from affluent.core.errors import AffluentError
 from formats.clinical.codes import LOINC, MDC, SNOMED
 from formats.clinical.times import EARLIEST, LATEST, ClinicalTime, TimeFormatError, parse_fhir_datetime
-from formats.clinical.units import can_convert, quantity, to_ucum
+from formats.clinical.units import can_convert, to_ucum, ucum_quantity
 from formats.devices import expr
 from formats.devices.expr import MISSING, ExpressionError
 from formats.reasons import ReasonCode
@@ -51,6 +51,7 @@ _TOP_KEYS: Final = frozenset(
         "patient",
         "category",
         "observations",
+        "units",
     }
 )
 _DEVICE_KEYS: Final = frozenset({"id", "id_system", "model", "manufacturer"})
@@ -94,6 +95,8 @@ class ObservationSpec:
     high: float | None
     when: tuple[tuple[expr.Path, Any], ...]
     optional: bool
+    # The template's own unit spellings (lower case) → UCUM, tried before the shared table.
+    units: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class Template:
     patient_authority: str | None
     category: str
     observations: tuple[ObservationSpec, ...]
+    units: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +191,23 @@ def _number(where: str, value: Any) -> float:
     return float(value)
 
 
-def _observation(where: str, raw: Any) -> ObservationSpec:
+def _units(where: str, raw: Any) -> dict[str, str]:
+    """A template's own unit spellings: what a device writes → a UCUM code the hub knows.
+
+    The shared table (``formats/clinical/units.py``) knows the usual spellings; a vendor's own
+    (``kilogrammes``, ``bpm.``) is one line here, so a payload dead-lettered for ``unknown_unit`` is
+    mapped after a one-line template change and a re-drive, with no code change.
+    """
+    if not isinstance(raw, dict) or not raw:
+        raise TemplateError(f"{where}: expected a mapping of the device's unit to a UCUM code")
+    units: dict[str, str] = {}
+    for text, ucum in raw.items():
+        spelled = _text(where, text).strip().lower()
+        units[spelled] = _unit(f"{where}.{spelled}", ucum)
+    return units
+
+
+def _observation(where: str, raw: Any, units: dict[str, str] | None = None) -> ObservationSpec:
     spec = _keys(where, raw, _OBS_KEYS, ("name", "code", "value"))
     name = _text(f"{where}.name", spec["name"])
     unit = _unit(f"{where}.unit", spec["unit"]) if "unit" in spec else None
@@ -225,6 +245,7 @@ def _observation(where: str, raw: Any) -> ObservationSpec:
         high=high,
         when=when,
         optional=optional,
+        units=units or {},
     )
 
 
@@ -253,7 +274,8 @@ def compile_template(raw: Any, source: str = "template") -> Template:
     obs_raw = top["observations"]
     if not isinstance(obs_raw, list) or not obs_raw:
         raise TemplateError(f"{source}.observations: expected a non-empty list")
-    observations = tuple(_observation(f"{source}.observations[{i}]", o) for i, o in enumerate(obs_raw))
+    units = _units(f"{source}.units", top["units"]) if "units" in top else {}
+    observations = tuple(_observation(f"{source}.observations[{i}]", o, units) for i, o in enumerate(obs_raw))
     names = [o.name for o in observations]
     if len(set(names)) != len(names):
         raise TemplateError(f"{source}.observations: names must be unique")
@@ -274,6 +296,7 @@ def compile_template(raw: Any, source: str = "template") -> Template:
         patient_authority=_text(f"{source}.patient.authority", patient["authority"]) if patient else None,
         category=category,
         observations=observations,
+        units=units,
     )
 
 
@@ -398,7 +421,7 @@ def _measure(spec: ObservationSpec, document: Any, reading: Any, location: str) 
         unit_text = _scalar_text(spec.unit_path.get(document, reading))
         if unit_text is None:
             raise PayloadError(ReasonCode.MISSING_UNIT, f"no unit at {spec.unit_path.text}", where)
-        unit = to_ucum(unit_text)
+        unit = spec.units.get(unit_text.strip().lower()) or to_ucum(unit_text)
         if unit is None:
             raise PayloadError(
                 ReasonCode.UNKNOWN_UNIT, f"the unit at {spec.unit_path.text} is not a known unit", where
@@ -409,7 +432,7 @@ def _measure(spec: ObservationSpec, document: Any, reading: Any, location: str) 
             )
     assert unit is not None and unit_text is not None  # compile_template: unit or unit_path
     conversions = {unit: spec.convert_to} if spec.convert_to and spec.convert_to != unit else {}
-    q = quantity(number, unit_text, conversions)  # keeps the unit as the sender wrote it
+    q = ucum_quantity(number, unit, unit_text.strip() or None, conversions)  # the sender's spelling kept
     if (spec.low is not None and q.value < spec.low) or (spec.high is not None and q.value > spec.high):
         raise PayloadError(
             ReasonCode.IMPLAUSIBLE_VALUE, f"the value is outside the plausible range of {spec.name}", where

@@ -65,3 +65,56 @@ def test_a_time_range_is_normalized_again_and_the_run_audited(settings, registry
     assert lines[0].startswith(f"replayed {tally.read:,} raw records")
     [entry] = [e for e in read_entries(settings, since=start) if e["who"] == "it-replayer"]
     assert (entry["action"], entry["targets"], entry["outcome"]) == ("replay", [INGEST_HL7V2_RAW], "ok")
+
+
+def test_a_time_range_of_canonical_records_is_pseudonymized_again(settings, registry, monkeypatch) -> None:
+    from affluent.dlq import _normalizer
+    from schemas.catalog import CANONICAL_TOPICS
+    from streams.pseudonymize.worker import KEY_FILE_ENV
+    from tests.support.pipeline import KEY_FILE
+
+    monkeypatch.setenv(KEY_FILE_ENV, str(KEY_FILE))
+    ensure_topics(settings.kafka, [TopicSpec(t) for t in CANONICAL_TOPICS])
+    payloads = synthetic.messages(4, seed=int(uuid.uuid4().int % 10**6), patients=2)
+    normalizer = _normalizer(settings)
+
+    async def canonical() -> int:
+        producer = DurableProducer(settings.kafka)
+        written = 0
+        try:
+            codec = await topic_codec(registry, INGEST_HL7V2_RAW, "raw_message")
+            for n, payload in enumerate(payloads):
+                accepted = assess(payload, IntakePolicy())
+                assert isinstance(accepted, Accepted)
+                h = accepted.header
+                message = RawMessage(
+                    "hl7v2",
+                    "mllp",
+                    h.sending_facility,
+                    h.sending_application,
+                    payload,
+                    "x-application/hl7-v2+er7",
+                    h.control_id,
+                )
+                raw = codec.encode(message.record(datetime.now(UTC)))
+                for output in normalizer.process(raw, INGEST_HL7V2_RAW, 0, n):
+                    if output.topic in CANONICAL_TOPICS:
+                        await producer.send(output.topic, output.value, output.key)
+                        written += 1
+        finally:
+            producer.flush()
+        return written
+
+    start = datetime.now(UTC) - timedelta(milliseconds=200)
+    written = asyncio.run(canonical())
+    time.sleep(0.3)
+    end = datetime.now(UTC)
+    lines: list[str] = []
+    tally = replay(
+        settings, "pseudonymize", start, end, out=lines.append, show_progress=False, who="it-replayer-2"
+    )
+    assert written > 0 and tally.read >= written
+    assert any(topic.startswith("national.hdh.") for topic in tally.events), tally.events
+    assert lines[0].startswith(f"replayed {tally.read:,} canonical records")
+    [entry] = [e for e in read_entries(settings, since=start) if e["who"] == "it-replayer-2"]
+    assert entry["action"] == "replay" and set(entry["targets"]) == set(CANONICAL_TOPICS)

@@ -160,6 +160,21 @@ def test_bad_nested_readings_name_the_reading() -> None:
     assert err.value.code == "no_reading"
 
 
+def test_a_template_may_name_its_devices_own_unit_spellings() -> None:
+    """The one-line fix of an ``unknown_unit`` dead letter: the vendor's spelling → a UCUM code."""
+    doc = json.loads(sample("scale-nested"))
+    doc["readings"][0]["unit"] = "Livres"
+    with pytest.raises(PayloadError) as err:
+        read_payload(TEMPLATES["scale-nested"], json.dumps(doc).encode())
+    assert (err.value.code, err.value.location) == ("unknown_unit", "$.readings[0]:weight")
+    fixed = compile_template({**raw_template("scale-nested"), "units": {"livres": "[lb_av]"}}, "scale.yaml")
+    weight, _ = read_payload(fixed, json.dumps(doc).encode())
+    reference, _ = read_payload(TEMPLATES["scale-nested"], sample("scale-nested"))
+    assert weight.measurements[0].quantity["value"] == reference.measurements[0].quantity["value"]
+    assert weight.measurements[0].quantity["unit"] == "kg"  # converted as the template asks
+    assert weight.measurements[0].quantity["original_unit"] == "Livres"  # the sender's spelling kept
+
+
 # --- load-time validation ------------------------------------------------------------------------------
 
 
@@ -190,6 +205,8 @@ def _broken(mutate: Any, name: str = "bp-single") -> dict[str, Any]:
         (lambda d: d["time"].update(timezone="Mars/Olympus"), "unknown time zone"),
         (lambda d: d["device"].update(id="$.devices[*].id"), "[*] is only allowed in 'readings'"),
         (lambda d: d.update(category="lab"), "category"),
+        (lambda d: d.update(units={"livres": "furlong"}), "units.livres: unknown unit"),
+        (lambda d: d.update(units=["lb"]), "units: expected a mapping"),
     ],
 )
 def test_template_errors_are_clear(mutate: Any, message: str) -> None:

@@ -18,7 +18,8 @@ T = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"stage": "pseudonymize", "start": T}, "only normalize is replayed"),
+        ({"stage": "anonymize", "start": T}, "--stage anonymize: normalize or pseudonymize"),
+        ({"stage": "pseudonymize", "start": T, "sources": ["fhir"]}, "applies to --stage normalize only"),
         ({"stage": "normalize", "start": T, "end": T}, "--to must be later than --from"),
         ({"stage": "normalize", "start": T, "sources": ["hl7"]}, "--source hl7: one of hl7v2, fhir, device"),
     ],
