@@ -1,7 +1,8 @@
 """Command-line entry points of the device doors, for ``affluent/cli.py`` to wire in.
 
 - ``test_mapping``: the canonical Observations a payload yields under a template (no Kafka needed);
-- ``link`` / ``unlink`` / ``listing``: the device registry in ``control.devices``;
+- ``link`` / ``unlink`` / ``listing``: the device registry in ``control.devices`` (link and unlink in the
+  audit trail: who, the device id, the outcome — never the patient);
 - ``new_token``: a random bearer token and the hash that goes into settings.
 """
 
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from affluent.audit_cli import checked_entry, os_user, record_refusal
 from affluent.core.compacted import CompactedView
 from affluent.core.errors import ConfigError, KafkaUnavailable
 from affluent.core.kafka import TopicSpec, ensure_topics, make_producer, wait_for_kafka
@@ -22,6 +24,8 @@ from affluent.core.topics import COMPACTED_CONFIG, CONTROL_DEVICES
 from connectors.devices.intake import token_hash
 from formats.devices.registry import Link, Resolution, add_link, decode_links, encode_links, end_link
 from formats.devices.templates import Template, load_template, load_templates
+from schemas.audit import AuditAction, AuditOutcome, AuditReason
+from schemas.audit_log import record_now
 from streams.normalize.device import DeviceMapper
 from streams.normalize.envelope import RawContext
 from streams.normalize.options import MappingOptions
@@ -119,24 +123,52 @@ def _current(view: CompactedView, device_id: str) -> list[Link]:
     return decode_links(value) if value is not None else []
 
 
-def _change(settings: Settings, device_id: str, change: Callable[[list[Link]], list[Link]]) -> list[Link]:
-    """Read the device's history to the end of the topic, apply one change, write the whole history."""
+def _change(
+    settings: Settings,
+    device_id: str,
+    change: Callable[[list[Link]], list[Link]],
+    action: AuditAction,
+    who: str | None,
+) -> list[Link]:
+    """Read the device's history to the end of the topic, apply one change, write the whole history —
+    audited: the entry (who, the device id, never the patient) is confirmed by Kafka before the registry
+    changes, so no entry, no change. A change the registry's rules refuse, or a write Kafka does not
+    confirm, adds a ``refused`` entry (best effort) and raises as before."""
+    who = who or os_user()
+    checked_entry(action, [device_id], "the device id", who=who)  # an id the trail refuses: nothing read
     view = _read(settings)
     try:
-        links = change(_current(view, device_id))
+        try:
+            links = change(_current(view, device_id))
+        except ConfigError:
+            refused = (AuditOutcome.REFUSED, AuditReason.INVALID_REQUEST)
+            record_refusal(settings, checked_entry(action, [device_id], "the device id", *refused, who=who))
+            raise
     finally:
         view.stop()
-    _write(settings, device_id, links)
+    record_now(settings, checked_entry(action, [device_id], "the device id", who=who))
+    try:
+        _write(settings, device_id, links)
+    except KafkaUnavailable:
+        refused = (AuditOutcome.REFUSED, AuditReason.KAFKA_UNAVAILABLE)
+        record_refusal(settings, checked_entry(action, [device_id], "the device id", *refused, who=who))
+        raise
     return links
 
 
-def link(settings: Settings, device_id: str, new: Link) -> int:
-    return len(_change(settings, device_id, lambda links: add_link(links, new)))
+def link(settings: Settings, device_id: str, new: Link, who: str | None = None) -> int:
+    """Link a device to a patient from ``new.valid_from`` (``affluent devices link``), audited as
+    ``device_link`` by ``who`` (default: the OS user). Returns the periods on record."""
+    if device_id in {new.ipp, new.ins, f"{new.ipp}@{new.authority}"}:
+        raise ConfigError("the device id is the patient's identifier: give the device's own serial or id")
+    return len(_change(settings, device_id, lambda links: add_link(links, new), AuditAction.DEVICE_LINK, who))
 
 
 def link_all(settings: Settings, new: Mapping[str, Link]) -> None:
-    """``link`` for many devices at once (a ward's fleet, the simulator's cohort): one read of the
-    registry, one batch of writes, each device's history changed by the same rule as ``link``."""
+    """``link`` for many devices at once (the simulator's synthetic cohort): one read of the registry,
+    one batch of writes, each device's history changed by the same rule as ``link``. Not audited: it is
+    no operator's command (the simulator's device ids even embed its synthetic IPPs), and an operator
+    links real devices one ``affluent devices link`` at a time."""
     view = _read(settings)
     try:
         histories = {device_id: add_link(_current(view, device_id), link) for device_id, link in new.items()}
@@ -145,8 +177,9 @@ def link_all(settings: Settings, new: Mapping[str, Link]) -> None:
     _write_all(settings, histories)
 
 
-def unlink(settings: Settings, device_id: str, at: datetime) -> None:
-    _change(settings, device_id, lambda links: end_link(links, at))
+def unlink(settings: Settings, device_id: str, at: datetime, who: str | None = None) -> None:
+    """End the device's open link at ``at`` (``affluent devices unlink``), audited as ``device_unlink``."""
+    _change(settings, device_id, lambda links: end_link(links, at), AuditAction.DEVICE_UNLINK, who)
 
 
 def listing(settings: Settings) -> list[str]:

@@ -1,10 +1,11 @@
 """The audit trail's entries, as pure data: who did what, when, on what, and with which outcome.
 
 An entry names its objects by id only — the keyed hashes ``control.opposition`` holds, a topic name, a
-component name, a hash of the settings — so ``control.audit`` never becomes one more copy of patient
-data. :func:`audit_entry` is the only way to build one and refuses anything that is not such an id
-(a bare INS or IPP, a 13-digit run anywhere, a free attribute name), so a caller's mistake fails here,
-before Kafka, rather than leaking into a topic kept for more than a year.
+component name, a hash of the settings, a key ring and key id (never a secret), a token's name (never
+the token or its hash), a device id (never the patient it is linked to) — so ``control.audit`` never
+becomes one more copy of patient data. :func:`audit_entry` is the only way to build one and refuses
+anything that is not such an id (a bare INS or IPP, a 13-digit run anywhere, a free attribute name), so
+a caller's mistake fails here, before Kafka, rather than leaking into a topic kept for more than a year.
 
 Writing and reading the topic is :mod:`schemas.audit_log`'s; this module does no I/O.
 """
@@ -24,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from affluent.core.topics import CONTROL_AUDIT
+from formats.clinical.identity import valid_matricule
 
 NATIONAL_PREFIX = "national."
 
@@ -35,6 +37,10 @@ class AuditAction(StrEnum):
     CONFIG_LOADED = "config_loaded"
     REDRIVE = "redrive"
     REPLAY = "replay"
+    KEY_ROTATION = "key_rotation"
+    TOKEN_CREATED = "token_created"
+    DEVICE_LINK = "device_link"
+    DEVICE_UNLINK = "device_unlink"
 
 
 class AuditChannel(StrEnum):
@@ -56,13 +62,36 @@ class AuditReason(StrEnum):
 
 # The caller could not be identified (an HTTP request without a valid bearer token).
 UNKNOWN_CALLER = "-"
-ATTRIBUTES = frozenset({"settings_sha256", "components", "host", "pid", "version", "why", "forced"})
+ATTRIBUTES = frozenset(
+    {
+        "settings_sha256",
+        "components",
+        "host",
+        "pid",
+        "version",
+        "why",
+        "forced",
+        # A pseudonymization key's id (never its secret): the one a rotation made current …
+        "key_id",
+        # … and, at a pseudonymize worker's start, the current one per ring: ``hdh:<id>,inca:<id>,…``.
+        "key_ids",
+        # What a token is for: the component that will check it (``opposition``, ``devices``).
+        "component",
+    }
+)
 
 # ``<key_id>:<base32 HMAC>``: the only form an objection has in control.opposition (pseudonym.py).
 _OPPOSITION_KEY = re.compile(r"[A-Za-z0-9._-]{1,100}:[a-z2-7]{52}")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _COMPONENT = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# A key ring is a destination name (streams/pseudonymize/keys.py); a key id prefixes every pseudonym.
+_RING = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY_IDS = re.compile(rf"{_RING.pattern}:{_KEY_ID.pattern}(,{_RING.pattern}:{_KEY_ID.pattern}){{0,15}}")
+# A token's name (an endpoint principal, a device sender) or a device id: printable text, then checked
+# by _plain (a name: no 13-digit run, so no NIR typed in the wrong place) or _device (below).
+_NAME = re.compile(r".{1,200}", re.DOTALL)
 # A NIR/INS is 13 digits plus a 2-digit key; an IPP is often 8 to 10 digits. No id we record has 13.
 _NIR_SHAPED = re.compile(r"\d{13}")
 _TARGETS = {
@@ -72,6 +101,31 @@ _TARGETS = {
     AuditAction.CONFIG_LOADED: (_COMPONENT, "a component name (affluent run --list) or 'run'"),
     AuditAction.REDRIVE: (_SHA256, "a raw id (lowercase hex SHA-256)"),
     AuditAction.REPLAY: (_TOPIC, "a topic name"),
+    AuditAction.KEY_ROTATION: (_RING, "a key ring (destination) name"),
+    AuditAction.TOKEN_CREATED: (_NAME, "the token's name (principal or sender), 1 to 200 characters"),
+    AuditAction.DEVICE_LINK: (_NAME, "a device id, 1 to 200 characters"),
+    AuditAction.DEVICE_UNLINK: (_NAME, "a device id, 1 to 200 characters"),
+}
+# Targets that are free names rather than fixed shapes: each also passes _plain (printable, no NIR shape).
+_NAMED = frozenset(
+    {
+        AuditAction.TOPIC_READ,
+        AuditAction.CONFIG_LOADED,
+        AuditAction.KEY_ROTATION,
+        AuditAction.TOKEN_CREATED,
+    }
+)
+# A device id is the hardware's own (an IMEI has 15 digits, an EUI-64 up to 16): a run of digits is no
+# sign of a NIR there, so it is refused only when it is one — a 15-character NIR with a valid key
+# anywhere in it, or 13 digits alone (a NIR without its key). Who typed a patient's IPP as the device id
+# is refused by the command, which knows the patient (affluent/devices_cli.py).
+_DEVICES = frozenset({AuditAction.DEVICE_LINK, AuditAction.DEVICE_UNLINK})
+# Attributes of a fixed shape: (pattern, what it must be, longest accepted).
+_SHAPED = {
+    "settings_sha256": (_SHA256, "a lowercase hex SHA-256", 64),
+    "key_id": (_KEY_ID, "a key id (letters, digits, '.', '_', '-')", 64),
+    "key_ids": (_KEY_IDS, "<ring>:<key id> pairs separated by commas", 1200),
+    "component": (_COMPONENT, "a component name", 40),
 }
 
 
@@ -84,6 +138,15 @@ def _plain(name: str, text: str, limit: int = 200) -> str:
         raise InvalidAuditEntry(f"{name} must be 1 to {limit} printable characters")
     if _NIR_SHAPED.search(text):
         raise InvalidAuditEntry(f"{name} holds a run of 13 digits (an INS/NIR shape): never recorded")
+    return text
+
+
+def _device(text: str) -> str:
+    if not text.isprintable():
+        raise InvalidAuditEntry("a device id must be printable characters")
+    windows = (text[i : i + 15] for i in range(max(0, len(text) - 14)))
+    if _NIR_SHAPED.fullmatch(text) or any(valid_matricule(w) for w in windows):
+        raise InvalidAuditEntry("a device id holds an INS/NIR (a matricule with its key): never recorded")
     return text
 
 
@@ -110,8 +173,10 @@ def audit_entry(
     for target in targets:
         if not isinstance(target, str) or not pattern.fullmatch(target):
             raise InvalidAuditEntry(f"a target of {action.value} must be {shape}")
-        if action in (AuditAction.TOPIC_READ, AuditAction.CONFIG_LOADED):
+        if action in _NAMED:
             _plain("a target", target, 249)
+        elif action in _DEVICES:
+            _device(target)
         checked.append(target)
     if outcome is AuditOutcome.OK and not checked:
         raise InvalidAuditEntry(f"an ok {action.value} entry names at least one target")
@@ -119,10 +184,11 @@ def audit_entry(
     for name, value in (attributes or {}).items():
         if name not in ATTRIBUTES:
             raise InvalidAuditEntry(f"attribute {name[:40]!r} is not one of {', '.join(sorted(ATTRIBUTES))}")
-        if name == "settings_sha256":
-            if not _SHA256.fullmatch(value):
-                raise InvalidAuditEntry("settings_sha256 must be a lowercase hex SHA-256")
-            extra[name] = value
+        if name in _SHAPED:
+            form, what, limit = _SHAPED[name]
+            if not isinstance(value, str) or not form.fullmatch(value):
+                raise InvalidAuditEntry(f"{name} must be {what}")
+            extra[name] = value if name == "settings_sha256" else _plain(f"attribute {name}", value, limit)
         else:
             extra[name] = _plain(f"attribute {name}", str(value))
     when = at if at is not None else datetime.now(UTC)
@@ -139,6 +205,22 @@ def audit_entry(
         "reason": reason.value if reason is not None else None,
         "attributes": extra,
     }
+
+
+def key_ids(current: Mapping[str, str]) -> tuple[str, list[str]]:
+    """The ``key_ids`` attribute (``hdh:<id>,inca:<id>,…``, rings sorted) from ring → current key id, and
+    the rings left out: a key id that is not an id the trail may hold (a 13-digit run), or past the
+    attribute's length."""
+    pairs: list[str] = []
+    left_out: list[str] = []
+    for ring, key_id in sorted(current.items()):
+        pair = f"{ring}:{key_id}"
+        fits = len(pairs) < 16 and len(",".join([*pairs, pair])) <= _SHAPED["key_ids"][2]
+        if fits and _KEY_IDS.fullmatch(pair) and not _NIR_SHAPED.search(pair):
+            pairs.append(pair)
+        else:
+            left_out.append(ring)
+    return ",".join(pairs), left_out
 
 
 def is_identified(topic: str) -> bool:

@@ -112,7 +112,15 @@ def build_worker(
     return worker, opposition
 
 
-def run(settings: Settings) -> None:
-    """Run the worker in the foreground until SIGINT/SIGTERM (the batch in hand finishes, then commit)."""
-    worker, opposition = build_worker(settings)
+def current_key_ids(keys: KeyProvider, destinations: tuple[str, ...] = DESTINATIONS) -> dict[str, str]:
+    """Ring → id of its current key, for the rings a worker uses (each destination's and opposition's).
+    Ids only: a key id prefixes every pseudonym, it is no secret."""
+    rings = [load_policy(name).key_name for name in destinations] + [OPPOSITION_KEYRING]
+    return {ring: require_key(keys, ring).key_id for ring in rings}  # a missing one: the feed's own refusal
+
+
+def run(settings: Settings, keys: KeyProvider | None = None) -> None:
+    """Run the worker in the foreground until SIGINT/SIGTERM (the batch in hand finishes, then commit).
+    Keys are read once, at start (``load_keys`` unless given): a rotation takes effect at a restart."""
+    worker, opposition = build_worker(settings, keys=keys)
     run_until_signalled(worker, on_stop=[opposition.stop])

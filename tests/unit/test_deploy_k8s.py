@@ -28,6 +28,7 @@ from affluent.core.topics import (
     ACK_CACHE_CONFIG,
     COMPACTED_CONFIG,
     CONTROL_ACK,
+    CONTROL_AUDIT,
     CONTROL_DEVICES,
     CONTROL_FHIR_SEEN,
     CONTROL_OPPOSITION,
@@ -36,6 +37,7 @@ from affluent.core.topics import (
     INGEST_DEVICE_RAW,
     INGEST_FHIR_RAW,
     INGEST_HL7V2_RAW,
+    audit_topic,
 )
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from streams.normalize.worker import RAW_TOPICS
@@ -130,10 +132,17 @@ def test_every_topic_the_code_uses_is_declared() -> None:
     used = {spec.name for spec in CORE_TOPICS} | set(CANONICAL_TOPICS) | set(NATIONAL_TOPICS)
     used |= {DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, *RAW_TOPICS}
     used |= {spec.name for spec in worker_topics(PSEUDONYMIZE_GROUP)}
+    used |= {CONTROL_AUDIT}
     assert set(topics()) == used
     declared = topics()
-    for name, config in ((CONTROL_ACK, ACK_CACHE_CONFIG), (CONTROL_OPPOSITION, COMPACTED_CONFIG)):
+    audit = audit_topic(Settings().audit.retention_ms)  # AFFLUENT_AUDIT__RETENTION_MS's default
+    for name, config in (
+        (CONTROL_ACK, ACK_CACHE_CONFIG),
+        (CONTROL_OPPOSITION, COMPACTED_CONFIG),
+        (CONTROL_AUDIT, audit.config),
+    ):
         assert {k: declared[name]["config"][k] for k in config} == config
+    assert declared[CONTROL_AUDIT]["partitions"] == audit.partitions == 1
     assert all(
         spec["replicas"] == 3 and spec["config"]["min.insync.replicas"] == "2" for spec in declared.values()
     )
@@ -160,35 +169,44 @@ def allowed(user: str, operation: str, resource_type: str, name: str) -> bool:
 
 NEEDS = {
     "affluent-mllp": {
-        "Write": {INGEST_HL7V2_RAW, DLQ_INGEST, CONTROL_ACK},
+        "Write": {INGEST_HL7V2_RAW, DLQ_INGEST, CONTROL_ACK, CONTROL_AUDIT},
         "Read": {CONTROL_ACK},
         "Describe": {spec.name for spec in CORE_TOPICS},
     },
     "affluent-normalize": {
         "Read": {*RAW_TOPICS, CONTROL_DEVICES},
-        "Write": {*CANONICAL_TOPICS, DLQ_NORMALIZE},
+        "Write": {*CANONICAL_TOPICS, DLQ_NORMALIZE, CONTROL_AUDIT},
         "Describe": {*RAW_TOPICS, *CANONICAL_TOPICS, DLQ_NORMALIZE, CONTROL_DEVICES},
     },
     "affluent-pseudonymize": {
         "Read": {*CANONICAL_TOPICS, CONTROL_OPPOSITION},
-        "Write": {*NATIONAL_TOPICS, DLQ_PSEUDONYMIZE},
+        "Write": {*NATIONAL_TOPICS, DLQ_PSEUDONYMIZE, CONTROL_AUDIT},
         "Describe": {spec.name for spec in worker_topics(PSEUDONYMIZE_GROUP)},
     },
     "affluent-fhir": {
-        "Write": {INGEST_FHIR_RAW, CONTROL_FHIR_SEEN},
+        "Write": {INGEST_FHIR_RAW, CONTROL_FHIR_SEEN, CONTROL_AUDIT},
         "Read": {CONTROL_FHIR_SEEN},
         "Describe": {spec.name for spec in CORE_TOPICS},
     },
     "affluent-devices": {
-        "Write": {INGEST_DEVICE_RAW, DLQ_INGEST},
+        "Write": {INGEST_DEVICE_RAW, DLQ_INGEST, CONTROL_AUDIT},
         "Read": {CONTROL_DEVICES},  # the device registry: which sender may send for which device
         "Describe": {spec.name for spec in CORE_TOPICS},
     },
     "affluent-opposition": {
         "Read": {CONTROL_OPPOSITION},
-        "Write": {CONTROL_OPPOSITION, *RETRACTION_TOPICS},
+        "Write": {CONTROL_OPPOSITION, *RETRACTION_TOPICS, CONTROL_AUDIT},
         "Describe": {CONTROL_OPPOSITION, *RETRACTION_TOPICS},
     },
+    # The command line's audited control actions: objections, device links (tokens and key rotations
+    # write only their entry). It writes the trail and cannot read it.
+    "affluent-operator": {
+        "Read": {CONTROL_OPPOSITION, CONTROL_DEVICES},
+        "Write": {CONTROL_AUDIT, CONTROL_OPPOSITION, *RETRACTION_TOPICS, CONTROL_DEVICES},
+        "Describe": {CONTROL_AUDIT, CONTROL_OPPOSITION, *RETRACTION_TOPICS, CONTROL_DEVICES},
+    },
+    # affluent audit list: the trail, and nothing else.
+    "affluent-auditor": {"Read": {CONTROL_AUDIT}, "Describe": {CONTROL_AUDIT}},
 }
 
 
@@ -203,6 +221,8 @@ def test_acls_allow_what_each_component_does_and_no_more(user: str) -> None:
         "affluent-opposition": "affluent-opposition-service-x",
         "affluent-fhir": "affluent-fhir-seen-x",
         "affluent-devices": "affluent-devices-registry-x",  # its registry view's private group
+        "affluent-operator": "affluent-device-registry-cli-x",
+        "affluent-auditor": "affluent-range-x",  # affluent/core/ranges.py's throw-away groups
     }
     assert allowed(user, "Read", "group", groups.get(user, PSEUDONYMIZE_GROUP))
     if user == "affluent-devices":  # the registry view's group only
@@ -215,6 +235,9 @@ def test_acls_allow_what_each_component_does_and_no_more(user: str) -> None:
         assert extra == set(), (operation, extra)
     for operation in ("Create", "Delete", "Alter"):
         assert not any(allowed(user, operation, "topic", n) for n in everything)
+    # Every component writes its start to the audit trail; only the auditor reads it.
+    assert allowed(user, "Read", "topic", CONTROL_AUDIT) == (user == "affluent-auditor")
+    assert allowed(user, "Write", "topic", CONTROL_AUDIT) == (user != "affluent-auditor")
 
 
 def deployments() -> dict[str, dict[str, Any]]:

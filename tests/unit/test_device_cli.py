@@ -46,7 +46,10 @@ def test_a_broken_template_file_is_one_clear_sentence(
     )
 
 
-def test_token_prints_a_token_and_only_its_hash_for_settings(capsys: pytest.CaptureFixture[str]) -> None:
+def test_token_prints_a_token_and_only_its_hash_for_settings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("affluent.audit_cli.record_now", lambda *a, **k: None)  # the token_created entry
     assert main(["devices", "token", "--sender", "GW-9"]) == 0
     first, second = capsys.readouterr().out.splitlines()
     token = first.rsplit(" ", 1)[1]

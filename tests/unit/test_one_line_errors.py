@@ -308,6 +308,7 @@ def _paste(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_devices_token_prints_the_setting_to_paste(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("affluent.audit_cli.record_now", lambda *a, **k: None)  # the token_created entry
     assert main(["devices", "token", "--sender", "GW-0042", "--mapping", "gateway-batch"]) == 0
     first, setting = capsys.readouterr().out.splitlines()
     token = first.rsplit(" ", 1)[1]
@@ -324,6 +325,7 @@ def test_opposition_token_prints_the_setting_to_paste(
     from affluent.core.auth import StaticTokens
 
     principal = "dpo-chu@hospital.test"
+    monkeypatch.setattr("affluent.audit_cli.record_now", lambda *a, **k: None)  # the token_created entry
     assert main(["opposition", "token", principal]) == 0
     first, setting = capsys.readouterr().out.splitlines()
     token = first.rsplit(" ", 1)[1]
