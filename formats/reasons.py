@@ -101,6 +101,7 @@ class ReasonCode(StrEnum):
     NO_MERGED_PATIENT = "no_merged_patient"
     NO_VISIT = "no_visit"
     NO_CODE = "no_code"
+    BAD_CODE = "bad_code"
     BAD_TIME = "bad_time"
     UNSUPPORTED_VALUE = "unsupported_value"
     INVALID_JSON = "invalid_json"
@@ -197,6 +198,9 @@ ANSWERS: Final[dict[ReasonCode, Answer]] = {
     _R.NO_MERGED_PATIENT: Answer(_REQ, 422, "required", "a merge names no usable prior patient identifier"),
     _R.NO_VISIT: Answer(_REQ, 422, "required", "a movement without a visit number"),
     _R.NO_CODE: Answer(_REQ, 422, "required", "a clinical record without a code"),
+    _R.BAD_CODE: Answer(
+        _TABLE, 422, "code-invalid", "a code not shaped as the codes of its code system (CIM-10, CCAM)"
+    ),
     _R.BAD_TIME: Answer(_TYPE, 400, "value", "a date or time that cannot be read"),
     _R.UNSUPPORTED_VALUE: Answer(_TYPE, 422, "not-supported", "a value of a type this hub does not map"),
     _R.INVALID_JSON: Answer(_TYPE, 400, "invalid", "the payload is not strict JSON"),

@@ -125,7 +125,7 @@ Assessment = Accepted | Rejected | Ignored
 
 @dataclass(frozen=True, slots=True)
 class IntakePolicy:
-    allowed_message_types: frozenset[str] = frozenset({"ADT", "ORU"})
+    allowed_message_types: frozenset[str] = frozenset(MAPPED)  # every type the hub maps
     default_charset: str = "latin-1"
 
     def __post_init__(self) -> None:

@@ -1,10 +1,11 @@
 """Which HL7 v2 message types and trigger events the hub maps: one table for the door and the mapper.
 
-The MLLP door answers AA only for a message the normalize stage will map. Before this table the door
-accepted any ADT or ORU and the mapper refused A14, A17, A34, A45 and others: the sender was told
-"stored" for messages that could only ever reach ``dlq.normalize``. The door now refuses an event that
-is not here (AR, HL7 error 201), and ``streams/normalize/hl7/dispatch.py`` maps exactly these;
-``tests/unit/test_hl7_coverage.py`` holds the two equal.
+The MLLP door answers AA only for a message the normalize stage will map (listed ADT events,
+BAR^P01/P05/P12, ORU^R01). Before this table the door accepted any ADT or ORU and the mapper refused
+A14, A17, A34, A45 and others: the sender was told "stored" for messages that could only ever reach
+``dlq.normalize``. The door now refuses an event that is not here (AR, HL7 error 201), and
+``streams/normalize/hl7/dispatch.py`` maps exactly these; ``tests/unit/test_hl7_coverage.py`` holds the
+two equal.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ ADT_MOVEMENTS: Final[Mapping[str, str]] = {
 ADT_PATIENT_ONLY: Final = frozenset({"A28", "A31"})  # identity only; a PV1 is ignored
 ADT_UPDATE: Final = "A08"  # patient, and the encounter when PV1-19 names a visit
 ADT_MERGE: Final = "A40"
+# Patient accounting (HL7 v2.5 chapter 6): add and update an account, update its diagnoses and
+# procedures. The mapper reads their PID and the DG1/PR1 of each account (the coded stay, PMSI).
+BAR_ACCOUNTS: Final = frozenset({"P01", "P05", "P12"})
 
 MAPPED: Final[Mapping[str, frozenset[str]]] = {
     "ADT": frozenset({*ADT_MOVEMENTS, *ADT_PATIENT_ONLY, ADT_UPDATE, ADT_MERGE}),
+    "BAR": BAR_ACCOUNTS,
     "ORU": frozenset({"R01"}),
 }
 

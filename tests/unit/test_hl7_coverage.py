@@ -21,7 +21,12 @@ from streams.normalize.result import MappingError
 
 CTX = RawContext("r" * 64, "hl7v2", "mllp", "CHU-SYNTH", "ADT", "C1", datetime(2026, 1, 1, tzinfo=UTC))
 ALL_ADT = [f"A{n:02d}" for n in range(1, 63)] + ["Z99", "Z80", ""]
-CANDIDATES = [("ADT", e) for e in ALL_ADT] + [("ORU", e) for e in ("R01", "R30", "R32", "")]
+CANDIDATES = (
+    [("ADT", e) for e in ALL_ADT]
+    + [("BAR", f"P{n:02d}") for n in range(1, 13)]
+    + [("BAR", "")]
+    + [("ORU", e) for e in ("R01", "R30", "R32", "")]
+)
 
 
 def message(mtype: str, event: str) -> str:

@@ -1,4 +1,4 @@
-"""HL7 v2 (ADT with IHE PAM France, ORU^R01 including IHE PCD-01) → canonical events.
+"""HL7 v2 (ADT with IHE PAM France, BAR^P01/P05/P12, ORU^R01 including IHE PCD-01) → canonical events.
 
 A pure function of (message text, raw context, options), so that a replay of a raw record yields
 byte-identical canonical records with the same event ids (DESIGN §4, §7). The rules every mapper shares
@@ -22,9 +22,9 @@ The decisions (what A08, cancellations, A40, NTE, PCD-01 containment rows become
 docs/mapping-hl7.md.
 
 The package is split by what a reviewer changes together: reading fields (fields), what a run shares
-(state), one module per canonical record family (patient, encounter, merges, observations, results) and
-the entry point that chooses among them (dispatch). Imports go one way only, from dispatch down to
-fields. HL7 times, fast paths included, are read by formats.clinical.times alone.
+(state), one module per canonical record family (patient, encounter, merges, observations, results,
+diagnoses: DG1 and PR1) and the entry point that chooses among them (dispatch). Imports go one way
+only, from dispatch down to fields. HL7 times, fast paths included, are read by formats.clinical.times alone.
 """
 
 from __future__ import annotations

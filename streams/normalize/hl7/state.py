@@ -36,6 +36,8 @@ _OBR_SIZE: Final = 25
 _OBX_SIZE: Final = 23
 _NTE_SIZE: Final = 3
 _SPM_SIZE: Final = 4
+_DG1_SIZE: Final = 21  # DG1-21 diagnosis action code (v2.5)
+_PR1_SIZE: Final = 20  # PR1-20 procedure action code (v2.5)
 
 _MDC_SYSTEM_NAME: Final = "MDC"
 _OID_URI: Final = "urn:ietf:rfc:3986"
