@@ -9,7 +9,7 @@ DEMO_DURATION ?= 60
 SOAK_MINUTES ?= 10
 FUZZ_MINUTES ?= 10
 
-.PHONY: help system-deps setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos fuzz lock
+.PHONY: help system-deps setup up down status demo schemas test test-unit test-network3 lint format bench soak clean dashboards chaos fuzz lock screenshots
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ fuzz: setup ## mutation fuzzing of doors, parsers and normalizers for FUZZ_MINUT
 
 soak: up ## memory of every `affluent run` process under steady HL7 traffic (SOAK_MINUTES=10)
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
+
+screenshots: up ## the console's pages in headless Chromium on synthetic data -> docs/img/console-*.png
+	scripts/console-screenshots
 
 clean: down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
