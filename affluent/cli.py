@@ -155,16 +155,17 @@ def cmd_schemas_check(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _start_checks(settings: Settings, name: str) -> None:
+def _start_checks(settings: Settings, name: str, extra: dict[str, str] | None = None) -> None:
     """A component's start-up refusals (files, ports, exposure) before anything starts, as ``run`` does;
-    then the configuration it starts with goes to the audit trail (its hash only, best effort)."""
+    then the configuration it starts with goes to the audit trail (its hash only, best effort), with
+    ``extra`` attributes (the pseudonymize worker's current key ids)."""
     from affluent.audit_cli import record_start
     from affluent.components import COMPONENTS, start_checks
 
     for component in COMPONENTS:
         if component.name == name:
             start_checks(component, settings)
-    record_start(settings, name, [name])
+    record_start(settings, name, [name], extra)
 
 
 def cmd_mllp(settings: Settings, args: argparse.Namespace) -> int:
@@ -201,10 +202,20 @@ def cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_pseudonymize(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.pseudonymize.cli import run_worker
+    from affluent.audit_cli import start_key_ids
+    from streams.pseudonymize.worker import current_key_ids, load_keys, run
 
-    _start_checks(settings, "pseudonymize")
-    run_worker(settings)
+    keys = load_keys()  # read once: the key ids its start records are the ones the worker runs with
+    _start_checks(settings, "pseudonymize", start_key_ids(current_key_ids(keys)))
+    run(settings, keys)
+    return 0
+
+
+def cmd_cohort(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.cohort.worker import run
+
+    _start_checks(settings, "cohort")
+    run(settings)
     return 0
 
 
@@ -258,10 +269,14 @@ def cmd_opposition_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_opposition_token(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.audit_cli import record_token
     from affluent.core.auth import StaticTokens, new_token
 
     token, digest = new_token()
     StaticTokens({args.principal: digest}, origin="AFFLUENT_OPPOSITION__TOKENS")  # the endpoint's own check
+    warning = record_token(settings, args.principal, "opposition", "the principal", best_effort=True)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"token (give it to {args.principal}, shown once): {token}")
     print(f"AFFLUENT_OPPOSITION__TOKENS={shlex.quote(json.dumps({args.principal: digest}))}")
     return 0
@@ -409,11 +424,48 @@ def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.keys_cli import list_cmd
+
+    list_cmd(args.json, out=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.keys_cli import rotate
+    from streams.pseudonymize.pseudonym import OPPOSITION_KEYRING
+
+    done = rotate(settings, args.destination, args.key_id)  # audited before the file is replaced
+    kept = ", ".join(done.kept)
+    print(f"{done.ring}: {done.key_id} is now the current key (kept: {kept}), in {done.path}")
+    print(
+        "running pseudonymize workers and opposition endpoints keep the keys they started with: restart "
+        "them (affluent_pseudonym_key_info then shows the new id)"
+    )
+    if done.ring == OPPOSITION_KEYRING:
+        print(
+            "opposition ring: objections registered from now on are not recognised by a pseudonymize "
+            "worker still running with the old ring: (re)start every worker now (docs/operations.md)"
+        )
+    return 0
+
+
 def cmd_dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
     from affluent import dlq
 
     since = dlq.parse_time(args.since, "--since") if args.since else None
     dlq.redrive_cmd(settings, args.raw_id, since, args.why, dry_run=args.dry_run, force=args.force)
+    return 0
+
+
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent import dlq
+    from affluent.trace import parse_target, trace_cmd
+
+    target = parse_target(args.target, args.sender)
+    since = dlq.parse_time(args.since, "--since") if args.since else None
+    until = dlq.parse_time(args.until, "--until") if args.until else None
+    trace_cmd(settings, target, since, until, args.json, out=lambda line: print(line, flush=True))  # audited
     return 0
 
 
@@ -508,12 +560,45 @@ def cmd_devices_token(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--mapping {', '.join(unknown)}: no such template (known: {', '.join(sorted(known))})"
             )
+    from affluent.audit_cli import record_token
+
     token, digest = new_token()
     entry: dict[str, Any] = {"sha256": digest, "sender": args.sender}
     if args.mapping:
         entry["mappings"] = args.mapping
+    warning = record_token(settings, args.sender, "devices", "--sender", best_effort=True)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"token (give it to {args.sender}, shown once): {token}")
     print(f"AFFLUENT_DEVICES__TOKENS={shlex.quote(json.dumps([entry]))}")
+    return 0
+
+
+def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from affluent.console.server import serve, start_checks
+
+    if args.port is not None:
+        settings = settings.model_copy(
+            update={"console": settings.console.model_copy(update={"port": args.port})}
+        )
+    start_checks(settings)
+    asyncio.run(serve(settings, out=lambda line: print(line, flush=True)))
+    return 0
+
+
+def cmd_console_token(settings: Settings, args: argparse.Namespace) -> int:
+    from affluent.audit_cli import record_token
+    from affluent.core.auth import StaticTokens, new_token
+
+    token, digest = new_token()
+    StaticTokens({args.name: digest}, origin="AFFLUENT_CONSOLE__TOKEN_SHA256")  # the console's own check
+    warning = record_token(settings, args.name, "console", "--name", best_effort=True)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"token (give it to {args.name}, shown once): {token}")
+    print(f"AFFLUENT_CONSOLE__TOKEN_SHA256={shlex.quote(json.dumps({args.name: digest}))}")
     return 0
 
 
@@ -657,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pseudonymize", help="run a pseudonymize worker (canonical.* -> national.*)").set_defaults(
         func=cmd_pseudonymize
     )
+    sub.add_parser(
+        "cohort", help="run a cohort worker (Faust): canonical.* -> cohort.<destination>.* for cohort members"
+    ).set_defaults(func=cmd_cohort)
 
     opposition = sub.add_parser("opposition", help="the patients' right to object (control.opposition)")
     opposition_sub = opposition.add_subparsers(dest="opposition_command", required=True)
@@ -806,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--facility", help="only this sending facility")
     dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
     dlq_redrive = dlq_sub.add_parser(
-        "redrive", help="hand a message back to the normalize stage after a fix (dry run shown first)"
+        "redrive", help="hand a message back to the stage that refused it, after a fix (verdict shown first)"
     )
     dlq_redrive.add_argument("raw_id", help="the raw id (8 characters or more of it)")
     dlq_redrive.add_argument("--why", required=True, help="recorded in the audit trail, e.g. a ticket id")
@@ -818,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_redrive.set_defaults(func=cmd_dlq_redrive)
     dlq_list.set_defaults(func=cmd_dlq_list)
     replay_ = sub.add_parser(
-        "replay", help="re-run the normalize stage over a time range after a fix (own group, same outputs)"
+        "replay", help="re-run normalize or pseudonymize over a time range after a fix (same outputs)"
     )
     replay_.add_argument("--stage", default="normalize", choices=["normalize", "pseudonymize"])
     replay_.add_argument("--from", dest="from_", required=True, help="ISO 8601 time (UTC without an offset)")
@@ -831,6 +919,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay_.set_defaults(func=cmd_replay)
     dlq_show.set_defaults(func=cmd_dlq_show)
+    trace_ = sub.add_parser(
+        "trace", help="follow one message hop by hop: raw record, events, national records, dead letters"
+    )
+    trace_.add_argument(
+        "target",
+        help="a raw id or event id (8+ hex characters), FACILITY/MSH-10 for HL7, or Type/id with --sender",
+    )
+    trace_.add_argument("--sender", help="the FHIR sender of a Type/id target")
+    trace_.add_argument("--since", help="ISO 8601 time (UTC without an offset); default: 24 hours ago")
+    trace_.add_argument("--until", help="ISO 8601 time, exclusive; default: now")
+    trace_.add_argument("--json", action="store_true", help="one JSON document")
+    trace_.set_defaults(func=cmd_trace)
     audit = sub.add_parser("audit", help="the audit trail (control.audit): who did what, when, on what")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_list = audit_sub.add_parser("list", help="print entries, oldest first, up to the end of the trail")
@@ -844,6 +944,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit_list.add_argument("--json", action="store_true", help="one JSON object a line")
     audit_list.set_defaults(func=cmd_audit_list)
+    console = sub.add_parser(
+        "console", help="the operators' web console: health, dead letters and re-drive, trace (aiohttp)"
+    )
+    console.add_argument("--port", type=_port, default=None, help="listen port (default: settings, 8095)")
+    console.set_defaults(func=cmd_console)
+    console_sub = console.add_subparsers(dest="console_command")
+    p = console_sub.add_parser("token", help="make a login token and its AFFLUENT_CONSOLE__TOKEN_SHA256 line")
+    p.add_argument("--name", required=True, help="who will use it: recorded as 'who' in the audit trail")
+    p.set_defaults(func=cmd_console_token)
+    keys = sub.add_parser("keys", help="pseudonymization key rings: ids only, never a secret")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_list = keys_sub.add_parser("list", help="each ring's key ids, which is current, and their source")
+    keys_list.add_argument("--json", action="store_true", help="one JSON object a line")
+    keys_list.set_defaults(func=cmd_keys_list)
+    keys_rotate = keys_sub.add_parser(
+        "rotate", help="add a new random key as a ring's current key in the key file, keeping the older keys"
+    )
+    keys_rotate.add_argument("--destination", required=True, help="the ring: hdh, inca, opposition, …")
+    keys_rotate.add_argument("--key-id", default=None, help="the new key's id (default: <ring>-<date>)")
+    keys_rotate.set_defaults(func=cmd_keys_rotate)
     return parser
 
 

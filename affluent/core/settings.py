@@ -109,8 +109,9 @@ class MllpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=2575, ge=0, le=65535)
     max_frame_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    # MSH-9.1 values we store; anything else is refused with AR so the sender knows at once.
-    allowed_message_types: list[str] = ["ADT", "ORU"]
+    # MSH-9.1 values we store; anything else is refused with AR so the sender knows at once. By default
+    # every type of formats/hl7/coverage.py MAPPED (a unit test holds the two equal); a subset restricts.
+    allowed_message_types: list[str] = ["ADT", "BAR", "ORU"]
     # Identity the hub uses in ACKs when the message did not name a receiver (MSH-5/MSH-6).
     receiving_application: str = "AFFLUENT"
     receiving_facility: str = "AFFLUENT"
@@ -242,6 +243,18 @@ class StreamsSettings(BaseModel):
     # The pseudonymize worker's own group and /metrics port (the normalize worker's are the two above).
     pseudonymize_group: str = "affluent-pseudonymize"
     pseudonymize_metrics_port: int | None = Field(default=9466, ge=0, le=65535)
+    # The cohort stage (Faust): its application id names its consumer group and its tables' changelog
+    # topics; its tables live in RocksDB under cohort_state_dir (rebuilt from the changelogs if lost).
+    cohort_group: str = "affluent-cohort"
+    cohort_state_dir: Path = Path(".state/cohort")
+    cohort_metrics_port: int | None = Field(default=9470, ge=0, le=65535)
+    # Folder of cohort definitions (*.yaml); None = the cohorts shipped in streams/cohort/cohorts.
+    cohorts_dir: Path | None = None
+    # Bounds of the events held per patient until a cohort includes them (oldest dropped, counted).
+    cohort_max_held_events: int = Field(default=10_000, ge=1)
+    cohort_max_held_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Standby replicas of the tables on other workers (a moved partition resumes without a full replay).
+    cohort_standby_replicas: int = Field(default=0, ge=0, le=3)
 
 
 class FhirPollSettings(BaseModel):
@@ -410,6 +423,47 @@ class AuditSettings(BaseModel):
     retention_ms: int = Field(default=400 * 86_400_000, ge=86_400_000)
 
 
+class ConsoleSettings(BaseModel):
+    """The operators' web console (``affluent console``): health, dead letters and re-drive, trace."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8095, ge=0, le=65535)
+    # name (a service account or an operator's login, never a patient's) → hex SHA-256 of its bearer
+    # token (``affluent console token --name NAME`` makes one); the name is who the audit trail records.
+    token_sha256: dict[str, str] = {}
+    # HTTPS; beyond loopback the console needs it (tokens, cookies and patients' payloads in clear text
+    # are anyone's on the path), unless allow_plaintext is true (then with a warning).
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    # mTLS: client certificates signed by this CA whose one CN is listed here log in as that CN.
+    tls_client_ca: Path | None = None
+    tls_client_subjects: list[str] = []
+    allow_plaintext: bool = False
+    # ``affluent run``'s supervisor /health; None: http://<AFFLUENT_RUN__METRICS_HOST>:<…PORT>/health.
+    supervisor_url: str | None = None
+    # A browser session (login form) lasts this long at most; then the token is asked again.
+    session_lifetime_s: float = Field(default=8 * 3600.0, ge=60, le=7 * 86400)
+    # Channel rates are counted between two scrapes of the components' /metrics, this far apart.
+    rate_interval_s: float = Field(default=10.0, ge=1)
+    # Dead letters listed by default: those of the last this many days (a page may ask for others).
+    dlq_days: float = Field(default=7.0, gt=0)
+    # Seconds a page waits for Kafka before it says Kafka is down (503).
+    kafka_wait_s: float = Field(default=5.0, gt=0)
+    limits: ConnectionLimits = ConnectionLimits(max_connections=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConsoleSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_key (HTTPS)")
+        if self.tls_client_subjects and self.tls_client_ca is None:
+            raise ValueError("tls_client_subjects needs client certificates (tls_client_ca)")
+        if self.supervisor_url is not None and urlsplit(self.supervisor_url).scheme not in ("http", "https"):
+            raise ValueError("supervisor_url is an http(s) URL, e.g. http://127.0.0.1:9460/health")
+        return self
+
+
 class NetworkSettings(BaseModel):
     """The local three-level network (hospital -> region -> national): independent clusters + MirrorMaker 2.
 
@@ -449,6 +503,7 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     network: NetworkSettings = NetworkSettings()
     audit: AuditSettings = AuditSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(

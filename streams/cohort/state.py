@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from streams.cohort.definition import Cohort
@@ -183,7 +184,8 @@ def step(
     for destination in sorted(_fed(state, cohorts)):
         out.forward.append(Forward(destination, kind, event_id, value, released=False))
         sent.add(destination)
-    if scoped - sent:
+    again = any(h.event_id == event_id for h in islice(reversed(state.held), 64))  # a re-read input
+    if scoped - sent and not again:
         state.held.append(Held(kind, event_id, at, value, frozenset(sent)))
         state.held_bytes += len(value)
     state.newest = max(state.newest, at)

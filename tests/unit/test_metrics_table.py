@@ -32,6 +32,7 @@ from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.mllp.metrics import MllpMetrics
 from streams.normalize.stage import NormalizeMetrics
 from streams.opposition.service import OppositionMetrics
+from streams.cohort.stage import CohortMetrics
 from streams.pseudonymize.stage import PseudonymizeMetrics
 from tests.support.observability import ROOT, metric_table
 
@@ -74,6 +75,10 @@ def run(registry: CollectorRegistry) -> None:
     RunMetrics.create(registry)
 
 
+def cohort(registry: CollectorRegistry) -> None:
+    CohortMetrics(registry)
+
+
 PROCESSES: dict[str, Callable[[CollectorRegistry], None]] = {
     "mllp": mllp,
     "normalize": normalize,
@@ -83,6 +88,7 @@ PROCESSES: dict[str, Callable[[CollectorRegistry], None]] = {
     "pull": pull,
     "devices": devices,
     "run": run,
+    "cohort": cohort,
 }
 
 
