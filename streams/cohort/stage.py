@@ -83,7 +83,7 @@ class CohortMetrics:
         )
         self.held_bytes = Gauge(
             "affluent_cohort_held_bytes",
-            "Bytes held by the patients of the last record's partition",
+            "Bytes held for the patient of the last record read",
             registry=registry,
         )
         self.dead_letters = Counter(

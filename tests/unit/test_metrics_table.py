@@ -30,9 +30,9 @@ from connectors.devices.metrics import DeviceMetrics
 from connectors.fhir_poll.puller import PullMetrics
 from connectors.fhir_rest.metrics import FhirRestMetrics
 from connectors.mllp.metrics import MllpMetrics
+from streams.cohort.stage import CohortMetrics
 from streams.normalize.stage import NormalizeMetrics
 from streams.opposition.service import OppositionMetrics
-from streams.cohort.stage import CohortMetrics
 from streams.pseudonymize.stage import PseudonymizeMetrics
 from tests.support.observability import ROOT, metric_table
 
