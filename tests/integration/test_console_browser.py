@@ -20,15 +20,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +35,6 @@ from prometheus_client import CollectorRegistry
 
 from affluent import dlq
 from affluent.console.server import Console
-from affluent.core.kafka import TopicSpec, ensure_topics
 from affluent.core.settings import ConsoleSettings, DeviceSettings, DeviceToken, RegistrySettings, Settings
 from affluent.devices_cli import link
 from affluent.sim.synthetic import HOSPITAL_OID
@@ -49,11 +43,11 @@ from connectors.devices.service import DeviceService
 from formats.devices.registry import Link
 from schemas.audit import AuditAction
 from schemas.audit_log import read_entries
-from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, NATIONAL_TOPICS
-from streams.normalize.worker import RAW_TOPICS
+from schemas.catalog import DLQ_NORMALIZE
 from streams.pseudonymize.worker import KEY_FILE_ENV
-from tests.support.cdp import Page, browser, chromium
-from tests.support.pipeline import KEY_FILE, ends, free_port, start_group_at
+from tests.support.cdp import browser, chromium
+from tests.support.console import WAIT_S, restart, shot, supervised_workers, table, wait_for
+from tests.support.pipeline import KEY_FILE
 
 pytestmark = [
     pytest.mark.integration,
@@ -61,86 +55,8 @@ pytestmark = [
     pytest.mark.skipif(chromium() is None, reason="no chromium: scripts/system-deps installs it"),
 ]
 
-SCREENSHOTS = os.environ.get("AFFLUENT_CONSOLE_SCREENSHOTS")
 DEVICE_TOKEN = "console-it-device-token-not-a-secret"
 CONSOLE_TOKEN = "console-it-login-token-not-a-secret"
-WAIT_S = 120.0
-
-
-def _health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
-    except OSError:
-        return None
-
-
-def _wait(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll ``check`` until it returns something true; fail naming ``what`` at the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-
-
-@contextmanager
-def supervised_workers(tmp_path: Path, run: str) -> Iterator[int]:
-    """``affluent run --only normalize,pseudonymize`` in fresh groups at the end of their inputs;
-    yields the supervisor's port once both are ready."""
-    norm_group, pseudo_group = f"it-console-normalize-{run}", f"it-console-pseudonymize-{run}"
-    kafka = Settings().kafka
-    ensure_topics(kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS, *NATIONAL_TOPICS)])
-    start_group_at(kafka, norm_group, ends(kafka, list(RAW_TOPICS)))
-    start_group_at(kafka, pseudo_group, ends(kafka, list(CANONICAL_TOPICS)))
-    run_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
-    env.update(
-        {
-            KEY_FILE_ENV: str(KEY_FILE),
-            "AFFLUENT_RUN__METRICS_PORT": str(run_port),
-            "AFFLUENT_RUN__LOG_DIR": str(tmp_path / "run"),
-            "AFFLUENT_RUN__RESTART_BACKOFF_MAX_S": "1",
-            "AFFLUENT_STREAMS__NORMALIZE_GROUP": norm_group,
-            "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": pseudo_group,
-            "AFFLUENT_STREAMS__METRICS_PORT": str(free_port()),
-            "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(free_port()),
-        }
-    )
-    with (tmp_path / "run.out").open("wb") as out:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "affluent.cli", "run", "--only", "normalize,pseudonymize"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait("affluent run ready", lambda: (_health(run_port) or {}).get("ready"))
-            yield run_port
-        finally:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(60)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
-                supervisor.wait(10)
-
-
-def restart_normalize(run_port: int) -> None:
-    """SIGTERM the normalize child (it commits what it did), and wait for the supervisor's new one: a
-    fresh worker reads the device registry to its end before it maps anything."""
-    health = _health(run_port)
-    assert health is not None
-    old = health["children"]["normalize"]["pid"]
-    os.kill(old, signal.SIGTERM)
-    _wait(
-        "normalize restarted",
-        lambda: (
-            (h := _health(run_port)) and h["ready"] and h["children"]["normalize"]["pid"] not in (None, old)
-        ),
-    )
 
 
 async def post_reading(settings: Settings, sender: str, device: str, measured: datetime) -> str:
@@ -177,19 +93,6 @@ def dead_letters(settings: Settings, raw_id: str, since: datetime) -> list[dict[
     return [r for _, r in dlq.read(settings, [DLQ_NORMALIZE], since) if r.get("raw_id") == raw_id]
 
 
-async def shot(page: Page, tmp_path: Path, name: str) -> None:
-    """Every page is screenshotted (the PNG is checked); kept under $AFFLUENT_CONSOLE_SCREENSHOTS."""
-    target = Path(SCREENSHOTS) / name if SCREENSHOTS else tmp_path / name
-    await page.screenshot(target)
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-async def table(page: Page, index: int = 0) -> list[list[str]]:
-    """The cells of the page's ``index``-th table, row by row."""
-    rows = f"document.querySelectorAll('table')[{index}].rows"
-    return list(await page.evaluate(f"[...{rows}].map(r => [...r.cells].map(c => c.innerText.trim()))"))
-
-
 async def test_a_dead_letter_is_redriven_from_the_console_and_traced_to_its_national_record(
     settings: Settings, live_kafka, registry, tmp_path: Path, monkeypatch
 ) -> None:
@@ -202,7 +105,7 @@ async def test_a_dead_letter_is_redriven_from_the_console_and_traced_to_its_nati
     with supervised_workers(tmp_path, run) as run_port:
         raw_id = await post_reading(settings, sender, device, datetime.now(UTC) - timedelta(minutes=1))
         letters = await asyncio.to_thread(
-            _wait, "the unknown_device dead letter", lambda: dead_letters(settings, raw_id, started)
+            wait_for, "the unknown_device dead letter", lambda: dead_letters(settings, raw_id, started)
         )
         # (one, or more if another test's normalize worker read the shared raw topic too)
         assert {letter["reason_code"] for letter in letters} == {"unknown_device"}
@@ -257,7 +160,7 @@ async def test_a_dead_letter_is_redriven_from_the_console_and_traced_to_its_nati
                     device,
                     Link(f"9{run[:7]}", HOSPITAL_OID, datetime(2026, 1, 1, tzinfo=UTC)),
                 )
-                await asyncio.to_thread(restart_normalize, run_port)
+                await asyncio.to_thread(restart, run_port)
                 await page.navigate(f"{base}/dlq/{raw_id}?since={since}")
                 text = await page.text()
                 assert "maps now" in text and "was refused for unknown_device" in text
