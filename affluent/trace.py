@@ -277,7 +277,7 @@ class Trace:
         for raw in self.raws:
             out.append(
                 f"raw {raw.hop.where()}  {_stamp(raw.hop.at)}  {raw.protocol} {raw.message_type or '-'} "
-                f"{raw.message_id or '-'} from {raw.facility}/{raw.application} ({raw.connector})  "
+                f"{_id(raw.message_id)} from {raw.facility}/{raw.application} ({raw.connector})  "
                 f"raw id {raw.raw_id[:16]}…"
             )
             children: list[tuple[str, list[str]]] = []
@@ -352,6 +352,13 @@ class Trace:
                 for raw in self.raws
             ],
         }
+
+
+def _id(message_id: str) -> str:
+    """The sender's id as sent; a payload hash (devices: no id of their own) cut to 16 characters."""
+    if len(message_id) == 64 and all(c in "0123456789abcdef" for c in message_id):
+        return f"payload {message_id[:16]}…"
+    return message_id or "-"
 
 
 def _short(pseudonym: str) -> str:
