@@ -156,8 +156,10 @@ def test_trace_follows_a_message_to_national_and_a_refused_one_to_its_dead_lette
         refused = until_found(settings, bad_raw, since, lambda t: bool(t.raws and t.raws[0].dead), who)
         [bad] = refused.raws
         assert bad.events == [] and not refused.arrived
-        [letter] = bad.dead
-        assert (letter.hop.topic, letter.reason_code) == (DLQ_NORMALIZE, "no_patient")
+        # one dead letter, or more if another normalize worker on the shared topic read it too
+        assert bad.dead and {(d.hop.topic, d.reason_code) for d in bad.dead} == {
+            (DLQ_NORMALIZE, "no_patient")
+        }
         assert any("dead letter dlq.normalize" in line and "no_patient" in line for line in refused.lines())
 
     reads = [e for e in read_entries(settings, since=since) if e["who"] == who]
