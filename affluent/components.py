@@ -140,6 +140,8 @@ COMPONENTS: tuple[Component, ...] = (
         lambda s: s.streams.pseudonymize_metrics_port,
         needs_keys=True,
     ),
+    # The cohort stage (Faust): INCa's records pass through it (cohort.inca.*) before pseudonymize.
+    Component("cohort", ("cohort",), "worker", lambda s: s.streams.cohort_metrics_port),
     Component(
         "fhir", ("fhir",), "door", lambda s: s.fhir_rest.metrics_port, check=_check_fhir, section="fhir_rest"
     ),

@@ -431,7 +431,9 @@ class _NationalFinder:
                     out[national_event_id(key, event_id)] = (feed.destination, event_id)
         return out
 
-    def not_sent(self, kind: str, record: Mapping[str, Any], opposed: bool) -> dict[str, str]:
+    def not_sent(
+        self, kind: str, record: Mapping[str, Any], opposed: bool, scoped: frozenset[str]
+    ) -> dict[str, str]:
         """Why each destination would not get this event, by the stage's own rules (dry run)."""
         why: dict[str, str] = {}
         for feed in self.feeds:
@@ -442,6 +444,11 @@ class _NationalFinder:
                 why[feed.destination] = "not selected by its policy"
             elif opposed:
                 why[feed.destination] = "withheld: the patient objects (opposition)"
+            elif feed.destination in scoped:
+                why[feed.destination] = (
+                    "held by the cohort stage: the patient is in none of its cohorts yet "
+                    "(or the cohort stage is not running)"
+                )
         return why
 
 
@@ -582,11 +589,14 @@ def trace(
         key = (record.key or b"").decode("utf-8", "replace")
         events[event_id][0].national.append(National(Hop.of(record), destination, key, national_id))
     opposed = _opposition_of(settings, finder)
+    from streams.pseudonymize.worker import cohort_scoped
+
+    scoped = cohort_scoped(settings)
     for event, value, _ in events.values():
         if event.dead:
             continue
         reached = {n.destination for n in event.national}
-        why = finder.not_sent(event.kind, value, opposed(event.kind, value))
+        why = finder.not_sent(event.kind, value, opposed(event.kind, value), scoped)
         for feed in finder.feeds:
             if feed.destination not in reached:
                 event.not_sent[feed.destination] = why.get(

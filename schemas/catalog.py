@@ -46,6 +46,29 @@ CANONICAL_TOPICS: tuple[str, ...] = (
     CANONICAL_RETRACTION,
 )
 
+# Cohort topics: a cohort-scoped destination's canonical records, for its cohorts' members only (written by
+# the cohort stage, same bytes as canonical.*; identified, hospital-internal, never mirrored).
+COHORT_PREFIX = "cohort."
+
+
+def cohort_topic(destination: str, kind: str) -> str:
+    """``cohort.<destination>.<kind>``: what the pseudonymize stage reads for a cohort-scoped destination."""
+    return f"{COHORT_PREFIX}{destination}.{kind}"
+
+
+def cohort_topics_of(destinations: Sequence[str]) -> list[str]:
+    kinds = [t.removeprefix("canonical.") for t in CANONICAL_TOPICS]
+    return [cohort_topic(d, k) for d in sorted(destinations) for k in kinds]
+
+
+def split_cohort_topic(topic: str) -> tuple[str, str] | None:
+    """(destination, kind) of a cohort topic; None for any other topic."""
+    if not topic.startswith(COHORT_PREFIX):
+        return None
+    destination, _, kind = topic.removeprefix(COHORT_PREFIX).partition(".")
+    return (destination, kind) if destination and kind else None
+
+
 DLQ_NORMALIZE = "dlq.normalize"
 DLQ_PSEUDONYMIZE = "dlq.pseudonymize"
 

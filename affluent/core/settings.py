@@ -246,7 +246,7 @@ class StreamsSettings(BaseModel):
     # The cohort stage (Faust): its application id names its consumer group and its tables' changelog
     # topics; its tables live in RocksDB under cohort_state_dir (rebuilt from the changelogs if lost).
     cohort_group: str = "affluent-cohort"
-    cohort_state_dir: Path = Path(".state/cohort")
+    cohort_state_dir: Path = REPO_ROOT / ".state" / "cohort"
     cohort_metrics_port: int | None = Field(default=9470, ge=0, le=65535)
     # Folder of cohort definitions (*.yaml); None = the cohorts shipped in streams/cohort/cohorts.
     cohorts_dir: Path | None = None

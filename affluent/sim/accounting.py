@@ -112,6 +112,8 @@ class Tally:
     dead: Counter[str] = field(default_factory=Counter)  # "<dlq topic> <reason_code>" -> dead letters
     national: Counter[str] = field(default_factory=Counter)  # topic -> records of this run
     drops: Counter[str] = field(default_factory=Counter)  # destination -> opposition drops
+    # destination -> records a cohort-scoped destination did not get (patient in none of its cohorts)
+    held: Counter[str] = field(default_factory=Counter)
     expected_national: int = 0
     missing_messages: int = 0  # acknowledged, found neither canonical nor dead-lettered
     missing_national: int = 0  # national records due (not dropped) that did not arrive
@@ -215,7 +217,9 @@ class Ledger:
         expected = [e for e, c in self._expected.items() if channel is None or c == channel]
         arrived = [self._arrived[e] for e in expected if e in self._arrived]
         acked = [r for r in self._acked if channel is None or self._channel_of.get(r) == channel]
+        held = getattr(self._national_of, "held", None)
         total = Tally(
+            held=Counter(held() if held is not None and channel is None else {}),
             expected_national=len(expected),
             missing_messages=sum(1 for r in acked if r not in self._reached),
             missing_national=len(expected) - len(arrived),

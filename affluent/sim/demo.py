@@ -40,11 +40,11 @@ from typing import IO, TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from affluent.core.errors import AffluentError, ConfigError
-from affluent.core.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
+from affluent.core.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, wait_for_kafka
 from affluent.core.settings import Settings
 from affluent.core.topics import CORE_TOPICS, INGEST_HL7V2_RAW, value_subject
 from affluent.local.procs import stop_run
-from schemas.catalog import CANONICAL_TOPICS, register_all
+from schemas.catalog import CANONICAL_TOPICS, cohort_topics_of, register_all
 from schemas.registry import AvroCodec, Registry, load_schema
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ DEMO_GROUPS = {
     # must not take half of the demo's partitions, and the committed offsets skip older demos' records.
     "AFFLUENT_STREAMS__NORMALIZE_GROUP": "affluent-demo-normalize",
     "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": "affluent-demo-pseudonymize",
+    "AFFLUENT_STREAMS__COHORT_GROUP": "affluent-demo-cohort",
 }
 
 
@@ -169,11 +170,16 @@ def prepare_groups(settings: Settings, env: dict[str, str]) -> None:
     on a shared broker, may be large)."""
     from affluent.sim.accounting import start_group_at_end
     from streams.normalize.worker import RAW_TOPICS
+    from streams.pseudonymize.worker import cohort_scoped
 
     normalize = env["AFFLUENT_STREAMS__NORMALIZE_GROUP"]
     pseudonymize = env["AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP"]
+    cohorts = env["AFFLUENT_STREAMS__COHORT_GROUP"]
+    cohort_topics = cohort_topics_of(sorted(cohort_scoped(settings)))
+    ensure_topics(settings.kafka, [TopicSpec(t) for t in (*CANONICAL_TOPICS, *cohort_topics)])
     start_group_at_end(settings.kafka, normalize, RAW_TOPICS, skip_backlog=True)
-    start_group_at_end(settings.kafka, pseudonymize, CANONICAL_TOPICS, skip_backlog=True)
+    start_group_at_end(settings.kafka, pseudonymize, [*CANONICAL_TOPICS, *cohort_topics], skip_backlog=True)
+    start_group_at_end(settings.kafka, cohorts, CANONICAL_TOPICS, skip_backlog=True)
 
 
 def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str], int, int]:
@@ -190,6 +196,8 @@ def run_environment(settings: Settings, key_file: Path) -> tuple[dict[str, str],
         "AFFLUENT_DEVICES__METRICS_PORT": str(_free_port()),
         "AFFLUENT_STREAMS__METRICS_PORT": str(_free_port()),
         "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(_free_port()),
+        "AFFLUENT_STREAMS__COHORT_METRICS_PORT": str(_free_port()),
+        "AFFLUENT_STREAMS__COHORT_STATE_DIR": str(settings.stack.state_dir / "demo-cohort"),
         "AFFLUENT_RUN__METRICS_PORT": str(supervisor),
         **{name: os.environ.get(name, group) for name, group in DEMO_GROUPS.items()},
     }
@@ -276,7 +284,7 @@ def wait_ready(process: subprocess.Popen[str], port: int, timeout_s: float) -> d
     raise AffluentError(f"affluent run was not ready within {timeout_s:.0f} s (see .state/run/*.log)")
 
 
-DEMO_COMPONENTS = ("mllp", "fhir", "devices", "normalize", "pseudonymize")
+DEMO_COMPONENTS = ("mllp", "fhir", "devices", "normalize", "cohort", "pseudonymize")
 
 
 def start_run(env: Mapping[str, str], only: Sequence[str] | None, stdout: int) -> subprocess.Popen[str]:

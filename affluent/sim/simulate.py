@@ -35,14 +35,26 @@ from affluent.sim import fhir as sim_fhir
 from affluent.sim.accounting import Ledger, Tally
 from affluent.sim.devices import DeviceTarget
 from affluent.sim.fhir import FhirTarget
-from affluent.sim.synthetic import HOSPITAL_OID, MALFORMED, SyntheticPatient, adt, cohort, malformed, oru_r01
+from affluent.sim.synthetic import (
+    CANCERS,
+    HOSPITAL_OID,
+    MALFORMED,
+    OTHER_DIAGNOSES,
+    SyntheticPatient,
+    adt,
+    cohort,
+    malformed,
+    oru_r01,
+)
 from affluent.sim.types import Answer, Channel, Outbound
 
 Out = Callable[[str], None]
 Progress = Callable[[Tally, float], None]
 
 # Of the messages about an admitted patient: what happens next (weights); the rest are lab results.
-_NEXT = (("ORU", 60), ("A02", 10), ("A08", 8), ("A03", 14), ("A40", 2))
+_NEXT = (("ORU", 60), ("A02", 10), ("A08", 8), ("A03", 14), ("A40", 2), ("DG1", 6))
+# Share of patients whose coded diagnoses include a cancer (INCa's cohorts take them, and their history).
+CANCER_SHARE = 0.2
 # Share of the traffic each channel carries when it is on (the rest of the hospital stays on HL7 v2).
 _SHARE = {"mllp": 40, sim_fhir.CHANNEL: 30, sim_devices.HTTP: 15, sim_devices.MQTT: 15}
 
@@ -102,6 +114,10 @@ class Hospital:
         kind = self.rng.choices([k for k, _ in _NEXT], [w for _, w in _NEXT])[0]
         if kind == "ORU":
             return _outbound(lane, oru_r01(self.rng, p, control_id, when, visit), "ORU^R01")
+        if kind == "DG1":  # the stay's coded diagnosis, sent as an update (A08) with a DG1
+            cancer = index % round(1 / CANCER_SHARE) == 0
+            code = self.rng.choice(CANCERS if cancer else OTHER_DIAGNOSES)
+            return _outbound(lane, adt(p, "A08", control_id, when, visit, diagnosis=code), "ADT^A08")
         if kind == "A03":
             del self.admitted[index]
         retired = f"{p.ipp}D" if kind == "A40" else ""  # a duplicate record made at the front desk
@@ -276,28 +292,56 @@ async def check_targets(plan: Plan, timeout_s: float = 5.0) -> None:
             await writer.wait_closed()
 
 
-def national_of(keys: Any, opposition: Any) -> Callable[[str, dict[str, Any]], list[tuple[str, str, bool]]]:
+class NationalOf:
     """What the pseudonymize stage must do with one canonical record, computed with the same policies,
-    keys and opposition registry: (destination, national event id, dropped by opposition) per feed."""
-    from streams.pseudonymize.opposition import withheld
-    from streams.pseudonymize.transform import TransformError
-    from streams.pseudonymize.worker import build_feeds
+    keys, opposition registry and cohort rules: (destination, national event id, dropped by opposition)
+    per feed. A cohort-scoped destination (INCa) gets a record only once its patient is in one of its
+    cohorts, and then the held history too: the cohort stage's own decision, tracked per patient here
+    (:class:`streams.cohort.expect.CohortTracker`); what it still holds is :meth:`held`."""
 
-    feeds = build_feeds(keys)
+    def __init__(self, keys: Any, opposition: Any, cohorts_dir: Any = None) -> None:
+        from streams.cohort.definition import load_cohorts
+        from streams.cohort.expect import CohortTracker
+        from streams.pseudonymize.worker import DESTINATIONS, build_feeds
 
-    def outcomes(kind: str, record: dict[str, Any]) -> list[tuple[str, str, bool]]:
-        opposed = withheld(kind, record, opposition, keys)
+        self.keys, self.opposition = keys, opposition
+        self.feeds = build_feeds(keys)
+        self.tracker = CohortTracker(load_cohorts(DESTINATIONS, cohorts_dir))
+        self.scoped = self.tracker.scoped
+
+    def _apply(self, feed: Any, kind: str, record: dict[str, Any]) -> tuple[str, str, bool] | None:
+        from streams.pseudonymize.opposition import withheld
+        from streams.pseudonymize.transform import TransformError
+
+        try:
+            national = feed.apply(kind, record)
+        except TransformError:
+            return None  # the stage dead-letters it: found through dlq.pseudonymize
+        if national is None:
+            return None
+        opposed = withheld(kind, record, self.opposition, self.keys)
+        return (feed.destination, str(national.record["envelope"]["event_id"]), opposed)
+
+    def __call__(self, kind: str, record: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out = []
-        for feed in feeds:
-            try:
-                national = feed.apply(kind, record)
-            except TransformError:
-                continue  # the stage dead-letters it: found through dlq.pseudonymize
-            if national is not None:
-                out.append((feed.destination, str(national.record["envelope"]["event_id"]), opposed))
+        for feed in self.feeds:
+            if feed.destination not in self.scoped:
+                outcome = self._apply(feed, kind, record)
+                if outcome is not None:
+                    out.append(outcome)
+        by_destination = {f.destination: f for f in self.feeds}
+        for destination, forwarded_kind, forwarded in self.tracker.see(kind, record):
+            outcome = self._apply(by_destination[destination], forwarded_kind, forwarded)
+            if outcome is not None:
+                out.append(outcome)
         return out
 
-    return outcomes
+    def held(self) -> dict[str, int]:
+        return self.tracker.held()
+
+
+def national_of(keys: Any, opposition: Any, cohorts_dir: Any = None) -> NationalOf:
+    return NationalOf(keys, opposition, cohorts_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +409,7 @@ async def simulate(settings: Settings, plan: Plan, out: Out, progress: Progress 
         CANONICAL_TOPICS,
         (DLQ_INGEST, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE),
         NATIONAL_TOPICS,
-        national_of(keys, opposition),
+        national_of(keys, opposition, settings.streams.cohorts_dir),
     )
     ledger.start()
     began = time.monotonic()
@@ -435,6 +479,7 @@ def accounting_lines(tally: Tally) -> list[str]:
     rows += [("acknowledged but found nowhere", tally.missing_messages, "")]
     rows += [(topic, n, "records") for topic, n in sorted(tally.national.items())]
     rows += [(f"opposition drops, {d}", n, "(counted, not sent)") for d, n in sorted(tally.drops.items())]
+    rows += [(f"in no cohort of {d}", n, "(held, not sent)") for d, n in sorted(tally.held.items())]
     rows += [("national records expected but missing", tally.missing_national, "")]
     return ["Accounting"] + [f"  {what:<44}{n:>8} {note}".rstrip() for what, n, note in rows]
 

@@ -106,11 +106,23 @@ def adt_a01(p: SyntheticPatient, control_id: str, when: datetime, visit: str) ->
 _ADT_STRUCTURE = {"A01": "ADT_A01", "A02": "ADT_A02", "A03": "ADT_A03", "A08": "ADT_A01", "A40": "ADT_A39"}
 
 
+# Coded stay diagnoses (CIM-10, as French HIS send them in DG1): a few cancers, mostly not.
+CANCERS = ("C34.1", "C25.0", "C50.4", "C18.7", "C61", "C16.9")
+OTHER_DIAGNOSES = ("I10", "E11.9", "J44.9", "K35.8", "N18.3", "I48.9")
+
+
 def adt(
-    p: SyntheticPatient, trigger: str, control_id: str, when: datetime, visit: str, retired_ipp: str = ""
+    p: SyntheticPatient,
+    trigger: str,
+    control_id: str,
+    when: datetime,
+    visit: str,
+    retired_ipp: str = "",
+    diagnosis: str = "",
 ) -> bytes:
     """An ADT message: admission (A01), transfer (A02), discharge (A03), update (A08) or, with
-    `retired_ipp`, the merge (A40) of a duplicate record into this patient's."""
+    `retired_ipp`, the merge (A40) of a duplicate record into this patient's; with `diagnosis` (a
+    CIM-10 code), one DG1 coding it as the stay's principal diagnosis (PMSI DP), final."""
     stamp = f"{when:%Y%m%d%H%M%S}"
     segments = [_msh(control_id, when, f"ADT^{trigger}^{_ADT_STRUCTURE[trigger]}"), f"EVN||{stamp}", _pid(p)]
     if trigger == "A40":
@@ -119,6 +131,8 @@ def adt(
         segments.append(_pv1(visit, when if trigger == "A01" else None))
         action = "INSERT" if trigger != "A08" else "UPDATE"
         segments.append(f"ZBE|MVT{control_id}^CHU-SYNTH|{stamp}||{action}|N")
+    if diagnosis:
+        segments.append(f"DG1|1||{diagnosis}^^CIM10||{stamp}|F|||||||||1||DP")
     return ("\r".join(segments) + "\r").encode("iso8859-15")
 
 

@@ -16,28 +16,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from affluent.core.errors import AffluentError, RegistryUnavailable
 from affluent.core.topics import value_subject
 from formats.reasons import ReasonCode
-from schemas.catalog import CANONICAL_TOPICS
+from schemas.catalog import cohort_topic, cohort_topics_of
 from schemas.deadletter import dead_letter_record
 from schemas.registry import AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
 from streams.cohort.definition import Cohort
 from streams.cohort.state import Limits, PatientState, step
 
-COHORT_PREFIX = "cohort."
 DLQ_COHORT = "dlq.cohort"
 STAGE = "cohort"
 
 
-def cohort_topic(destination: str, kind: str) -> str:
-    """``cohort.<destination>.<kind>``: identified, hospital-internal, never mirrored; the pseudonymize
-    stage reads a cohort-scoped destination's records from these topics instead of ``canonical.*``."""
-    return f"{COHORT_PREFIX}{destination}.{kind}"
-
-
 def cohort_topics(cohorts: Mapping[str, Cohort]) -> list[str]:
-    destinations = sorted({d for c in cohorts.values() for d in c.destinations})
-    kinds = [t.removeprefix("canonical.") for t in CANONICAL_TOPICS]
-    return [cohort_topic(d, k) for d in destinations for k in kinds]
+    """Every cohort topic the stage may write, for the destinations the cohorts feed."""
+    return cohort_topics_of(sorted({d for c in cohorts.values() for d in c.destinations}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ def build_app(settings: Settings, metrics: CollectorRegistry) -> Any:
     stage = CohortStage(
         registry, cohorts, Limits(s.cohort_max_held_events, s.cohort_max_held_bytes), CohortMetrics(metrics)
     )
-    state_dir = Path(s.cohort_state_dir)
+    state_dir = Path(s.cohort_state_dir) / s.cohort_group  # one application's tables per folder
     state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         s.cohort_group,

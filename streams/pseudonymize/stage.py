@@ -24,7 +24,7 @@ from affluent.core.errors import AffluentError, RegistryUnavailable
 from affluent.core.metrics import Labelled, dead_letters, retractions, stage_latency
 from affluent.core.topics import value_subject
 from formats.reasons import ReasonCode
-from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY
+from schemas.catalog import DLQ_PSEUDONYMIZE, NATIONAL_COMPATIBILITY, split_cohort_topic
 from schemas.deadletter import dead_letter_record
 from schemas.registry import MAGIC_BYTE, AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
@@ -114,9 +114,14 @@ class Pseudonymizer:
         metrics: PseudonymizeMetrics,
         dlq_topic: str = DLQ_PSEUDONYMIZE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        scoped: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
         self.feeds = tuple(feeds)
+        # Cohort-scoped destinations take their records from cohort.<destination>.* (members only),
+        # every other destination from canonical.* (streams/cohort: who is in a cohort).
+        self.scoped = scoped
+        self._open_feeds = tuple(f for f in self.feeds if f.destination not in scoped)
         self.opposition = opposition_lookup
         self.keys = keys
         self.metrics = metrics
@@ -140,7 +145,12 @@ class Pseudonymizer:
 
     def _process(self, value: bytes | None, topic: str, partition: int, offset: int) -> list[Output]:
         lineage = {"topic": topic, "partition": partition, "offset": offset}
-        kind = topic.removeprefix(CANONICAL_PREFIX)
+        cohort = split_cohort_topic(topic)
+        if cohort is None:
+            kind, feeds = topic.removeprefix(CANONICAL_PREFIX), self._open_feeds
+        else:
+            kind = cohort[1]
+            feeds = tuple(f for f in self.feeds if f.destination == cohort[0] and cohort[0] in self.scoped)
         if value is None:
             return [self._dead(ReasonCode.EMPTY_RECORD, "canonical record has no value", None, lineage)]
         try:
@@ -162,19 +172,26 @@ class Pseudonymizer:
         except IdentityMissing as exc:  # content-free by construction
             return [self._dead(ReasonCode.IDENTITY_MISSING, str(exc), record, lineage)]
         if dropped:
-            for feed in self.feeds:
+            for feed in feeds:
                 if self._takes(feed, kind, record):
                     self.metrics.opposition_drops.labels(feed.destination).inc()
             return []
-        return self.transform(kind, record, lineage)
+        return self.transform(kind, record, lineage, feeds)
 
-    def transform(self, kind: str, record: Mapping[str, Any], lineage: dict[str, Any]) -> list[Output]:
-        """Every destination's national form of one decoded canonical record (no opposition check: the
-        caller decides). Also used by the opposition service for the Retraction an objection emits."""
+    def transform(
+        self,
+        kind: str,
+        record: Mapping[str, Any],
+        lineage: dict[str, Any],
+        feeds: Sequence[Feed] | None = None,
+    ) -> list[Output]:
+        """The national form of one decoded canonical record for ``feeds`` (default: every destination;
+        no opposition check: the caller decides). Also used by the opposition service for the
+        Retraction an objection emits, which every destination receives."""
         envelope: Mapping[str, Any] = record["envelope"]
         outputs: list[Output] = []
         produced: list[tuple[str, str]] = []
-        for feed in self.feeds:
+        for feed in self.feeds if feeds is None else feeds:
             try:
                 national = feed.apply(kind, record)
                 if national is None:

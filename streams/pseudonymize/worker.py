@@ -24,7 +24,7 @@ from affluent.core.kafka import TopicSpec, ensure_topics, wait_for_kafka
 from affluent.core.settings import Settings, StreamsSettings
 from affluent.core.tls import check_key_file
 from affluent.core.topics import COMPACTED_CONFIG, CONTROL_OPPOSITION
-from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
+from schemas.catalog import CANONICAL_TOPICS, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS, cohort_topics_of
 from schemas.readiness import dependencies
 from schemas.registry import Registry
 from streams.app import StageWorker, run_until_signalled
@@ -75,11 +75,20 @@ def build_feeds(keys: KeyProvider, destinations: tuple[str, ...] = DESTINATIONS)
     return [Feed(load_policy(name), keys) for name in destinations]
 
 
-def worker_topics(group: str) -> list[TopicSpec]:
+def worker_topics(group: str, scoped: frozenset[str] = frozenset()) -> list[TopicSpec]:
+    sources = (*CANONICAL_TOPICS, *cohort_topics_of(sorted(scoped)))
     return [
-        *(TopicSpec(t) for t in (*CANONICAL_TOPICS, *NATIONAL_TOPICS, DLQ_PSEUDONYMIZE)),
+        *(TopicSpec(t) for t in (*sources, *NATIONAL_TOPICS, DLQ_PSEUDONYMIZE)),
         TopicSpec(CONTROL_OPPOSITION, config=COMPACTED_CONFIG),
     ]
+
+
+def cohort_scoped(settings: Settings) -> frozenset[str]:
+    """The destinations that receive cohort members only: those the cohort files name (the cohort stage,
+    ``affluent cohort``, writes their records to ``cohort.<destination>.*``)."""
+    from streams.cohort.definition import load_cohorts, scoped_destinations
+
+    return scoped_destinations(load_cohorts(DESTINATIONS, settings.streams.cohorts_dir))
 
 
 def build_worker(
@@ -91,8 +100,9 @@ def build_worker(
     group = s.streams.pseudonymize_group
     keys = keys if keys is not None else load_keys()
     feeds = build_feeds(keys)
+    scoped = cohort_scoped(s)
     wait_for_kafka(s.kafka, 30)
-    ensure_topics(s.kafka, worker_topics(group))
+    ensure_topics(s.kafka, worker_topics(group, scoped))
     opposition = CompactedView(s.kafka, CONTROL_OPPOSITION, name="opposition")
     opposition.start()
     metrics_registry = metrics_registry or CollectorRegistry()
@@ -100,9 +110,9 @@ def build_worker(
     metrics.opposition_entries.set_function(lambda: float(len(opposition)))
     registry = Registry(s.registry)
     registry.wait_until_reachable()  # a registry outage delays the start, it does not crash-loop it
-    pseudonymizer = Pseudonymizer(registry, feeds, opposition, keys, metrics)
+    pseudonymizer = Pseudonymizer(registry, feeds, opposition, keys, metrics, scoped=scoped)
     worker = StageWorker(
-        StageSpec(group, tuple(CANONICAL_TOPICS), pseudonymizer.process),
+        StageSpec(group, (*CANONICAL_TOPICS, *cohort_topics_of(sorted(scoped))), pseudonymizer.process),
         s.kafka,
         s.streams,
         metrics_registry,

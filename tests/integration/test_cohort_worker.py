@@ -31,8 +31,7 @@ from affluent.sim import synthetic
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.raw import RawMessage
 from connectors.runtime import topic_codec
-from schemas.catalog import CANONICAL_TOPICS
-from streams.cohort.stage import cohort_topic
+from schemas.catalog import CANONICAL_TOPICS, cohort_topic
 from tests.support.pipeline import ends, free_port, start_group_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]

@@ -20,6 +20,7 @@ def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     groups = {
         "AFFLUENT_STREAMS__NORMALIZE_GROUP": f"test-demo-normalize-{run}",
         "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": f"test-demo-pseudonymize-{run}",
+        "AFFLUENT_STREAMS__COHORT_GROUP": f"test-demo-cohort-{run}",
     }
     result = subprocess.run(
         [sys.executable, "-m", "affluent.cli", "demo", "--duration", "12", "--rate", "30"],
@@ -49,8 +50,10 @@ def test_demo_accounts_for_every_acknowledged_message(live_kafka, registry):
     assert national_missing.split()[-1] == "0"
     assert any("affluent tail national.hdh.observation.v1" in line for line in lines)
     stopped = next(line for line in lines if "affluent run: stopped " in line)
-    for component in ("mllp", "fhir", "devices", "normalize", "pseudonymize"):
+    for component in ("mllp", "fhir", "devices", "normalize", "cohort", "pseudonymize"):
         assert f"{component} (0)" in stopped, stopped
+    # INCa takes cohort members only: the patients without a cancer stay held, counted
+    assert any(line.strip().startswith("in no cohort of inca") for line in lines)
     # One accounting line per channel, each balanced (nothing missing).
     channels = {
         line.split()[0]: line.split() for line in lines if line.startswith("  ") and len(line.split()) == 9

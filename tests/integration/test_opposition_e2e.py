@@ -47,6 +47,7 @@ from tests.support.pipeline import (
     ends,
     fetch,
     free_port,
+    pseudonymize_sources,
     records_on,
     seen_event_ids,
     start_group_at,
@@ -87,7 +88,7 @@ async def test_objection_during_traffic_retracts_stops_and_withdrawal_restores(
 
     group = f"test-opposition-{run}"
     ensure_topics(live_kafka, [TopicSpec(t) for t in (*CANONICAL_TOPICS, *NATIONAL_TOPICS)])
-    start_group_at(live_kafka, group, ends(live_kafka, list(CANONICAL_TOPICS)))
+    start_group_at(live_kafka, group, ends(live_kafka, pseudonymize_sources(live_kafka)))
     national_start = ends(live_kafka, list(NATIONAL_TOPICS))
     codec = AvroCodec(registry, value_subject(OBSERVATION), load_schema("canonical/observation"), "BACKWARD")
     producer = DurableProducer(live_kafka)

@@ -72,7 +72,15 @@ from tests.support.observability import (
     rules_module,
     substitute,
 )
-from tests.support.pipeline import KEY_FILE, ends, fetch, free_port, start_group_at, worker
+from tests.support.pipeline import (
+    KEY_FILE,
+    ends,
+    fetch,
+    free_port,
+    pseudonymize_sources,
+    start_group_at,
+    worker,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -252,7 +260,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
     norm_group, pseudo_group = f"test-proof-normalize-{run}", f"test-proof-pseudonymize-{run}"
     ensure_topics(live_kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS)])
     start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
-    start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
+    start_group_at(live_kafka, pseudo_group, ends(live_kafka, pseudonymize_sources(live_kafka)))
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
     norm_env = {

@@ -36,8 +36,10 @@ from affluent.sim.accounting import collect
 from connectors.mllp.client import send_all
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from connectors.mllp.service import MllpService
-from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS
+from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS, cohort_topics_of
 from schemas.registry import decode, parse_schema
+from streams.cohort.definition import load_cohorts
+from streams.cohort.expect import CohortTracker
 from streams.normalize.worker import RAW_TOPICS
 from streams.pseudonymize.cli import opposition_add, opposition_remove
 from streams.pseudonymize.worker import KEY_FILE_ENV, build_feeds, load_keys
@@ -57,6 +59,8 @@ def run_messages(patients: list[synthetic.SyntheticPatient], run: str) -> list[b
         out.append(synthetic.adt_a01(p, f"T{run}{i}A", when, visit))
         out.append(synthetic.oru_r01(rng, p, f"T{run}{i}B", when, visit))
         out.append(synthetic.oru_r01(rng, p, f"T{run}{i}C", when, visit))
+    for i, p in enumerate(patients[:2]):  # two of them are diagnosed with a cancer: INCa's cohort members
+        out.append(synthetic.adt(p, "A08", f"T{run}{i}D", when, f"V{p.ipp}", diagnosis="C34.1"))
     return out
 
 
@@ -150,10 +154,15 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
     assert opposition_add(settings, keys=keys, **objection) == 2  # before the patient's first event
 
     norm_group, pseudo_group = f"test-normalize-{run}", f"test-pseudonymize-{run}"
-    ensure_topics(live_kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS, *NATIONAL_TOPICS)])
+    cohort_group = f"test-cohort-{run}"
+    inca_topics = cohort_topics_of(["inca"])
+    ensure_topics(
+        live_kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS, *inca_topics, *NATIONAL_TOPICS)]
+    )
     # From the end of every raw topic the worker reads: their history on a shared broker is not ours.
     start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
-    start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
+    start_group_at(live_kafka, pseudo_group, ends(live_kafka, [*CANONICAL_TOPICS, *inca_topics]))
+    start_group_at(live_kafka, cohort_group, ends(live_kafka, list(CANONICAL_TOPICS)))
     national_start = ends(live_kafka, list(NATIONAL_TOPICS))
     canonical_start = ends(live_kafka, list(CANONICAL_TOPICS))  # their history is not ours either
 
@@ -170,6 +179,12 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
         "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": pseudo_group,
         "AFFLUENT_STREAMS__PSEUDONYMIZE_METRICS_PORT": str(metrics_port),
     }
+    cohort_env = {
+        **base_env,
+        "AFFLUENT_STREAMS__COHORT_GROUP": cohort_group,
+        "AFFLUENT_STREAMS__COHORT_STATE_DIR": str(tmp_path / "cohort-state"),
+        "AFFLUENT_STREAMS__COHORT_METRICS_PORT": str(free_port()),
+    }
     pseudo_log = tmp_path / "pseudonymize.log"
     pseudo_cmd = [sys.executable, "-c", "from streams.pseudonymize.cli import main; main()"]
     metrics_text = ""
@@ -177,6 +192,7 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
         with (
             worker([sys.executable, "-m", "affluent.cli", "normalize"], norm_env, tmp_path / "normalize.log"),
             worker(pseudo_cmd, pseudo_env, pseudo_log) as pseudo,
+            worker([sys.executable, "-m", "affluent.cli", "cohort"], cohort_env, tmp_path / "cohort.log"),
         ):
             raw_ids = await send(settings, run_messages(patients, run))
             canonical = collect(
@@ -184,21 +200,30 @@ async def test_canonical_to_national_pseudonymized_without_leaks_and_with_opposi
             )
             assert {r["envelope"]["lineage"]["raw_id"] for rs in canonical.values() for r in rs} == raw_ids
 
-            # What the national topics must hold: the policies applied to our canonical events.
+            # What the national topics must hold: the policies applied to our canonical events; INCa
+            # (cohort-scoped) gets the records the cohort stage's own decision forwards or releases.
             expected: dict[str, tuple[str, str, bytes]] = {}  # national event id → topic, key, body
             opposed_keys: set[str] = set()
+            tracker = CohortTracker(load_cohorts(("hdh", "inca")))
+            by_destination = {f.destination: f for f in feeds}
+            due: list[tuple[Any, str, dict[str, Any]]] = []
             for topic, records in canonical.items():
                 kind = topic.removeprefix("canonical.")
                 for record in records:
-                    for feed in feeds:
-                        national = feed.apply(kind, record)
-                        if national is None:
-                            continue
-                        if (record["patient"].get("ipp") or {}).get("id") == objecting.ipp:
-                            opposed_keys.add(national.key)
-                        else:
-                            event_id = national.record["envelope"]["event_id"]
-                            expected[event_id] = (national.topic, national.key, feed.encode(national))
+                    due += [(f, kind, record) for f in feeds if f.destination not in tracker.scoped]
+                    due += [(by_destination[d], k, r) for d, k, r in tracker.see(kind, record)]
+            for feed, kind, record in due:
+                national = feed.apply(kind, record)
+                if national is None:
+                    continue
+                if (record["patient"].get("ipp") or {}).get("id") == objecting.ipp:
+                    opposed_keys.add(national.key)
+                else:
+                    event_id = national.record["envelope"]["event_id"]
+                    expected[event_id] = (national.topic, national.key, feed.encode(national))
+            # INCa: the cancer patients' records only (patients 0 and 1; 1 objects)
+            inca_keys = {k for t, k, _ in expected.values() if t.startswith("national.inca.")}
+            assert len(inca_keys) == 1 and inca_keys < {k for t, k, _ in expected.values()}
             assert opposed_keys and expected
             assert {t for t, _, _ in expected.values()} >= {
                 "national.hdh.patient.v1",

@@ -55,6 +55,8 @@ def test_every_channel_balances_and_malformed_messages_end_where_they_must(
     env |= extra | {
         "AFFLUENT_STREAMS__NORMALIZE_GROUP": f"test-sim-normalize-{run}",
         "AFFLUENT_STREAMS__PSEUDONYMIZE_GROUP": f"test-sim-pseudonymize-{run}",
+        "AFFLUENT_STREAMS__COHORT_GROUP": f"test-sim-cohort-{run}",
+        "AFFLUENT_STREAMS__COHORT_STATE_DIR": str(tmp_path / "cohort-state"),
         "AFFLUENT_RUN__LOG_DIR": str(tmp_path / "logs"),
     }
     prepare_groups(settings, env)

@@ -31,7 +31,7 @@ from schemas.audit_log import read_entries
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, NATIONAL_TOPICS
 from streams.normalize.worker import RAW_TOPICS
 from streams.pseudonymize.worker import KEY_FILE_ENV
-from tests.support.pipeline import KEY_FILE, ends, free_port, start_group_at, worker
+from tests.support.pipeline import KEY_FILE, ends, free_port, pseudonymize_sources, start_group_at, worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,7 +92,7 @@ def test_trace_follows_a_message_to_national_and_a_refused_one_to_its_dead_lette
     norm_group, pseudo_group = f"test-normalize-{run}", f"test-pseudonymize-{run}"
     ensure_topics(live_kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS, *NATIONAL_TOPICS)])
     start_group_at(live_kafka, norm_group, ends(live_kafka, list(RAW_TOPICS)))
-    start_group_at(live_kafka, pseudo_group, ends(live_kafka, list(CANONICAL_TOPICS)))
+    start_group_at(live_kafka, pseudo_group, ends(live_kafka, pseudonymize_sources(live_kafka)))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
     norm_env = {
         **base_env,
@@ -131,6 +131,9 @@ def test_trace_follows_a_message_to_national_and_a_refused_one_to_its_dead_lette
         for event in raw.events:
             destinations = {n.destination for n in event.national} | set(event.not_sent)
             assert destinations == {"hdh", "inca"}, (event.kind, event.national, event.not_sent)
+            # INCa takes cohort members only, and this patient has lab results, no cancer
+            assert "inca" not in {n.destination for n in event.national}
+            assert event.not_sent["inca"].startswith(("held by the cohort stage", "its policy takes no"))
             for national in event.national:
                 assert national.hop.topic.startswith(f"national.{national.destination}.")
                 assert national.hop.at is not None and event.hop.at is not None

@@ -47,9 +47,19 @@ from bench.report import markdown_table
 from connectors.mllp.intake import Accepted, IntakePolicy, assess
 from schemas.catalog import CANONICAL_TOPICS, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE, NATIONAL_TOPICS
 from schemas.registry import Registry, decode
+from streams.cohort.definition import load_cohorts
+from streams.cohort.expect import CohortTracker
 from streams.normalize.worker import RAW_TOPICS
 from streams.pseudonymize.worker import KEY_FILE_ENV, build_feeds, load_keys
-from tests.support.pipeline import KEY_FILE, ends, fetch, free_port, start_group_at, stop
+from tests.support.pipeline import (
+    KEY_FILE,
+    ends,
+    fetch,
+    free_port,
+    pseudonymize_sources,
+    start_group_at,
+    stop,
+)
 from tests.support.resilient import SenderLog
 
 LANES = 4
@@ -265,7 +275,7 @@ class Pipeline:
     async def start(self) -> None:
         create_topics(self.kafka, pipeline_topics(self.groups))
         start_group_at(self.kafka, self.groups[0], all_ends(self.kafka, RAW_TOPICS))
-        start_group_at(self.kafka, self.groups[1], all_ends(self.kafka, CANONICAL_TOPICS))
+        start_group_at(self.kafka, self.groups[1], all_ends(self.kafka, pseudonymize_sources(self.kafka)))
         self.positions = all_ends(self.kafka, [*OUTPUTS, *NATIONAL_TOPICS])
         for p in self.procs.values():
             p.start()
@@ -473,6 +483,9 @@ async def account(pipe: Pipeline, traffic: Traffic, log: SenderLog) -> Accountin
 
     canonical_versions: dict[str, list[Any]] = defaultdict(list)
     feeds = build_feeds(load_keys({k: v for k, v in pipe.env.items() if k.startswith("AFFLUENT_PSEUDO_KEY")}))
+    # A cohort-scoped destination (INCa) gets what the cohort stage's decision forwards or releases.
+    tracker = CohortTracker(load_cohorts(("hdh", "inca")))
+    by_destination = {f.destination: f for f in feeds}
     expected: dict[str, tuple[str, int]] = {}  # national event id → topic, message number
     for topic, records in found.items():
         if not topic.startswith("canonical."):
@@ -481,12 +494,15 @@ async def account(pipe: Pipeline, traffic: Traffic, log: SenderLog) -> Accountin
             event_id = str(record["envelope"]["event_id"])
             if record not in canonical_versions[event_id]:
                 canonical_versions[event_id].append(record)
-            for feed in feeds:
-                national = feed.apply(topic.removeprefix("canonical."), record)
+            kind = topic.removeprefix("canonical.")
+            due = [(f, kind, record) for f in feeds if f.destination not in tracker.scoped]
+            due += [(by_destination[d], k, r) for d, k, r in tracker.see(kind, record)]
+            for feed, due_kind, due_record in due:
+                national = feed.apply(due_kind, due_record)
                 if national is not None:
                     expected[str(national.record["envelope"]["event_id"])] = (
                         national.topic,
-                        raw_ids[_raw_id(record)],
+                        raw_ids[_raw_id(due_record)],
                     )
     # Wait until every expected national record is there (or the timeout), then read them all.
     national = await asyncio.to_thread(

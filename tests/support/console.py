@@ -21,7 +21,7 @@ from schemas.catalog import CANONICAL_TOPICS, NATIONAL_TOPICS
 from streams.normalize.worker import RAW_TOPICS
 from streams.pseudonymize.worker import KEY_FILE_ENV
 from tests.support.cdp import Page
-from tests.support.pipeline import KEY_FILE, ends, free_port, start_group_at
+from tests.support.pipeline import KEY_FILE, ends, free_port, pseudonymize_sources, start_group_at
 
 SCREENSHOTS = os.environ.get("AFFLUENT_CONSOLE_SCREENSHOTS")
 WAIT_S = 120.0
@@ -59,7 +59,7 @@ def supervised_workers(
     kafka = Settings().kafka
     ensure_topics(kafka, [TopicSpec(t) for t in (*RAW_TOPICS, *CANONICAL_TOPICS, *NATIONAL_TOPICS)])
     start_group_at(kafka, norm_group, ends(kafka, list(RAW_TOPICS)))
-    start_group_at(kafka, pseudo_group, ends(kafka, list(CANONICAL_TOPICS)))
+    start_group_at(kafka, pseudo_group, ends(kafka, pseudonymize_sources(kafka)))
     run_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT_PSEUDO_KEY__")}
     env.update(

@@ -148,3 +148,14 @@ def records_on(
     finally:
         consumer.close()
     return out
+
+
+def pseudonymize_sources(kafka: KafkaSettings) -> list[str]:
+    """Every topic a pseudonymize worker reads: canonical.* and the cohort topics of the cohort-scoped
+    destinations (created if missing), so a test's group can start at their ends."""
+    from affluent.core.kafka import TopicSpec, ensure_topics
+    from schemas.catalog import CANONICAL_TOPICS, cohort_topics_of
+
+    topics = [*CANONICAL_TOPICS, *cohort_topics_of(["inca"])]
+    ensure_topics(kafka, [TopicSpec(t) for t in topics])
+    return topics
