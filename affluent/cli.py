@@ -885,8 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--topic",
             action="append",
-            choices=["dlq.ingest", "dlq.normalize", "dlq.pseudonymize"],
-            help="only this dead-letter topic (repeatable; default: all three)",
+            choices=["dlq.ingest", "dlq.normalize", "dlq.cohort", "dlq.pseudonymize"],
+            help="only this dead-letter topic (repeatable; default: all of them)",
         )
         p.add_argument("--since", help="ISO 8601 time (UTC without an offset); default: the oldest kept")
     dlq_list.add_argument("--until", help="ISO 8601 time, exclusive; default: now")

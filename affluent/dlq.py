@@ -32,11 +32,11 @@ from affluent.core.topics import DLQ_INGEST, INGEST_DEVICE_RAW
 from formats.hl7.charset import UnknownCharset, decode
 from schemas.audit import AuditAction, AuditChannel, audit_entry
 from schemas.audit_log import record_now
-from schemas.catalog import DLQ_NORMALIZE, DLQ_PSEUDONYMIZE
+from schemas.catalog import DLQ_COHORT, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE
 from schemas.registry import Registry
 from schemas.registry import decode as decode_record
 
-DLQ_TOPICS = (DLQ_INGEST, DLQ_NORMALIZE, DLQ_PSEUDONYMIZE)
+DLQ_TOPICS = (DLQ_INGEST, DLQ_NORMALIZE, DLQ_COHORT, DLQ_PSEUDONYMIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +475,11 @@ def redrive_cmd(
         if record.topic == DLQ_INGEST and letter["source"]["connector"] in DEVICE_CONNECTORS
     ]
     answered = len(of[DLQ_INGEST]) - len(devices)
+    if of[DLQ_COHORT] and not (of[DLQ_INGEST] or of[DLQ_NORMALIZE] or of[DLQ_PSEUDONYMIZE]):
+        raise ConfigError(
+            f"raw id {raw_id}: the cohort stage could not read its canonical record (dlq.cohort); "
+            "fix the record's source and replay normalize (`affluent replay --stage normalize`)"
+        )
     if answered and not (of[DLQ_NORMALIZE] or of[DLQ_PSEUDONYMIZE] or devices):
         raise ConfigError(
             f"raw id {raw_id} was refused at its door, which told the sender (AR/AE or 4xx) and stored "

@@ -70,6 +70,7 @@ def split_cohort_topic(topic: str) -> tuple[str, str] | None:
 
 
 DLQ_NORMALIZE = "dlq.normalize"
+DLQ_COHORT = "dlq.cohort"
 DLQ_PSEUDONYMIZE = "dlq.pseudonymize"
 
 # National topics (design §4): pseudonymized, keyed by the patient pseudonym, one per destination and kind.

@@ -16,14 +16,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from affluent.core.errors import AffluentError, RegistryUnavailable
 from affluent.core.topics import value_subject
 from formats.reasons import ReasonCode
-from schemas.catalog import cohort_topic, cohort_topics_of
+from schemas.catalog import DLQ_COHORT, cohort_topic, cohort_topics_of
 from schemas.deadletter import dead_letter_record
 from schemas.registry import AvroCodec, Registry, load_schema
 from schemas.registry import decode as decode_avro
 from streams.cohort.definition import Cohort
 from streams.cohort.state import Limits, PatientState, step
 
-DLQ_COHORT = "dlq.cohort"
 STAGE = "cohort"
 
 

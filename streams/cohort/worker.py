@@ -28,10 +28,10 @@ from affluent.core.errors import ConfigError, RegistryUnavailable
 from affluent.core.kafka import TopicSpec, ensure_topics, make_consumer, wait_for_kafka
 from affluent.core.settings import KafkaSettings, Settings
 from affluent.core.telemetry import TelemetryServer
-from schemas.catalog import CANONICAL_TOPICS
+from schemas.catalog import CANONICAL_TOPICS, DLQ_COHORT
 from schemas.registry import Registry
 from streams.cohort.definition import load_cohorts
-from streams.cohort.stage import DLQ_COHORT, CohortMetrics, CohortStage, cohort_topics
+from streams.cohort.stage import CohortMetrics, CohortStage, cohort_topics
 from streams.cohort.state import Limits
 from streams.pseudonymize.worker import DESTINATIONS
 

@@ -175,3 +175,21 @@ def test_the_state_survives_its_serialisation() -> None:
     assert state.memberships and not state.held
     same(PatientState.from_bytes(state.to_bytes()), state)
     assert PatientState.from_bytes(None).memberships == {}
+
+
+def test_the_tracker_says_what_inca_gets_and_what_it_still_holds() -> None:
+    from streams.cohort.expect import CohortTracker
+
+    tracker = CohortTracker(COHORTS)
+    assert tracker.scoped == {"inca"}
+
+    def seen(kind: str, record: dict[str, Any], key: str) -> list[str]:
+        record = {**record, "patient": {"key": key}}
+        return [f"{d}:{r['envelope']['event_id']}" for d, _, r in tracker.see(kind, record)]
+
+    assert seen(*lab(1, T0)[:2], "A@x") == []  # held
+    assert seen(*lab(2, T0)[:2], "B@x") == []
+    assert tracker.held() == {"inca": 2}
+    assert seen(*diagnosis("dx-a", "C61", T0 + timedelta(days=3))[:2], "A@x") == ["inca:lab-1", "inca:dx-a"]
+    assert tracker.held() == {"inca": 1}  # B's lab still held: B has no cancer
+    assert seen(*lab(3, T0 + timedelta(days=4))[:2], "A@x") == ["inca:lab-3"]
