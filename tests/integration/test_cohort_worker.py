@@ -28,11 +28,9 @@ from affluent.core.producer import DurableProducer
 from affluent.core.topics import INGEST_HL7V2_RAW
 from affluent.dlq import _normalizer
 from affluent.sim import synthetic
-from connectors.mllp.intake import Accepted, IntakePolicy, assess
-from connectors.raw import RawMessage
 from connectors.runtime import topic_codec
 from schemas.catalog import CANONICAL_TOPICS, cohort_topic
-from tests.support.pipeline import ends, free_port, start_group_at
+from tests.support.pipeline import door_raw, ends, free_port, start_group_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -54,18 +52,7 @@ async def canonical(settings, registry, messages: list[bytes]) -> list[tuple[str
     written = []
     try:
         for n, payload in enumerate(messages):
-            accepted = assess(payload, IntakePolicy())
-            assert isinstance(accepted, Accepted), accepted
-            h = accepted.header
-            raw = RawMessage(
-                "hl7v2",
-                "mllp",
-                h.sending_facility,
-                h.sending_application,
-                payload,
-                "x-application/hl7-v2+er7",
-                h.control_id,
-            )
+            raw = door_raw(payload)
             value = codec.encode(raw.record(datetime.now(UTC)))
             outputs = [
                 o for o in normalizer.process(value, INGEST_HL7V2_RAW, 0, n) if o.topic in CANONICAL_TOPICS

@@ -15,10 +15,9 @@ from affluent.core.producer import DurableProducer
 from affluent.core.topics import INGEST_HL7V2_RAW
 from affluent.replay import replay
 from affluent.sim import synthetic
-from connectors.mllp.intake import Accepted, IntakePolicy, assess
-from connectors.raw import RawMessage
 from connectors.runtime import topic_codec
 from schemas.audit_log import read_entries
+from tests.support.pipeline import door_raw
 
 pytestmark = pytest.mark.integration
 
@@ -29,19 +28,7 @@ async def store(settings, registry, payloads: list[bytes]) -> None:
     try:
         codec = await topic_codec(registry, INGEST_HL7V2_RAW, "raw_message")
         for payload in payloads:
-            accepted = assess(payload, IntakePolicy())
-            assert isinstance(accepted, Accepted)
-            h = accepted.header
-            message = RawMessage(
-                "hl7v2",
-                "mllp",
-                h.sending_facility,
-                h.sending_application,
-                payload,
-                "x-application/hl7-v2+er7",
-                h.control_id,
-                attributes={"content_digest": accepted.digest},
-            )
+            message = door_raw(payload, with_digest=True)
             await producer.send(
                 INGEST_HL7V2_RAW, codec.encode(message.record(datetime.now(UTC))), message.key
             )
@@ -71,7 +58,7 @@ def test_a_time_range_of_canonical_records_is_pseudonymized_again(settings, regi
     from affluent.dlq import _normalizer
     from schemas.catalog import CANONICAL_TOPICS
     from streams.pseudonymize.worker import KEY_FILE_ENV
-    from tests.support.pipeline import KEY_FILE
+    from tests.support.pipeline import KEY_FILE, door_raw
 
     monkeypatch.setenv(KEY_FILE_ENV, str(KEY_FILE))
     ensure_topics(settings.kafka, [TopicSpec(t) for t in CANONICAL_TOPICS])
@@ -84,18 +71,7 @@ def test_a_time_range_of_canonical_records_is_pseudonymized_again(settings, regi
         try:
             codec = await topic_codec(registry, INGEST_HL7V2_RAW, "raw_message")
             for n, payload in enumerate(payloads):
-                accepted = assess(payload, IntakePolicy())
-                assert isinstance(accepted, Accepted)
-                h = accepted.header
-                message = RawMessage(
-                    "hl7v2",
-                    "mllp",
-                    h.sending_facility,
-                    h.sending_application,
-                    payload,
-                    "x-application/hl7-v2+er7",
-                    h.control_id,
-                )
+                message = door_raw(payload)
                 raw = codec.encode(message.record(datetime.now(UTC)))
                 for output in normalizer.process(raw, INGEST_HL7V2_RAW, 0, n):
                     if output.topic in CANONICAL_TOPICS:

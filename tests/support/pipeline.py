@@ -159,3 +159,25 @@ def pseudonymize_sources(kafka: KafkaSettings) -> list[str]:
     topics = [*CANONICAL_TOPICS, *cohort_topics_of(["inca"])]
     ensure_topics(kafka, [TopicSpec(t) for t in topics])
     return topics
+
+
+def door_raw(payload: bytes, with_digest: bool = False) -> Any:
+    """The raw record the MLLP door stores for ``payload`` (which must be accepted): its header's sender
+    and control id; ``with_digest`` records the content digest as the door does."""
+    from connectors.mllp.intake import Accepted, IntakePolicy, assess
+    from connectors.raw import RawMessage
+
+    accepted = assess(payload, IntakePolicy())
+    assert isinstance(accepted, Accepted), accepted
+    h = accepted.header
+    attributes = {"content_digest": accepted.digest} if with_digest else {}
+    return RawMessage(
+        "hl7v2",
+        "mllp",
+        h.sending_facility,
+        h.sending_application,
+        payload,
+        "x-application/hl7-v2+er7",
+        h.control_id,
+        attributes=attributes,
+    )
