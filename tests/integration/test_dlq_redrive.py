@@ -56,6 +56,21 @@ async def stored(settings, registry, raw_topic: str, payload: bytes, reason: Rea
     return message.raw_id, delivery.offset
 
 
+def ingest_dead_letter(settings, registry, **fields) -> None:
+    """One dead letter in dlq.ingest, as a door writes it, confirmed by Kafka."""
+    from affluent.core.topics import DLQ_INGEST
+
+    async def write() -> None:
+        producer = DurableProducer(settings.kafka)
+        try:
+            codec = await topic_codec(registry, DLQ_INGEST, "dead_letter")
+            assert await DeadLetterWriter(producer, codec, DLQ_INGEST).write(stage="ingest", **fields)
+        finally:
+            producer.flush()
+
+    asyncio.run(write())
+
+
 def raw_count(settings, raw_topic: str) -> int:
     from confluent_kafka import TopicPartition
 
@@ -123,30 +138,21 @@ def test_a_device_payload_the_mqtt_door_dead_lettered_is_stored_after_a_template
     raw_id = payload_raw_id(topic, "scale-nested", doc)
     ensure_topics(settings.kafka, [TopicSpec(DLQ_INGEST), TopicSpec(INGEST_DEVICE_RAW)])
 
-    async def dead_letter() -> None:
-        producer = DurableProducer(settings.kafka)
-        try:
-            writer = DeadLetterWriter(
-                producer, await topic_codec(registry, DLQ_INGEST, "dead_letter"), DLQ_INGEST
-            )
-            assert await writer.write(
-                stage="ingest",
-                reason_code=ReasonCode.UNKNOWN_UNIT,
-                reason="the unit at @.unit is not a known unit",
-                location="$.readings[0]:weight",
-                rule="template scale-nested",
-                payload=doc,
-                content_type=CONTENT_TYPE,
-                source_facility=topic,
-                source_application="scale-nested",
-                raw_id=raw_id,
-                connector="devices_mqtt",
-                protocol="device",
-            )
-        finally:
-            producer.flush()
-
-    asyncio.run(dead_letter())
+    ingest_dead_letter(
+        settings,
+        registry,
+        reason_code=ReasonCode.UNKNOWN_UNIT,
+        reason="the unit at @.unit is not a known unit",
+        location="$.readings[0]:weight",
+        rule="template scale-nested",
+        payload=doc,
+        content_type=CONTENT_TYPE,
+        source_facility=topic,
+        source_application="scale-nested",
+        raw_id=raw_id,
+        connector="devices_mqtt",
+        protocol="device",
+    )
     templates = tmp_path / "templates"
     templates.mkdir()
     for shipped in TEMPLATES_DIR.glob("*.yaml"):
@@ -224,32 +230,22 @@ def test_a_pseudonymize_dead_letter_sends_its_canonical_record_back(settings, re
 
 
 def test_a_message_refused_at_an_answering_door_is_not_re_driven(settings, registry) -> None:
-    from affluent.core.topics import DLQ_INGEST
 
     before = datetime.now(UTC) - timedelta(seconds=5)
     raw_id = uuid.uuid4().hex * 2
 
-    async def dead_letter() -> None:
-        producer = DurableProducer(settings.kafka)
-        try:
-            writer = DeadLetterWriter(
-                producer, await topic_codec(registry, DLQ_INGEST, "dead_letter"), DLQ_INGEST
-            )
-            assert await writer.write(
-                stage="ingest",
-                reason_code=ReasonCode.NO_MSH,
-                reason="no MSH",
-                payload=b"garbage",
-                content_type="x-application/hl7-v2+er7",
-                source_facility=FACILITY,
-                raw_id=raw_id,
-                connector="mllp",
-                protocol="hl7v2",
-            )
-        finally:
-            producer.flush()
-
-    asyncio.run(dead_letter())
+    ingest_dead_letter(
+        settings,
+        registry,
+        reason_code=ReasonCode.NO_MSH,
+        reason="no MSH",
+        payload=b"garbage",
+        content_type="x-application/hl7-v2+er7",
+        source_facility=FACILITY,
+        raw_id=raw_id,
+        connector="mllp",
+        protocol="hl7v2",
+    )
     with pytest.raises(ConfigError, match="the sender must send it again"):
         dlq.redrive_cmd(settings, raw_id, before, "T-3", out=lambda _: None)
 
